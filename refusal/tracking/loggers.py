@@ -1,0 +1,88 @@
+"""Loggers from the ``logger`` config: W&B (offline by default, never fatal) and CSV."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+log = logging.getLogger(__name__)
+
+
+def run_identity() -> tuple[str, str | None]:
+    """(run name, sweep group) from Hydra's runtime: each multirun job is its own run, grouped by the sweep."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except Exception:  # not under Hydra (tests, notebooks)
+        return "run", None
+    out = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN:
+        sweep = Path(hc.sweep.dir).name
+        return f"{hc.job.name}-{sweep}-{hc.job.num}", f"{hc.job.name}-{sweep}"
+    return f"{hc.job.name}-{out.name}", None
+
+
+def build_loggers(logger_cfg, task_name: str, output_dir: str | Path) -> list[Logger]:
+    loggers: list[Logger] = []
+    name, group = run_identity()
+    for key, node in (logger_cfg or {}).items():
+        target = str(node.get("_target_", ""))
+        if target.endswith("WandbLogger"):
+            kwargs = {"name": node.get("name") or name, "group": node.get("group") or group or task_name}
+            os.environ.setdefault("WANDB_SILENT", "true")
+            try:
+                wb = instantiate(node, **kwargs)
+                _ = wb.experiment  # start the run now, so a failure is caught here and not mid-training
+                loggers.append(wb)
+            except Exception as e:  # unreachable server, bad key, ...: keep training, log to CSV instead
+                log.warning("W&B could not start (%s); logging to CSV instead", str(e).splitlines()[0])
+                loggers.append(CSVLogger(save_dir=str(output_dir), name="csv", version=""))
+        else:
+            loggers.append(instantiate(node))
+    return loggers
+
+
+def wandb_run(loggers: list[Logger]):
+    """The active W&B run of these loggers, or None."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            return lg.experiment
+    return None
+
+
+def log_table(loggers: list[Logger], key: str, rows: list[dict]) -> None:
+    """Log a list of dicts as a W&B table (no-op without W&B)."""
+    run = wandb_run(loggers)
+    if run is None or not rows:
+        return
+    import wandb
+
+    columns = list(rows[0])
+    run.log({key: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+
+
+def log_artifact_dir(loggers: list[Logger], name: str, kind: str, directory: str | Path, metadata: dict | None = None) -> None:
+    run = wandb_run(loggers)
+    if run is None:
+        return
+    import wandb
+
+    art = wandb.Artifact(name=name, type=kind, metadata=metadata or {})
+    art.add_dir(str(directory))
+    run.log_artifact(art)
+
+
+def finish() -> None:
+    """End the W&B run of this process if one is active (multirun jobs must never share a run)."""
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    except Exception as e:
+        log.warning("wandb.finish failed: %s", e)

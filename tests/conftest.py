@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny random Llama model built in code and a small synthetic prompt set."""
+from __future__ import annotations
+
+import pytest
+
+from refusal.data import PromptRecord, PromptSet
+from refusal.models.loading import LoadedModel
+from refusal.models.tiny import tiny_llama
+
+WORDS = "alpha beta gamma delta river stone cloud paper lamp orbit".split()
+
+
+def synthetic_prompts(n_per_cell: int = 6, categories=("cyber", "violence", "fraud")) -> PromptSet:
+    """Toxic prompts in each category, safe benign prompts, and hard prompts; fixed splits."""
+    recs = []
+    splits = ("train", "train", "train", "val", "test", "train")
+    for label, cats in (("toxic", categories), ("hard", categories), ("safe", ("benign",))):
+        for cat in cats:
+            for i in range(n_per_cell):
+                text = f"{label} {cat} " + " ".join(WORDS[(i + j) % len(WORDS)] for j in range(1 + i % 7))
+                recs.append(PromptRecord(f"syn:{label}:{cat}:{i}", text, cat, label, "synthetic", splits[i % len(splits)]))
+    return PromptSet(recs)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    model, tok = tiny_llama(n_layers=4, d_model=64, n_heads=4, d_mlp=128, seed=0)
+    tok.padding_side = "left"
+    return LoadedModel(model=model, tokenizer=tok, name="tiny-llama")
+
+
+@pytest.fixture
+def prompts() -> PromptSet:
+    return synthetic_prompts()

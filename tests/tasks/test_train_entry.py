@@ -1,0 +1,48 @@
+import json
+import pytest
+from conftest import run_entry
+
+from refusal.sae.io import load_saelens
+
+TINY = ["experiment=tiny", "trainer.max_steps=6", "activations.loader.samples_per_epoch=1024"]
+
+
+def test_sweep_gives_two_wandb_runs_in_one_group_and_two_saes(workdir):
+    res = run_entry("train.py", "-m", "sae.k_percent=0.02,0.05", "logger=wandb", *TINY, cwd=workdir)
+    assert res.returncode == 0, res.stderr[-3000:]
+    sweeps = list((workdir / "multirun" / "tiny").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"]
+    group = f"train-{sweeps[0].name}".encode()
+    run_ids, ks = set(), []
+    for job in jobs:
+        manifest = json.loads((job / "train_manifest.json").read_text())
+        (sae_dir,) = manifest["sae_dirs"].values()
+        sae, _ = load_saelens(sae_dir)
+        ks.append(sae.k)
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs  # each job its own W&B run
+        run_ids.add(runs[0].name.rsplit("-", 1)[-1])
+        record = next(runs[0].glob("*.wandb")).read_bytes()
+        assert group in record  # both runs carry the sweep's group
+        assert f"train-{sweeps[0].name}-{job.name}".encode() in record  # and their own name
+    assert len(run_ids) == 2
+    assert ks == [round(0.02 * 256), round(0.05 * 256)]  # tiny: d_in 64 x expansion 4
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("activations.layers=9", "layer 9 is out of range"),
+    ("activations.positions=middle", "activations.positions='middle'"),
+    ("data.categories=[not_a_category]", "not_a_category"),
+    ("model.source=onnx", "model.source='onnx'"),
+    ("ckpt_path=/nonexistent.ckpt", "ckpt_path='/nonexistent.ckpt'"),
+    ("sae.architecture=gated", "sae.architecture='gated'"),
+])
+def test_bad_input_is_one_line_error(workdir, override, needle):
+    res = run_entry("train.py", "logger=csv", *TINY, override, cwd=workdir)
+    assert res.returncode != 0
+    err_lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(err_lines) == 1, res.stderr[-2000:]
+    assert needle in err_lines[0]
+    assert "Traceback" not in res.stderr
