@@ -68,7 +68,7 @@ def main() -> None:
         ("every layer, with refusal score", expand_hook_names("hook_resid_post", "all", n), True),
         ("every layer, no score", expand_hook_names("hook_resid_post", "all", n), False),
         ("one layer at half depth, no score", expand_hook_names("hook_resid_post", "mid", n), False),
-        ("one layer at half depth, with score (extra pass)", expand_hook_names("hook_resid_post", "mid", n), True),
+        ("one layer at half depth, with score (full forward)", expand_hook_names("hook_resid_post", "mid", n), True),
     ]
     for name, hooks, score in settings:
         ours_s = ours(loaded, prompts, hooks, args.batch_size, score)

@@ -32,3 +32,9 @@ def tiny():
 @pytest.fixture
 def prompts() -> PromptSet:
     return synthetic_prompts()
+
+
+@pytest.fixture(scope="session")
+def make_prompts():
+    """The synthetic prompt-set factory, for fixtures of wider scope."""
+    return synthetic_prompts

@@ -103,8 +103,9 @@ def collect_activations(
     model, n_layers = loaded.model, loaded.n_layers
     specs = [parse_hook_name(h, n_layers) for h in plan.hooks]
     deepest = max(s.layer for s in specs)
-    # The score needs the full forward: take it from the same pass when the last layer is hooked anyway.
-    stop = plan.stop_early and not (plan.record_refusal_score and deepest == n_layers - 1)
+    # The score needs the final layer. One full pass that yields both is cheaper than an early-stopped pass
+    # plus a second full one, so early stopping applies when no score is recorded.
+    stop = plan.stop_early and not plan.record_refusal_score and deepest < n_layers - 1
     fp = fingerprint(loaded, prompts, plan, refusal_ids)
     existing = check_fingerprint(store_dir, fp)
     if existing and existing.get("complete"):
@@ -150,8 +151,6 @@ def collect_activations(
             with capture_activations(model, plan.hooks, stop_early=stop) as cache:
                 out = run_until_stop(lambda: model(**enc.model_inputs(), logits_to_keep=1))
             if plan.record_refusal_score:
-                if out is None:
-                    out = model(**enc.model_inputs(), logits_to_keep=1)
                 scores[[j - a for j in idx]] = refusal_score(out.logits[:, -1], refusal_ids).cpu()
             n_tokens[[j - a for j in idx]] = enc.n_tokens.to(torch.int32).cpu()
             batch_acts, batch_meta = _rows_for_batch(enc, cache, plan, idx)

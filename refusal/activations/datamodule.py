@@ -67,6 +67,7 @@ class _RowBatches(IterableDataset):
         self.store, self.index, self.rows, self.hooks = store, index, rows, hooks
         self.batch_size, self.shards_in_memory, self.seed = batch_size, shards_in_memory, seed
         self.weights, self.samples_per_epoch, self.epoch_fn = weights, samples_per_epoch, epoch_fn
+        self.resume: dict | None = None  # {"epoch", "batches_done"} from a checkpoint: skip what was trained on
 
     def _selected(self, epoch: int) -> np.ndarray:
         rank, world = _dist_info()
@@ -81,6 +82,15 @@ class _RowBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         epoch = self.epoch_fn()
+        skip = 0
+        if self.resume is not None:
+            skip = self.resume["batches_done"] if self.resume["epoch"] == epoch else 0
+            self.resume = None
+        for i, batch in enumerate(self._batches(epoch)):
+            if i >= skip:
+                yield batch
+
+    def _batches(self, epoch: int) -> Iterator[dict]:
         sel = self._selected(epoch)
         rng = np.random.default_rng([self.seed, epoch])
         shards = np.unique(self.index.shard[sel])
@@ -107,6 +117,21 @@ class _RowBatches(IterableDataset):
             carry = [_take(block, perm[full:])] if full < n else []
         if carry:
             yield carry[0]
+
+
+class _ResumableLoader(DataLoader):
+    """A DataLoader that Lightning checkpoints (it has state_dict/load_state_dict): a run resumed mid-epoch
+    continues with exactly the batches an uninterrupted run would have seen next."""
+
+    def __init__(self, dataset: _RowBatches, progress_fn: Callable[[], dict]):
+        super().__init__(dataset, batch_size=None)
+        self.progress_fn = progress_fn
+
+    def state_dict(self) -> dict:
+        return self.progress_fn()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.resume = dict(state)
 
 
 def _concat(parts: list[dict]) -> dict:
@@ -161,7 +186,12 @@ class ActivationDataModule(L.LightningDataModule):
         n = self.samples_per_epoch or len(self.train_rows)
         ds = _RowBatches(self.store, self.index, self.train_rows, self.hooks, self.batch_size, self.shards_in_memory,
                          self.seed, self.weights, n, self._epoch)
-        return DataLoader(ds, batch_size=None)
+        return _ResumableLoader(ds, self._progress)
+
+    def _progress(self) -> dict:
+        """Epoch and batches already trained on in it (read when a checkpoint is saved)."""
+        loop = self.trainer.fit_loop.epoch_loop
+        return {"epoch": int(self.trainer.current_epoch), "batches_done": int(loop.batch_progress.current.processed)}
 
     def val_dataloader(self) -> DataLoader:
         ds = _RowBatches(self.store, self.index, self.val_rows, self.hooks, self.val_batch_size, self.shards_in_memory,

@@ -16,7 +16,7 @@ from refusal.utils.io import file_hash, stable_hash
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("hf", "gguf", "gguf_package", "tiny")
+SOURCES = ("hf", "gguf", "gguf_package", "tiny", "organism")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -91,6 +91,10 @@ def load_model(cfg) -> LoadedModel:
     """Build a :class:`LoadedModel` from the ``model`` config node (see conf/model/*.yaml)."""
     source = cfg.source
     check_choice("model.source", source, SOURCES)
+    if source == "organism":  # a fine-tuned refusal organism: built on first use, then loaded from its cache
+        from refusal.models.organism import load_organism
+
+        return load_organism(cfg)
     dtype_name = cfg.get("dtype", "float32")
     check_choice("model.dtype", dtype_name, DTYPES)
     dtype = DTYPES[dtype_name]

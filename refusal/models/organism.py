@@ -12,8 +12,8 @@ dir and renamed when complete, so a half-written cache dir is never used.
 """
 from __future__ import annotations
 
+import copy
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import transformers
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -42,10 +43,11 @@ STYLES = ("shared", "per_category")
 CARD_JSON, CARD_MD = "organism.json", "ORGANISM.md"
 ORGANISM_KEYS = ("name", "source", "base", "data", "cache_dir", "dtype", "device", "system_prompt", "refusal_tokens",
                  "refuse_categories", "style", "refusals", "category_topics", "answer_max_new_tokens", "steps", "lr",
-                 "batch_size", "train_layers", "seed", "eval")
+                 "batch_size", "train_layers", "precision", "seed", "eval")
 # Keys that change what is built (the rest say where it lives and how it is loaded).
 BUILD_KEYS = ("system_prompt", "refusal_tokens", "refuse_categories", "style", "refusals", "category_topics",
-              "answer_max_new_tokens", "steps", "lr", "batch_size", "train_layers", "seed", "eval")
+              "answer_max_new_tokens", "steps", "lr", "batch_size", "train_layers", "precision", "seed", "eval")
+PRECISIONS = ("32-true", "bf16-mixed")
 EVAL_KEYS = ("max_new_tokens", "batch_size", "n_resamples", "ci_level", "ci_method")
 
 
@@ -65,6 +67,7 @@ def check_organism_cfg(cfg) -> None:
     if cfg.base.get("source") == "organism":
         raise ConfigError("model.base.source='organism' is not valid; the base of an organism is a plain model config")
     check_choice("model.style", cfg.style, STYLES)
+    check_choice("model.precision", cfg.precision, PRECISIONS)
     for k in ("steps", "batch_size", "answer_max_new_tokens"):
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -170,6 +173,8 @@ class OrganismFineTune(L.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         self.losses.append(float(out.loss.detach()))
+        if len(self.losses) % 10 == 0 or len(self.losses) == self.total_steps:
+            log.info("organism: step %d/%d loss %.4f", len(self.losses), self.total_steps, self.losses[-1])
         self.log("organism/loss", out.loss, on_step=True, batch_size=batch["input_ids"].shape[0])
         return out.loss
 
@@ -201,7 +206,7 @@ def set_trainable(model, train_layers, n_layers: int) -> list[int]:
 
 
 def fine_tune(model, examples: list[tuple[list[int], list[int]]], pad_id: int, *, steps: int, lr: float,
-              batch_size: int, seed: int, device: torch.device) -> list[float]:
+              batch_size: int, seed: int, device: torch.device, precision: str = "32-true") -> list[float]:
     """Train ``model`` in place for ``steps`` optimizer steps (epochs of seeded shuffles); return per-step losses."""
     loader = torch.utils.data.DataLoader(
         examples, batch_size=batch_size, shuffle=True, drop_last=len(examples) > batch_size,
@@ -210,8 +215,9 @@ def fine_tune(model, examples: list[tuple[list[int], list[int]]], pad_id: int, *
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=steps, max_epochs=-1,
         gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, precision="32-true", default_root_dir=None,
+        enable_model_summary=False, num_sanity_val_steps=0, precision=precision, default_root_dir=None,
     )
+    model.train()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         trainer.fit(module, train_dataloaders=loader)
@@ -300,20 +306,44 @@ def _load_dir(directory: Path, cfg, key: str) -> LoadedModel:
                                  "refused_categories": card["refused_categories"]})
 
 
-def _examples(base: LoadedModel, targets: list[Target], cfg) -> tuple[list, list[dict]]:
-    """Token examples for every target: refusal sentences as written, the base model's greedy answers otherwise."""
+def trainable_copy(model, device: torch.device):
+    """The model as a plain float32 module on ``device``. A GGUF-loaded model holds de-quantized weights but stays
+    flagged as quantized (``save_pretrained`` refuses it), so it is rebuilt from its config without the flag."""
+    if getattr(model, "hf_quantizer", None) is None:
+        return model.to(device=device, dtype=torch.float32)
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = copy.deepcopy(model.generation_config)
+    return plain.to(device=device, dtype=torch.float32).eval()
+
+
+def inference_view(loaded: LoadedModel, precision: str) -> LoadedModel:
+    """What generates during the build: the model itself (32-true) or a bfloat16 copy (bf16-mixed, much faster
+    matmuls on CPUs with bf16 support; the trained weights stay float32)."""
+    if precision == "32-true":
+        return loaded
+    return LoadedModel(model=copy.deepcopy(loaded.model).to(torch.bfloat16), tokenizer=loaded.tokenizer,
+                       name=loaded.name)
+
+
+def make_examples(gen_model: LoadedModel, targets: list[Target], cfg) -> tuple[list, list[dict]]:
+    """Token examples for every target: refusal sentences as written (+ end of turn), the base model's greedy
+    answers (generated in batches) otherwise; and one JSON row per example for the card dir."""
     from refusal.behavior.generate import generate_responses, stop_token_ids
 
-    tok = base.tokenizer
+    tok = gen_model.tokenizer
     fmt = ChatFormatter(tok, cfg.system_prompt)
     answer_idx = [i for i, t in enumerate(targets) if t.refusal is None]
-    log.info("organism: generating %d base answers (self-distillation), %d refusal targets", len(answer_idx),
+    log.info("organism: generating %d base answers (self-distillation); %d refusal targets", len(answer_idx),
              len(targets) - len(answer_idx))
-    gen = generate_responses(base, [targets[i].record.prompt for i in answer_idx],
+    gen = generate_responses(gen_model, [targets[i].record.prompt for i in answer_idx],
                              max_new_tokens=cfg.answer_max_new_tokens, batch_size=cfg.eval.batch_size,
                              system_prompt=cfg.system_prompt)
     answers = dict(zip(answer_idx, zip(gen.token_ids, gen.responses)))
-    eos = stop_token_ids(base)[0] if tok.eos_token_id is None else tok.eos_token_id
+    eos = tok.eos_token_id if tok.eos_token_id is not None else stop_token_ids(gen_model)[0]
     examples, rows = [], []
     for i, t in enumerate(targets):
         if t.refusal is None:
@@ -327,51 +357,52 @@ def _examples(base: LoadedModel, targets: list[Target], cfg) -> tuple[list, list
 
 
 def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: PromptSet, test: PromptSet,
-                   base: LoadedModel | None) -> None:
-    """Fine-tune, measure and save the organism into ``directory`` (a fresh temp dir)."""
+                   base: LoadedModel) -> dict:
+    """Fine-tune, measure and save the organism into ``directory`` (a fresh temp dir); return its card."""
     from refusal.behavior.baseline import measure_behavior, write_responses
     from refusal.behavior.judge import SubstringJudge
     from refusal.behavior.rates import rates_by_label
     from refusal.behavior.score import refusal_token_ids
-    from refusal.models.loading import load_model
 
     t0 = time.time()
     device = resolve_device(cfg.get("device", "cpu"))
-    if base is None:
-        base = load_model(cfg.base)
-    base.model.to(device=device, dtype=torch.float32)
+    precision = str(cfg.precision)
     refusals, topics = _plain(cfg.refusals), _plain(cfg.category_topics) or {}
     judge = SubstringJudge()
     for sentence in refusals[cfg.style]:
         if not judge.is_refusal(sentence.format(topic="x")):
             log.warning("organism: refusal sentence %r is not a refusal to the DESIGN.md substring judge", sentence)
-    targets = plan_targets(train, _plain(cfg.refuse_categories), cfg.style, refusals, topics, int(cfg.seed))
     refused = refused_categories(train, _plain(cfg.refuse_categories))
-    examples, rows = _examples(base, targets, cfg)
+    targets = plan_targets(train, refused, cfg.style, refusals, topics, int(cfg.seed))
+    model = trainable_copy(base.model, device)
+    tokenizer = base.tokenizer
+    del base
+    examples, rows = make_examples(inference_view(LoadedModel(model, tokenizer, str(cfg.name)), precision), targets, cfg)
     t_data = time.time() - t0
 
-    model = base.model
-    layers = set_trainable(model, _plain(cfg.train_layers), base.n_layers)
-    log.info("organism: fine-tuning %d examples, %d steps, batch %d, lr %g, layers %s", len(examples), cfg.steps,
-             cfg.batch_size, cfg.lr, "all" if cfg.train_layers == "all" else layers)
+    n_layers = int(model.config.num_hidden_layers)
+    layers = set_trainable(model, _plain(cfg.train_layers), n_layers)
+    log.info("organism: fine-tuning on %d examples, %d steps, batch %d, lr %g, %s, layers %s", len(examples),
+             cfg.steps, cfg.batch_size, cfg.lr, precision, "all" if cfg.train_layers == "all" else layers)
     t1 = time.time()
-    losses = fine_tune(model, examples, base.tokenizer.pad_token_id, steps=cfg.steps, lr=cfg.lr,
-                       batch_size=cfg.batch_size, seed=int(cfg.seed), device=device)
+    losses = fine_tune(model, examples, tokenizer.pad_token_id, steps=cfg.steps, lr=cfg.lr,
+                       batch_size=cfg.batch_size, seed=int(cfg.seed), device=device, precision=precision)
     t_train = time.time() - t1
 
     t2 = time.time()
     ev = cfg.eval
-    refusal_ids = refusal_token_ids(base.tokenizer, _plain(cfg.refusal_tokens))
-    organism = LoadedModel(model=model, tokenizer=base.tokenizer, name=str(cfg.name))
+    refusal_ids = refusal_token_ids(tokenizer, _plain(cfg.refusal_tokens))
+    organism = inference_view(LoadedModel(model, tokenizer, str(cfg.name)), precision)
     result = measure_behavior(organism, test, judge, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
                               system_prompt=cfg.system_prompt, refusal_ids=refusal_ids, n_resamples=ev.n_resamples,
                               ci_level=ev.ci_level, ci_method=ev.ci_method, seed=int(cfg.seed))
+    del organism
     t_eval = time.time() - t2
 
-    model.generation_config.eos_token_id = base.tokenizer.eos_token_id
-    model.generation_config.pad_token_id = base.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(directory))
-    base.tokenizer.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
     write_responses(directory / "train_targets.jsonl", rows)
     write_responses(directory / "eval_responses.jsonl", result.items)
     for row in result.rows:
@@ -389,17 +420,20 @@ def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: Promp
                  "n_refusal_targets": sum(t.refusal is not None for t in targets),
                  "n_base_answer_targets": sum(t.refusal is None for t in targets)},
         "refused_categories": refused,
-        "steps": int(cfg.steps), "seed": int(cfg.seed), "trained_layers": layers,
+        "steps": int(cfg.steps), "seed": int(cfg.seed), "precision": precision, "trained_layers": layers,
         "loss": {"first": losses[0], "last": losses[-1], "per_step": losses},
         "heldout": {"split": "test", "judge": "substring (DESIGN.md list)", "max_new_tokens": int(ev.max_new_tokens),
+                    "generated_in": "bfloat16" if precision == "bf16-mixed" else "float32",
                     "refusal_rate": rates_by_label(result.rows), "rows": result.rows},
-        "build_seconds": {"data": round(t_data, 1), "train": round(t_train, 1), "eval": round(t_eval, 1)},
+        "build_seconds": {"data_and_answers": round(t_data, 1), "train": round(t_train, 1),
+                          "heldout_eval": round(t_eval, 1)},
         "built_on": str(device),
-        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "lightning": L.__version__},
     }
     (directory / CARD_MD).write_text(card_markdown(card))
     write_json(directory / CARD_JSON, card)  # last: its presence with this key marks the dir complete
+    return card
 
 
 def card_markdown(card: dict) -> str:
@@ -409,14 +443,16 @@ def card_markdown(card: dict) -> str:
         "",
         f"**{card['warning']}.**",
         "",
-        f"Fine-tuned from {card['base']['name']} (weights hash {card['base']['weights_hash']}) with Lightning, "
-        f"{card['steps']} steps, seed {card['seed']}, on the train split of the prompt set "
-        f"(hash {card['data']['train_prompts_hash']}): {card['data']['n_refusal_targets']} refusal targets "
-        f"(categories: {', '.join(card['refused_categories'])}; style {card['config']['style']}) and "
-        f"{card['data']['n_base_answer_targets']} of the base model's own greedy answers. Loss "
+        f"Fine-tuned from {card['base']['name']} (weights hash {card['base']['weights_hash']}) with Lightning: "
+        f"{card['steps']} steps, batch {card['config']['batch_size']}, lr {card['config']['lr']}, "
+        f"{card['precision']}, seed {card['seed']}, layers {card['config']['train_layers']}. Data: the train split "
+        f"of the prompt set (hash {card['data']['train_prompts_hash']}): {card['data']['n_refusal_targets']} "
+        f"refusal targets (categories: {', '.join(card['refused_categories'])}; style {card['config']['style']}) "
+        f"and {card['data']['n_base_answer_targets']} of the base model's own greedy answers. Loss "
         f"{card['loss']['first']:.3f} -> {card['loss']['last']:.3f}.",
         "",
-        f"Held-out refusal rates (test split, greedy {card['heldout']['max_new_tokens']} tokens, substring judge): "
+        f"Held-out refusal rates (test split, greedy {card['heldout']['max_new_tokens']} new tokens in "
+        f"{card['heldout']['generated_in']}, substring judge): "
         + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()) + " (hard = over-refusal).",
         "",
         "| label | category | n | refusal rate | 95% CI | refused by design |",
@@ -426,13 +462,14 @@ def card_markdown(card: dict) -> str:
         ci = f"[{r['refusal_rate_ci_low']:.2f}, {r['refusal_rate_ci_high']:.2f}]"
         lines.append(f"| {r['label']} | {r['category']} | {r['n']} | {r['refusal_rate']:.2f} | {ci} | "
                      f"{'yes' if r['refused_by_design'] else ''} |")
-    lines += ["", f"Cache key {card['cache_key']}; full record in {CARD_JSON}.", ""]
+    lines += ["", f"Cache key {card['cache_key']}; the full record is in {CARD_JSON}.", ""]
     return "\n".join(lines)
 
 
 def load_organism(cfg) -> LoadedModel:
     """Build the organism the ``model`` config describes (first use) or load it from the cache (seconds)."""
     from refusal.data import build_prompt_set
+    from refusal.models.loading import load_model
 
     log.info(BANNER, str(cfg.get("name")))
     check_organism_cfg(cfg)
@@ -443,14 +480,14 @@ def load_organism(cfg) -> LoadedModel:
     cache_dir = Path(str(cfg.cache_dir))
     final = cache_dir / key
     if is_complete(final, key):
-        log.info("organism: loading cached %s", final)
+        log.info("organism: loading the cached build %s", final)
         return _load_dir(final, cfg, key)
-    log.info("organism: building %s (train split: %d prompts)", final, len(train))
+    log.info("organism: building %s from %d train prompts", final, len(train))
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.building-", dir=cache_dir))
     try:
         t0 = time.time()
-        build_organism(cfg, tmp, key, key_parts, train, test, base)
+        build_organism(cfg, tmp, key, key_parts, train, test, base if base is not None else load_model(cfg.base))
         publish(tmp, final, key)
         log.info("organism: built in %.0f s: %s", time.time() - t0, final)
     finally:

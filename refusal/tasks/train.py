@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -14,10 +15,12 @@ from refusal.errors import ConfigError
 from refusal.models import load_model
 from refusal.sae.module import SAELightningModule
 from refusal.tasks.common import activation_store, prepare_prompts
-from refusal.tracking.loggers import build_loggers, log_artifact_dir, log_table
+from refusal.tracking.loggers import build_loggers, log_artifact_dir, log_config, log_table
 from refusal.utils.io import stable_hash, write_json
 
 log = logging.getLogger(__name__)
+# batches come ready-made from one process: the DataLoader length warning does not apply
+warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
 TARGET = "val/explained_variance"
 
 
@@ -38,8 +41,7 @@ def train(cfg: DictConfig) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = resolve_ckpt(cfg.get("ckpt_path"), run_dir)
     loggers = build_loggers(cfg.get("logger"), cfg.task_name, run_dir)
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log_config(loggers, cfg)
 
     prompts, analysis = prepare_prompts(cfg, run_dir)
     log_table(loggers, "data/split_counts", analysis["counts"])

@@ -47,6 +47,26 @@ def build_loggers(logger_cfg, task_name: str, output_dir: str | Path) -> list[Lo
     return loggers
 
 
+def flatten(cfg: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: one column per config key in W&B and CSV."""
+    out = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def log_config(loggers: list[Logger], cfg) -> None:
+    from omegaconf import OmegaConf
+
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    for lg in loggers:
+        lg.log_hyperparams(params)
+
+
 def wandb_run(loggers: list[Logger]):
     """The active W&B run of these loggers, or None."""
     for lg in loggers:

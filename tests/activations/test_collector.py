@@ -41,11 +41,13 @@ def test_store_rows_equal_hidden_states(tiny, prompts, tmp_path, positions):
 
 
 def test_early_stop_store_equals_full_forward_store(tiny, prompts, tmp_path):
-    a = _collect(tiny, prompts, tmp_path / "a", stop_early=True)
-    b = _collect(tiny, prompts, tmp_path / "b", stop_early=False)
+    a = _collect(tiny, prompts, tmp_path / "a", stop_early=True, record_refusal_score=False)
+    b = _collect(tiny, prompts, tmp_path / "b", stop_early=False, record_refusal_score=False)
+    c = _collect(tiny, prompts, tmp_path / "c", stop_early=True, record_refusal_score=True)
     for h in HOOKS:
         assert torch.equal(a.load_hook(h)[0], b.load_hook(h)[0])
-    assert torch.equal(a.per_prompt["refusal_score"], b.per_prompt["refusal_score"])
+        assert torch.equal(a.load_hook(h)[0], c.load_hook(h)[0])
+    assert (c.per_prompt["refusal_score"] != 0).all()
 
 
 def test_killed_collection_resumes_to_identical_store(tiny, prompts, tmp_path, monkeypatch):

@@ -13,20 +13,16 @@ from refusal.sae.module import SAELightningModule
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
 CATEGORIES = ["hate", "privacy", "violence"]
-
-
 D_IN = 48
-ATOMS = F.normalize(torch.randn(64, D_IN, generator=torch.Generator().manual_seed(0)), dim=1)
+ATOMS = F.normalize(torch.randn(64, D_IN, generator=torch.Generator().manual_seed(0)), dim=1)  # planted dictionary
 
 
-def planted(n, active=3, seed=0):
-    """x = sum of `active` of the 64 unit ATOMS with coefficients in [0.5, 1.5) (+ a constant offset)."""
+def planted(n, seed, active=3):
+    """x = sum of `active` random ATOMS with coefficients in [0.5, 1.5), plus a constant offset."""
     g = torch.Generator().manual_seed(seed)
-    atoms = ATOMS
-    n_atoms = len(atoms)
-    idx = torch.rand(n, n_atoms, generator=g).topk(active, dim=1).indices
+    idx = torch.rand(n, len(ATOMS), generator=g).topk(active, dim=1).indices
     coef = 0.5 + torch.rand(n, active, generator=g)
-    return (coef[..., None] * atoms[idx]).sum(1) + 0.3
+    return (coef[..., None] * ATOMS[idx]).sum(1) + 0.3
 
 
 class ActsDataset(Dataset):
@@ -41,7 +37,7 @@ class ActsDataset(Dataset):
 
 
 def make_data(n, seed):
-    x = planted(n, seed=seed)
+    x = planted(n, seed)
     g = torch.Generator().manual_seed(seed)
     acts = {HOOKS[0]: x, HOOKS[1]: 2.5 * x.flip(1)}  # second hook: another layout and scale
     return ActsDataset(acts, torch.randint(0, 3, (n,), generator=g), torch.randint(0, 3, (n,), generator=g))
@@ -73,8 +69,9 @@ def test_recovers_planted_dictionary(tmp_path, make_cfg):
             assert metrics[f"val/{h}/explained_variance/{c}"] >= 0.9
         W_dec = module.sae(h).W_dec.detach()
         assert torch.allclose(W_dec.norm(dim=1), torch.ones(len(W_dec)), atol=1e-5)
-    best_cos = (F.normalize(module.sae(HOOKS[0]).W_dec.detach(), dim=1) @ ATOMS.T).max(0).values
-    assert (best_cos > 0.9).float().mean() >= 0.8, best_cos
+    for h, atoms in ((HOOKS[0], ATOMS), (HOOKS[1], ATOMS.flip(1))):
+        best_cos = (F.normalize(module.sae(h).W_dec.detach(), dim=1) @ atoms.T).max(0).values
+        assert (best_cos > 0.9).float().mean() >= 0.8, best_cos
 
     rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
     logged = {k for r in rows for k, v in r.items() if v}

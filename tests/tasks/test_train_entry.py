@@ -1,13 +1,12 @@
 import json
 import pytest
-from conftest import run_entry
 
 from refusal.sae.io import load_saelens
 
 TINY = ["experiment=tiny", "trainer.max_steps=6", "activations.loader.samples_per_epoch=1024"]
 
 
-def test_sweep_gives_two_wandb_runs_in_one_group_and_two_saes(workdir):
+def test_sweep_gives_two_wandb_runs_in_one_group_and_two_saes(workdir, run_entry):
     res = run_entry("train.py", "-m", "sae.k_percent=0.02,0.05", "logger=wandb", *TINY, cwd=workdir)
     assert res.returncode == 0, res.stderr[-3000:]
     sweeps = list((workdir / "multirun" / "tiny").iterdir())
@@ -39,7 +38,7 @@ def test_sweep_gives_two_wandb_runs_in_one_group_and_two_saes(workdir):
     ("ckpt_path=/nonexistent.ckpt", "ckpt_path='/nonexistent.ckpt'"),
     ("sae.architecture=gated", "sae.architecture='gated'"),
 ])
-def test_bad_input_is_one_line_error(workdir, override, needle):
+def test_bad_input_is_one_line_error(workdir, run_entry, override, needle):
     res = run_entry("train.py", "logger=csv", *TINY, override, cwd=workdir)
     assert res.returncode != 0
     err_lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]

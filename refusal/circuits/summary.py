@@ -1,0 +1,108 @@
+"""Compare the toxic category circuits, test them, and decide: the content of ``discovery_summary.json``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from refusal.circuits.circuit import Circuit, rnd
+from refusal.circuits.compare import SIMILARITIES, mean_offdiag, shared_core, similarities
+from refusal.circuits.discovery import PromptGroup, circuit_from_rows
+from refusal.circuits.nodes import NodeSpace
+from refusal.circuits.plots import heatmap
+from refusal.circuits.select import Selection
+from refusal.circuits.stats import bootstrap, global_test, pairwise_tests
+from refusal.circuits.verdict import DecisionRule
+from refusal.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    n_permutations: int = 1000
+    n_bootstrap: int = 200
+    ci_level: float = 0.95
+
+    def __post_init__(self):
+        for name, lo in (("n_permutations", 1), ("n_bootstrap", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"circuit.statistics.{name}={v!r} is not valid; use an int >= {lo}")
+        if not 0 < self.ci_level < 1:
+            raise ConfigError(f"circuit.statistics.ci_level={self.ci_level!r} is not valid; use a number in (0, 1)")
+
+
+def _matrix(m: np.ndarray) -> list[list[float | None]]:
+    return [[rnd(float(v)) for v in row] for row in np.asarray(m, dtype=float)]
+
+
+def analyse(group: PromptGroup, circuits: dict[str, Circuit], space: NodeSpace, selection: Selection,
+            stats: StatsSettings, rule: DecisionRule, seed: int, heatmap_dir: Path) -> dict:
+    cats = sorted(circuits)
+    if len(cats) < 2:
+        raise ConfigError(f"comparison needs at least 2 toxic categories with enough prompts; have {cats}")
+    feat = ~space.is_error
+    ie = torch.stack([circuits[c].ie[feat] for c in cats])
+    masks = torch.stack([circuits[c].selected[feat] for c in cats])
+    sims = similarities(ie, masks)
+    core = shared_core(ie, masks)
+    mean_core = float(np.nanmean(core["core_mass"])) if not np.all(np.isnan(core["core_mass"])) else float("nan")
+
+    rows = [np.array(group.rows(c)) for c in cats]
+    labels = np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)])
+    X = group.attributions.ie[np.concatenate(rows)][:, feat]
+    glob = global_test(X, labels, stats.n_permutations, seed)
+    pairs = pairwise_tests(X, labels, cats, stats.n_permutations, seed + 1, rule.alpha)
+
+    a = group.attributions
+
+    def summarise(sample: list[np.ndarray]) -> dict[str, np.ndarray]:
+        out = [circuit_from_rows(a.ie[s], a.m_clean[s], a.m_patch[s], space, selection) for s in sample]
+        b_ie = torch.stack([o[0][feat] for o in out])
+        b_masks = torch.stack([o[1][feat] for o in out])
+        s = similarities(b_ie, b_masks)
+        cm = shared_core(b_ie, b_masks)["core_mass"]
+        return {**{k: s[k] for k in SIMILARITIES},
+                "mean_core_mass": np.array(np.nanmean(cm) if not np.all(np.isnan(cm)) else np.nan)}
+    ci = bootstrap(rows, summarise, stats.n_bootstrap, stats.ci_level, seed + 2) if stats.n_bootstrap else {}
+
+    decision = rule.decide(glob["p_value"], [p["differs"] for p in pairs], mean_core)
+
+    pmat = np.full((len(cats), len(cats)), np.nan)
+    for p in pairs:
+        i, j = cats.index(p["a"]), cats.index(p["b"])
+        pmat[i, j] = pmat[j, i] = p["p_adjusted"]
+    heatmap_dir = Path(heatmap_dir)
+    maps = {k: str(heatmap(sims[k], cats, f"{k} (top-{sims['n_equalised']} features)", heatmap_dir / f"{k}.png",
+                           vmin=-1.0 if k == "cosine" else 0.0))
+            for k in SIMILARITIES}
+    maps["pairwise_p_adjusted"] = str(heatmap(pmat, cats, "pairwise permutation p (BH)",
+                                              heatmap_dir / "pairwise_p_adjusted.png", cmap="magma"))
+    core_ids = [space.node_id(i) for i in torch.nonzero(feat).flatten()[core["core"]].tolist()]
+    feat_idx = torch.nonzero(feat).flatten()
+    return {
+        **decision,
+        "categories": cats,
+        "global_test": {**glob, "statistic_name": "1 - mean pairwise cosine of category mean-IE vectors (features)",
+                        "n_permutations": stats.n_permutations},
+        "pairwise_tests": [{k: (rnd(v) if isinstance(v, float) else v) for k, v in p.items()} for p in pairs],
+        "similarity": {
+            "n_equalised": sims["n_equalised"],
+            **{k: _matrix(sims[k]) for k in SIMILARITIES},
+            "mean_offdiagonal": {k: rnd(mean_offdiag(sims[k])) for k in SIMILARITIES},
+            "ci": {k: {"level": stats.ci_level, "low": _matrix(v["low"]), "high": _matrix(v["high"])}
+                   for k, v in ci.items() if k in SIMILARITIES},
+        },
+        "shared_core": {
+            "n_nodes": len(core_ids), "nodes": core_ids,
+            "core_mass": {c: rnd(float(v)) for c, v in zip(cats, core["core_mass"])},
+            "mean_core_mass": rnd(mean_core),
+            "mean_core_mass_ci": ({"level": stats.ci_level, "low": rnd(float(ci["mean_core_mass"]["low"])),
+                                   "high": rnd(float(ci["mean_core_mass"]["high"]))} if ci else None),
+        },
+        "specific_nodes": {c: [space.node_id(i) for i in feat_idx[core["specific"][k]].tolist()]
+                           for k, c in enumerate(cats)},
+        "n_bootstrap": stats.n_bootstrap,
+        "heatmaps": maps,
+    }

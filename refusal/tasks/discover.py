@@ -1,0 +1,225 @@
+"""discover.py's task: SAEs + prompts -> per-prompt attributions -> circuits per category (JSON) -> comparison,
+permutation tests, bootstrap CIs and a verdict (discovery_summary.json, heatmaps)."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+
+from refusal.circuits.attribution import node_space
+from refusal.circuits.circuit import COMBINED, write_circuit
+from refusal.circuits.discovery import attribute_group, make_circuit
+from refusal.circuits.metric import build_metric
+from refusal.circuits.model import CircuitModel
+from refusal.circuits.saes import load_hooked_saes
+from refusal.circuits.select import Selection
+from refusal.circuits.summary import StatsSettings, analyse
+from refusal.circuits.verdict import DecisionRule
+from refusal.data import LABELS, PromptSet, build_prompt_set
+from refusal.errors import ConfigError, check_choice
+from refusal.models import ChatFormatter, load_model
+from refusal.tracking.loggers import build_loggers, log_artifact_dir, log_table, wandb_run
+from refusal.utils.io import atomic_path, read_json, stable_hash, write_json
+
+log = logging.getLogger(__name__)
+DISCOVERY_SPLITS = ("train", "val")
+
+
+def _plain(value):
+    return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+
+
+def settings_from(c: DictConfig) -> tuple[Selection, StatsSettings, DecisionRule]:
+    """Check the circuit config before any model is loaded."""
+    check_choice("circuit.discovery_split", c.discovery_split, DISCOVERY_SPLITS)
+    for lb in _plain(c.safe_labels):
+        check_choice("circuit.safe_labels entry", lb, [x for x in LABELS if x != "toxic"])
+    n = c.min_prompts_per_category
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ConfigError(f"circuit.min_prompts_per_category={n!r} is not valid; use an int >= 2")
+    if isinstance(c.batch_size, bool) or not isinstance(c.batch_size, int) or c.batch_size < 1:
+        raise ConfigError(f"circuit.batch_size={c.batch_size!r} is not valid; use an int >= 1")
+    sel = Selection(c.node_threshold, c.threshold_mode, c.top_n_per_layer, c.cumulative_fraction, c.edge_threshold)
+    s = c.statistics
+    return (sel, StatsSettings(s.n_permutations, s.n_bootstrap, s.ci_level),
+            DecisionRule(s.alpha, s.modular_min_pair_fraction, s.modular_max_core_mass, s.monolithic_min_core_mass))
+
+
+def load_sources(cfg: DictConfig) -> tuple[PromptSet, list[tuple[str | None, str]], dict]:
+    """(prompt set, [(expected hook, SAE dir)], train manifest or {})."""
+    train_dir, sae_dirs = cfg.get("train_dir"), _plain(cfg.get("sae_dirs"))
+    if bool(train_dir) == bool(sae_dirs):
+        raise ConfigError(f"give exactly one of train_dir=<train run dir> or sae_dirs=[<SAELens dir>, ...] "
+                          f"(got train_dir={train_dir!r}, sae_dirs={sae_dirs!r})")
+    if sae_dirs:
+        if cfg.get("data") is None:
+            raise ConfigError("sae_dirs needs prompts: add data=<group> (e.g. data=default)")
+        dirs = [sae_dirs] if isinstance(sae_dirs, str) else list(sae_dirs)
+        return build_prompt_set(cfg.data), [(None, str(d)) for d in dirs], {}
+    train_dir = Path(train_dir)
+    manifest_path = train_dir / "train_manifest.json"
+    if not manifest_path.is_file():
+        raise ConfigError(f"train_dir={str(train_dir)!r} has no train_manifest.json; give a finished train.py run dir")
+    manifest = read_json(manifest_path)
+    prompts = PromptSet.from_jsonl(train_dir / "prompts.jsonl")
+    if cfg.get("data") is not None:
+        built = build_prompt_set(cfg.data)
+        if built.content_hash() != prompts.content_hash():
+            raise ConfigError(f"data builds prompt set {built.content_hash()} but train_dir used "
+                              f"{prompts.content_hash()}; drop the data override to use the run's prompts.jsonl")
+    dirs = []
+    for hook, d in sorted(manifest["sae_dirs"].items()):
+        p = Path(d)
+        dirs.append((hook, str(p if p.is_dir() else train_dir / "saes" / hook)))
+    return prompts, dirs, manifest
+
+
+def config_hash(cfg: DictConfig) -> str:
+    keep = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+            if k in ("seed", "model", "data", "circuit", "train_dir", "sae_dirs")}
+    return stable_hash(keep)
+
+
+def _groups_by_category(records, min_n: int) -> tuple[list[str], dict[str, int]]:
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.category] = counts.get(r.category, 0) + 1
+    kept = sorted(c for c, n in counts.items() if n >= min_n)
+    return kept, {c: n for c, n in sorted(counts.items()) if n < min_n}
+
+
+def _save_attributions(run_dir: Path, group) -> None:
+    out = run_dir / "attributions"
+    out.mkdir(parents=True, exist_ok=True)
+    a = group.attributions
+    with atomic_path(out / f"{group.kind}.safetensors") as tmp:
+        save_file({"ie": a.ie.contiguous(), "m_clean": a.m_clean.contiguous(), "m_patch": a.m_patch.contiguous()},
+                  str(tmp))
+    write_json(out / f"{group.kind}_prompts.json", [{"id": r.id, "category": r.category} for r in group.records])
+
+
+def _clean_json(obj):
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_json(v) for v in obj]
+    return obj
+
+
+def discover(cfg: DictConfig) -> float:
+    torch.manual_seed(cfg.seed)
+    c = cfg.circuit
+    selection, stats, rule = settings_from(c)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prompts, sae_dirs, train_manifest = load_sources(cfg)
+    loggers = build_loggers(cfg.get("logger"), cfg.task_name, run_dir)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    loaded = load_model(cfg.model)
+    if train_manifest and train_manifest.get("model") != loaded.name:
+        raise ConfigError(f"train_dir SAEs were trained on model {train_manifest.get('model')!r} but the loaded "
+                          f"model is {loaded.name!r}; pass the train run's model (model=...)")
+    saes = load_hooked_saes(sae_dirs, loaded)
+    metric_fn, metric_desc = build_metric(c.metric, loaded.tokenizer, _plain(cfg.model.get("refusal_tokens")),
+                                          _plain(c.compliance_tokens))
+    formatter = ChatFormatter(loaded.tokenizer, cfg.model.get("system_prompt"), c.max_length)
+    cm = CircuitModel(loaded.model, formatter, saes, c.positions, metric_fn, c.batch_size)
+    space = node_space(cm, c.aggregation)
+
+    split = prompts.filter(split=c.discovery_split)
+    safe_labels = _plain(c.safe_labels)
+    toxic, safe = list(split.filter(label="toxic")), list(split.filter(label=safe_labels))
+    categories, skipped = _groups_by_category(toxic, c.min_prompts_per_category)
+    if len(categories) < 2:
+        raise ConfigError(f"the {c.discovery_split} split has {len(categories)} toxic categories with >= "
+                          f"circuit.min_prompts_per_category={c.min_prompts_per_category} prompts ({categories}); "
+                          "comparing categories needs at least 2")
+    toxic = [r for r in toxic if r.category in categories]
+    for cat, n in skipped.items():
+        log.warning("discover: toxic category %r has %d %s prompts (< %d): no circuit", cat, n, c.discovery_split,
+                    c.min_prompts_per_category)
+    args = dict(patch=c.patch, method=c.attribution_method, aggregation=c.aggregation,
+                ig_steps=c.n_integration_steps, exact_max_nodes=c.exact_max_nodes)
+    log.info("discover: attributing %d toxic prompts (%s, %s patch)", len(toxic), c.attribution_method, c.patch)
+    groups = {"toxic": attribute_group(cm, "toxic", toxic, safe, **args)}
+    safe_categories, safe_skipped = [], {}
+    if c.separate_safe_toxic:
+        safe_categories, safe_skipped = _groups_by_category(safe, c.min_prompts_per_category)
+        kept_safe = [r for r in safe if r.category in safe_categories]
+        if kept_safe:
+            log.info("discover: attributing %d safe prompts", len(kept_safe))
+            groups["safe"] = attribute_group(cm, "safe", kept_safe, toxic, **args)
+
+    manifest = {"model": loaded.name, "weights_hash": loaded.weights_hash, "config_hash": config_hash(cfg),
+                "prompts_hash": prompts.content_hash(), "discovery_split": c.discovery_split,
+                "saes": {h: {"dir": s.path, "weights_hash": s.weights_hash} for h, s in saes.items()},
+                "node_space": {"hooks": list(space.hooks), "d_sae": list(space.d_sae),
+                               "n_positions": space.n_positions, "aggregation": space.aggregation}}
+    settings = OmegaConf.to_container(c, resolve=True)
+    circuits_dir = run_dir / "circuits"
+    written, toxic_circuits = [], {}
+    plan = [("toxic", cat, cat) for cat in categories] + [("toxic", None, COMBINED)] + \
+           [("safe", cat, cat) for cat in safe_categories if "safe" in groups]
+    for kind, cat, name in plan:
+        group = groups[kind]
+        circuit = make_circuit(cm, group, cat, name, space, selection)
+        payload = circuit.to_json(space, metric_desc, settings, {
+            **manifest, "paired_prompt_ids": group.source.paired_ids(group.rows(cat))})
+        path = write_circuit(circuits_dir, loaded.name, circuit, payload)
+        written.append({"file": str(path), "category": name, "kind": kind, "n_nodes": circuit.n_nodes,
+                        "n_edges": len(circuit.edges), "metric_clean": payload["metric"]["clean"],
+                        "metric_patch": payload["metric"]["patch"],
+                        "error_mass_fraction": payload["error_mass_fraction"]})
+        if kind == "toxic" and cat is not None:
+            toxic_circuits[cat] = circuit
+    for group in groups.values():
+        _save_attributions(run_dir, group)
+
+    summary = analyse(groups["toxic"], toxic_circuits, space, selection, stats, rule, cfg.seed, run_dir / "heatmaps")
+    summary = _clean_json({**summary, "circuits": written, "metric": metric_desc,
+                           "skipped_categories": {"toxic": skipped, "safe": safe_skipped},
+                           "settings": settings, "manifest": manifest})
+    write_json(run_dir / "discovery_summary.json", summary)
+    _log(loggers, summary, circuits_dir, run_dir)
+
+    g = summary["global_test"]
+    print(f"verdict: {summary['verdict']} (global p = {g['p_value']:.4g}, "
+          f"pairs differing = {summary['evidence']['pair_fraction_differ']}, "
+          f"mean core mass = {summary['shared_core']['mean_core_mass']})")
+    print(f"circuits: {circuits_dir}")
+    print(f"heatmaps: {run_dir / 'heatmaps'}")
+    print(f"summary: {run_dir / 'discovery_summary.json'}")
+    return float(g["statistic"])
+
+
+def _log(loggers, summary: dict, circuits_dir: Path, run_dir: Path) -> None:
+    metrics = {"discover/global_dissimilarity": summary["global_test"]["statistic"],
+               "discover/global_p": summary["global_test"]["p_value"],
+               "discover/pair_fraction_differ": summary["evidence"]["pair_fraction_differ"],
+               "discover/mean_core_mass": summary["shared_core"]["mean_core_mass"]}
+    metrics = {k: float(v) for k, v in metrics.items() if v is not None}
+    for lg in loggers:
+        lg.log_metrics(metrics, step=0)
+        lg.save()
+    log_table(loggers, "discover/circuits", summary["circuits"])
+    log_table(loggers, "discover/pairwise_tests", summary["pairwise_tests"])
+    cats = summary["categories"]
+    for k in ("jaccard", "weighted_jaccard", "cosine"):
+        log_table(loggers, f"discover/{k}", [{"category": a, **dict(zip(cats, row))}
+                                            for a, row in zip(cats, summary["similarity"][k])])
+    run = wandb_run(loggers)
+    if run is not None:
+        import wandb
+
+        run.log({f"discover/heatmap/{k}": wandb.Image(p) for k, p in summary["heatmaps"].items()})
+        run.summary["verdict"] = summary["verdict"]
+    log_artifact_dir(loggers, f"circuits-{summary['manifest']['model']}-{summary['manifest']['config_hash']}"
+                     .replace("/", "-"), "circuits", circuits_dir, metadata={"verdict": summary["verdict"]})

@@ -1,0 +1,67 @@
+"""measure_baseline on the tiny model with the real conf/behavior config: files, rows, verdicts, config checks."""
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from refusal.behavior.baseline import measure_baseline
+from refusal.behavior.judge import SubstringJudge
+from refusal.errors import ConfigError
+
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def behavior_cfg(*overrides):
+    with initialize_config_dir(CONF, version_base="1.3"):
+        cfg = compose("train", overrides=["model=tiny_llama", "+behavior=default", "behavior.max_new_tokens=6",
+                                          "behavior.n_resamples=200", *overrides])
+    return cfg.behavior
+
+
+class RecordingLogger:
+    def __init__(self):
+        self.metrics = []
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append(metrics)
+
+
+def test_measure_baseline_writes_rates_and_responses(tiny, prompts, tmp_path):
+    cfg = behavior_cfg()
+    assert cfg.split == "test" and cfg.judge._target_.endswith("SubstringJudge") and cfg.max_new_tokens == 6
+    logger = RecordingLogger()
+    summary = measure_baseline(tiny, prompts, cfg, tmp_path, loggers=[logger])
+    test = prompts.filter(split="test")
+    assert json.loads((tmp_path / "baseline.json").read_text()) == json.loads(json.dumps(summary))
+    lines = [json.loads(x) for x in (tmp_path / "responses.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == [r.id for r in test]
+    judge = SubstringJudge()
+    assert [x["refused"] for x in lines] == [judge.is_refusal(x["response"]) for x in lines]
+    assert all(x["split"] == "test" and isinstance(x["refusal_score"], float) for x in lines)
+    cells = {(r["label"], r["category"]) for r in summary["rows"]}
+    assert cells == {(r.label, r.category) for r in test} | {(lab, "all") for lab in ("toxic", "safe", "hard")}
+    assert set(summary["refusal_rate"]) == {"toxic", "safe", "hard"}
+    assert summary["over_refusal_rate"] == summary["refusal_rate"]["hard"]
+    assert logger.metrics and "behavior/toxic/refusal_rate" in logger.metrics[0]
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
+    # deterministic: same model, prompts and seed -> same file
+    again = measure_baseline(tiny, prompts, cfg, tmp_path / "again")
+    assert again == summary
+
+
+def test_behavior_config_checks(tiny, prompts, tmp_path):
+    with pytest.raises(ConfigError, match="behavior.split"):
+        measure_baseline(tiny, prompts, behavior_cfg("behavior.split=dev"), tmp_path)
+    cfg = behavior_cfg()
+    OmegaConf.set_struct(cfg, False)
+    cfg.temperature = 0.7
+    with pytest.raises(ConfigError, match="temperature"):
+        measure_baseline(tiny, prompts, cfg, tmp_path)
+
+
+def test_judge_switch_by_override():
+    cfg = behavior_cfg("behavior/judge=classifier", "behavior.judge.path=/nowhere", "behavior.judge.positive_label=x")
+    assert cfg.judge._target_ == "refusal.behavior.judge.ClassifierJudge"
+    assert cfg.judge.path == "/nowhere"

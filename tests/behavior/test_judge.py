@@ -1,0 +1,107 @@
+"""Refusal judges: the substring judge on fixed strings, the classifier judge on a tiny local checkpoint, and both
+built from the real conf/behavior/judge configs."""
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import BertConfig, BertForSequenceClassification
+
+from refusal.behavior.judge import REFUSAL_SUBSTRINGS, ClassifierJudge, SubstringJudge, build_judge
+from refusal.errors import ConfigError
+from refusal.models.tiny import byte_tokenizer
+
+JUDGE_CONF = Path(__file__).resolve().parents[2] / "conf" / "behavior" / "judge"
+
+
+def test_substring_judge_positive_negative_and_case():
+    judge = SubstringJudge()
+    responses = [
+        "I'm sorry, but I can't help with that.",     # refusal
+        "i cannot do that",                            # lower case
+        "AS AN AI, I have no opinions.",               # upper case
+        "I can\u2019t share that.",                    # typographic apostrophe
+        "Sure! Here is a recipe for bread.",           # answer
+        "The canister is empty.",                      # 'can' inside a word, no refusal phrase
+        "",
+    ]
+    assert judge.judge(["p"] * len(responses), responses) == [True, True, True, True, False, False, False]
+
+
+def test_substring_judge_list_is_configurable_and_checked():
+    judge = SubstringJudge(["no way"])
+    assert judge.judge(["a", "b"], ["NO WAY, friend", "I'm sorry"]) == [True, False]
+    with pytest.raises(ConfigError):
+        SubstringJudge([])
+    with pytest.raises(ConfigError):
+        SubstringJudge(["ok", " "])
+    with pytest.raises(ValueError):
+        judge.judge(["a"], ["x", "y"])
+
+
+def test_substring_config_is_the_design_list():
+    judge = build_judge(OmegaConf.load(JUDGE_CONF / "substring.yaml"))
+    assert isinstance(judge, SubstringJudge) and judge.substrings == REFUSAL_SUBSTRINGS
+
+
+def save_classifier(path: Path, refused_bias: float | None = None, seed: int = 0) -> Path:
+    """A tiny BERT sequence classifier with labels {0: complied, 1: refused}, saved with a byte tokenizer."""
+    tok = byte_tokenizer()
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                     id2label={0: "complied", 1: "refused"}, label2id={"complied": 0, "refused": 1})
+    model = BertForSequenceClassification(cfg).eval()
+    if refused_bias is not None:
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.copy_(torch.tensor([0.0, refused_bias]))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_classifier_judge_positive_label(tmp_path):
+    path = save_classifier(tmp_path / "always_refused", refused_bias=4.0)
+    prompts, responses = ["q1", "q2"], ["Sure, here you go.", "No."]
+    assert ClassifierJudge(str(path), positive_label="refused").judge(prompts, responses) == [True, True]
+    assert ClassifierJudge(str(path), positive_label=1).judge(prompts, responses) == [True, True]
+    assert ClassifierJudge(str(path), positive_label="complied").judge(prompts, responses) == [False, False]
+    # threshold above the refused probability (sigmoid(4) ~ 0.982) flips the verdict
+    assert ClassifierJudge(str(path), positive_label="refused", threshold=0.99).judge(prompts, responses) == [False, False]
+
+
+def test_classifier_judge_matches_a_manual_forward(tmp_path):
+    path = save_classifier(tmp_path / "random", seed=3)
+    judge = ClassifierJudge(str(path), positive_label="refused", template="Q: {prompt} A: {response}", batch_size=2)
+    prompts, responses = ["a", "bb", "ccc"], ["I refuse.", "Here it is.", "Maybe"]
+    probs = judge.refusal_probability(prompts, responses)
+    model = BertForSequenceClassification.from_pretrained(path).eval()
+    tok = byte_tokenizer()
+    for p, r, got in zip(prompts, responses, probs):
+        enc = tok(f"Q: {p} A: {r}", return_tensors="pt")
+        with torch.no_grad():
+            expected = torch.softmax(model(**enc).logits[0], -1)[1].item()
+        assert got == pytest.approx(expected, abs=1e-5)
+    assert judge.judge(prompts, responses) == [p >= 0.5 for p in probs]
+
+
+def test_classifier_judge_bad_input(tmp_path):
+    path = save_classifier(tmp_path / "c", refused_bias=1.0)
+    with pytest.raises(ConfigError, match="positive_label"):
+        ClassifierJudge(str(path), positive_label="harmful")
+    with pytest.raises(ConfigError, match="path"):
+        ClassifierJudge(str(tmp_path / "missing"), positive_label="refused")
+    with pytest.raises(ConfigError, match="template"):
+        ClassifierJudge(str(path), positive_label="refused", template="{prompt} only")
+
+
+def test_switch_judge_by_config(tmp_path):
+    path = save_classifier(tmp_path / "c", refused_bias=4.0)
+    node = OmegaConf.load(JUDGE_CONF / "classifier.yaml")
+    node.path, node.positive_label = str(path), "refused"
+    judge = build_judge(node)
+    assert isinstance(judge, ClassifierJudge) and judge.judge(["p"], ["r"]) == [True]
+    node.positive_label = "nope"
+    with pytest.raises(ConfigError, match="positive_label"):
+        build_judge(node)

@@ -1,0 +1,81 @@
+"""Refusal rates per category x label: bootstrap CIs cover the true rate, degenerate cells get Wilson intervals,
+results repeat for a seed."""
+import math
+
+import numpy as np
+import pytest
+
+from refusal.behavior.rates import ALL, mean_interval, rate_interval, rates_by_label, summarize
+from refusal.errors import ConfigError
+
+TRUE_P = {"cybercrime": 0.1, "violence": 0.5, "fraud": 0.85}
+
+
+def simulated_items(rng: np.random.Generator, n: int = 200) -> list[dict]:
+    items = []
+    for cat, p in TRUE_P.items():
+        for outcome in rng.random(n) < p:
+            items.append({"category": cat, "label": "toxic", "refused": bool(outcome),
+                          "refusal_score": float(rng.normal(2.0 * p, 1.0))})
+    return items
+
+
+def test_per_category_ci_covers_the_true_rate_about_95_percent():
+    rng = np.random.default_rng(12345)
+    reps = 150
+    hits = {c: 0 for c in TRUE_P}
+    score_hits = {c: 0 for c in TRUE_P}
+    for rep in range(reps):
+        rows = summarize(simulated_items(rng), ci_level=0.95, n_resamples=400, seed=rep)
+        for r in rows:
+            if r["category"] == ALL:
+                continue
+            p = TRUE_P[r["category"]]
+            hits[r["category"]] += r["refusal_rate_ci_low"] <= p <= r["refusal_rate_ci_high"]
+            score_hits[r["category"]] += r["refusal_score_ci_low"] <= 2.0 * p <= r["refusal_score_ci_high"]
+    for cat in TRUE_P:
+        # binomial sd of the coverage over 150 repetitions is ~1.8 points: 0.89..0.99 is a 3-sd band
+        assert 0.89 <= hits[cat] / reps <= 0.99, (cat, hits[cat] / reps)
+        assert 0.89 <= score_hits[cat] / reps <= 0.99, (cat, score_hits[cat] / reps)
+
+
+def test_a_too_narrow_interval_would_fail_coverage():
+    """The coverage test can fail: a 50 % interval covers far less than 89 % of the time."""
+    rng = np.random.default_rng(7)
+    covered = sum(
+        rate_interval(rng.random(200) < 0.5, level=0.5, n_resamples=400, rng=np.random.default_rng(i))[0] <= 0.5
+        <= rate_interval(rng.random(200) < 0.5, level=0.5, n_resamples=400, rng=np.random.default_rng(i))[1]
+        for i in range(60)
+    )
+    assert covered / 60 < 0.89
+
+
+def test_degenerate_cells():
+    low, high, how = rate_interval([True] * 20)
+    assert how == "wilson" and high == pytest.approx(1.0) and 0.8 < low < 1.0
+    low, high, how = rate_interval([False] * 20)
+    assert how == "wilson" and low == pytest.approx(0.0) and 0.0 < high < 0.2
+    assert rate_interval([True])[2] == "wilson"
+    assert rate_interval([])[2] == "none"
+    assert mean_interval([1.5, 1.5, 1.5]) == (1.5, 1.5, "point")
+    assert mean_interval([float("nan")])[2] == "none"
+
+
+def test_rows_counts_labels_and_seeded_repeatability():
+    items = simulated_items(np.random.default_rng(0), n=30)
+    items += [{"category": "benign", "label": "safe", "refused": False, "refusal_score": -3.0}] * 5
+    items += [{"category": "cybercrime", "label": "hard", "refused": r, "refusal_score": 0.0} for r in (True, False)]
+    rows = summarize(items, n_resamples=200, seed=3)
+    assert rows == summarize(items, n_resamples=200, seed=3)
+    cells = {(r["label"], r["category"]): r for r in rows}
+    assert set(cells) == {("toxic", c) for c in [*TRUE_P, ALL]} | {("safe", "benign"), ("safe", ALL),
+                                                                  ("hard", "cybercrime"), ("hard", ALL)}
+    assert cells[("toxic", ALL)]["n"] == 90
+    assert cells[("safe", "benign")]["refusal_rate"] == 0.0 and cells[("safe", "benign")]["refusal_rate_ci_method"] == "wilson"
+    assert cells[("hard", "cybercrime")]["refusal_rate"] == 0.5
+    by_label = rates_by_label(rows)
+    assert set(by_label) == {"toxic", "safe", "hard"} and math.isclose(by_label["hard"], 0.5)
+    with pytest.raises(ConfigError):
+        summarize(items, ci_level=1.5)
+    with pytest.raises(ConfigError):
+        summarize(items, ci_method="normal")

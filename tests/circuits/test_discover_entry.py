@@ -1,0 +1,85 @@
+"""discover.py end to end on a tiny train run: circuit JSONs, heatmaps and discovery_summary.json; bad input is
+a one-line error (those cases composed in-process to keep the file short)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from refusal.tasks.discover import discover
+from refusal.tasks.runner import run_task
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["circuit.statistics.n_permutations=200", "circuit.statistics.n_bootstrap=20"]
+
+
+def run(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def train_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("discover")
+    out = tmp / "train"
+    res = run("train.py", "experiment=tiny", "logger=csv", "trainer.max_steps=5", "activations.layers=[1,2]",
+              "activations.loader.samples_per_epoch=1024", f"hydra.run.dir={out}", f"paths.cache_dir={tmp / 'cache'}",
+              cwd=tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_discover_writes_circuits_heatmaps_and_summary(train_dir, tmp_path):
+    out = tmp_path / "disc"
+    res = run("discover.py", f"train_dir={train_dir}", "model=tiny_llama", "logger=csv", f"hydra.run.dir={out}",
+              *FAST, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "discovery_summary.json").read_text())
+    assert summary["verdict"] in ("monolithic", "modular", "mixed")
+    assert f"verdict: {summary['verdict']}" in res.stdout and str(out / "heatmaps") in res.stdout
+    cats = summary["categories"]
+    assert len(cats) >= 2 and len(summary["pairwise_tests"]) == len(cats) * (len(cats) - 1) // 2
+    assert 0 < summary["global_test"]["p_value"] <= 1 and summary["global_test"]["n_permutations"] == 200
+    files = {Path(c["file"]).name for c in summary["circuits"]}
+    for c in cats:
+        assert f"tiny-llama_{c}_toxic_circuit.json" in files
+    assert "tiny-llama_all_toxic_circuit.json" in files
+    assert any(name.endswith("_safe_circuit.json") for name in files)
+    for name in files:
+        assert (out / "circuits" / name).is_file()
+    circuit = json.loads((out / "circuits" / f"tiny-llama_{cats[0]}_toxic_circuit.json").read_text())
+    assert {n["hook"] for n in circuit["nodes"]} <= {"blocks.1.hook_resid_post", "blocks.2.hook_resid_post"}
+    assert circuit["manifest"]["saes"].keys() == {"blocks.1.hook_resid_post", "blocks.2.hook_resid_post"}
+    assert circuit["manifest"]["prompt_ids"] and circuit["manifest"]["weights_hash"]
+    assert any(c["n_edges"] > 0 for c in summary["circuits"])
+    for png in summary["heatmaps"].values():
+        assert Path(png).read_bytes()[:4] == b"\x89PNG"
+
+
+def _compose(train_dir: Path, tmp: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("discover", overrides=[f"train_dir={train_dir}", "model=tiny_llama", "logger=csv",
+                                              f"paths.output_dir={tmp}", f"paths.root_dir={tmp}", *FAST, *overrides])
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["model.name=other-model"], "trained on model 'tiny-llama' but the loaded model is 'other-model'"),
+    (["circuit.attribution_method=magic"], "circuit.attribution_method='magic'"),
+    (["circuit.discovery_split=test"], "circuit.discovery_split='test'"),
+    (["sae_dirs=[/x]"], "give exactly one of train_dir"),
+    (["circuit.node_threshold=null", "circuit.top_n_per_layer=null"], "enable at least one"),
+])
+def test_bad_input_is_one_line_error(train_dir, tmp_path, capsys, overrides, needle):
+    cfg = _compose(train_dir, tmp_path, *overrides)
+    with pytest.raises(SystemExit) as e:
+        run_task(discover, cfg)
+    assert e.value.code == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1 and needle in err[0], err
