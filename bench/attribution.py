@@ -1,7 +1,7 @@
 """Attribution cost: AtP for every feature (+ error node) of every hooked layer ÷ one plain forward, same batches.
 
 python bench/attribution.py [--model tiny|smollm2] [--hook-points hook_resid_post] [--layers all]
-                            [--expansion 16] [--prompts 64] [--batch-size 8] [--repeats 3]
+                            [--expansion 16] [--prompts 64] [--batch-size 8] [--repeats 5]
 
 Plain forward: ``model(**inputs)`` under inference_mode (what a user runs to get the logits). AtP: the spliced
 forward + backward that gives ∂m/∂f and ∂m/∂e for all nodes, and the products (a_clean − a_patch)·grad, with the
@@ -24,6 +24,7 @@ from refusal.circuits.patch import mean_values
 from refusal.circuits.splice import HookedSAE
 from refusal.data import build_prompt_set
 from refusal.models import ChatFormatter, expand_hook_names, load_model
+from refusal.models.hooks import hook_width
 from refusal.sae.model import SparseAutoencoder
 
 MODELS = {"smollm2": "conf/model/smollm2_135m.yaml", "tiny": "conf/model/tiny_llama.yaml"}
@@ -48,15 +49,14 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     torch.manual_seed(0)
     loaded = load_model(OmegaConf.load(MODELS[args.model]))
     hooks = expand_hook_names(args.hook_points, args.layers, loaded.n_layers)
-    cfg = loaded.model.config
     saes = {}
     for h in hooks:
-        d_in = cfg.intermediate_size if h.endswith("mlp.hook_post") else cfg.hidden_size
+        d_in = hook_width(loaded.model, h)
         sae = SparseAutoencoder(d_in, d_in * args.expansion, "topk", k=min(args.k, d_in * args.expansion))
         saes[h] = HookedSAE(h, sae.eval().requires_grad_(False))
     data_cfg = OmegaConf.load("conf/data/default.yaml")

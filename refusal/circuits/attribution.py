@@ -79,7 +79,7 @@ def _repeat(enc: EncodedBatch, n: int) -> EncodedBatch:
 
 
 @torch.no_grad()
-def _exact(cm, enc, clean, patch, m_clean, per_position: bool, **_):
+def _exact(cm, enc, clean, patch, per_position: bool, **_):
     B = enc.input_ids.shape[0]
     P = cm.n_positions
     chunk = max(1, EXACT_ROWS // B)
@@ -92,6 +92,7 @@ def _exact(cm, enc, clean, patch, m_clean, per_position: bool, **_):
         units = [(j, p) for j in range(n_feat + 1) for p in (range(P) if per_position else [None])
                  if not bool(same[:, j].all() if p is None else same[p, j])]
         ie = torch.zeros(B, P if per_position else 1, n_feat + 1, dtype=fc.dtype, device=fc.device)
+        m_ref, _ = cm.run(enc, {h: "set"}, {h: (fc, ec)})  # spliced at clean values: same rounding as below
         for start in range(0, len(units), chunk):
             part = units[start:start + chunk]
             n = len(part)
@@ -103,7 +104,7 @@ def _exact(cm, enc, clean, patch, m_clean, per_position: bool, **_):
                 else:
                     e[rows, pos] = ep[:, pos]
             m, _ = cm.run(_repeat(enc, n), {h: "set"}, {h: (f, e)})
-            delta = (m_clean.repeat(n) - m).view(n, B)
+            delta = (m_ref.repeat(n) - m).view(n, B)
             for k, (j, p) in enumerate(part):
                 ie[:, 0 if p is None else p, j] = delta[k].to(ie.dtype)
         out.append(ie)
@@ -137,7 +138,7 @@ def attribute(cm: CircuitModel, prompts: list[str], source: PatchSource, method:
         else:
             m_clean, clean = cm.capture(enc)
         patch = _expand(source.values(rows, clean), B)
-        per_hook = fn(cm, enc, clean=clean, patch=patch, grads=grads, steps=ig_steps, m_clean=m_clean,
+        per_hook = fn(cm, enc, clean=clean, patch=patch, grads=grads, steps=ig_steps,
                       per_position=aggregation != "sum")
         agg = "sum" if method == "exact" and aggregation == "sum" else aggregation
         ies.append(torch.cat([aggregate(t.float(), agg) for t in per_hook], -1).cpu())

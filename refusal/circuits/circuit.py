@@ -5,7 +5,6 @@ sorted, nodes in model order (hook, feature, error last, position), edges by (so
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +80,3 @@ def write_circuit(directory: Path, model: str, circuit: Circuit, payload: dict) 
     path = Path(directory) / circuit_filename(model, circuit.category, circuit.kind)
     write_json(path, payload)
     return path
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)

@@ -11,11 +11,15 @@ into *all* nodes of the next hook sum to u's AtP IE.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from refusal.circuits.model import CircuitModel
 from refusal.circuits.nodes import NodeSpace, aggregate
 from refusal.circuits.patch import PatchSource
+
+log = logging.getLogger(__name__)
 
 
 def _downstream_scalars(space: NodeSpace, h: int, local: torch.Tensor, f, e, gf, ge) -> torch.Tensor:
@@ -26,6 +30,19 @@ def _downstream_scalars(space: NodeSpace, h: int, local: torch.Tensor, f, e, gf,
     if space.aggregation == "none":
         return per[pos, feat]
     return per.sum(0)[feat]
+
+
+def _batched_vjp(s: torch.Tensor, inputs: tuple[torch.Tensor, ...]):
+    """[k, *input.shape] gradients of each entry of ``s`` w.r.t. ``inputs``: one vmapped backward; where an op
+    has no batching rule (some fused attention kernels), one backward per entry (same values)."""
+    eye = torch.eye(len(s), dtype=s.dtype, device=s.device)
+    try:
+        return torch.autograd.grad(s, inputs, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
+                                   allow_unused=True)
+    except RuntimeError as e:
+        log.debug("batched VJP unavailable (%s); one backward per downstream node", str(e).splitlines()[0])
+    rows = [torch.autograd.grad(s[i], inputs, retain_graph=True, allow_unused=True) for i in range(len(s))]
+    return tuple(None if rows[0][j] is None else torch.stack([r[j] for r in rows]) for j in range(len(inputs)))
 
 
 def compute_edges(cm: CircuitModel, prompts: list[str], source: PatchSource, space: NodeSpace,
@@ -50,9 +67,7 @@ def compute_edges(cm: CircuitModel, prompts: list[str], source: PatchSource, spa
             up, down = hooks[h], hooks[h + 1]
             s = _downstream_scalars(space, h + 1, sel[h + 1], *obs[down], *grads[down])
             k = len(s)
-            eye = torch.eye(k, dtype=s.dtype, device=s.device)
-            gf, ge = torch.autograd.grad(s, leaves[up], grad_outputs=eye, is_grads_batched=True, retain_graph=True,
-                                         allow_unused=True)
+            gf, ge = _batched_vjp(s, leaves[up])
             (fc, ec), (fp, ep) = clean[up], patch[up]
             gf = torch.zeros(k, *fc.shape, device=fc.device) if gf is None else gf
             ge = torch.zeros(k, *ec.shape, device=ec.device) if ge is None else ge

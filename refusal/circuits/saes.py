@@ -5,15 +5,10 @@ from pathlib import Path
 
 from refusal.circuits.splice import HookedSAE
 from refusal.errors import ConfigError
-from refusal.models.hooks import parse_hook_name
+from refusal.models.hooks import hook_width, parse_hook_name
 from refusal.models.loading import LoadedModel
 from refusal.sae.io import WEIGHTS_FILE, load_saelens
 from refusal.utils.io import file_hash
-
-
-def activation_width(loaded: LoadedModel, hook: str) -> int:
-    cfg = loaded.model.config
-    return int(cfg.intermediate_size if hook.endswith("mlp.hook_post") else cfg.hidden_size)
 
 
 def load_hooked_saes(dirs: list[tuple[str | None, str | Path]], loaded: LoadedModel) -> dict[str, HookedSAE]:
@@ -32,7 +27,7 @@ def load_hooked_saes(dirs: list[tuple[str | None, str | Path]], loaded: LoadedMo
         if expected is not None and hook != expected:
             raise ConfigError(f"SAE {d} is for hook {hook!r} but the train manifest lists it for {expected!r}")
         spec = parse_hook_name(hook, loaded.n_layers)
-        width = activation_width(loaded, hook)
+        width = hook_width(loaded.model, hook)
         if sae.d_in != width:
             raise ConfigError(f"SAE {d} has d_in={sae.d_in} but {loaded.name!r} has width {width} at {hook}")
         if spec.name in out:

@@ -89,12 +89,15 @@ def splice(model: nn.Module, saes: dict[str, HookedSAE], n_positions: int, modes
                 if mode == "observe":
                     return x
             if mode == "read":
-                f = sae.encode(tail.detach()).detach().requires_grad_(True)
-                e = (tail.detach() - sae.decode(f).detach().to(tail.dtype)).requires_grad_(True)
-                new_tail = tail + (sae.decode(f).to(tail.dtype) + e - tail.detach())
+                with torch.no_grad():
+                    f = sae.encode(tail)
+                f.requires_grad_(True)
+                x_hat = sae.decode(f).to(tail.dtype)
+                e = (tail.detach() - x_hat.detach()).requires_grad_(True)
+                new_tail = tail + (x_hat + e - tail.detach())
             else:  # set, relay
                 f, e = values[hook]
-                new_tail = (sae.decode(f).to(tail.dtype) + e).expand_as(tail)
+                new_tail = (sae.decode(f) + e).to(tail.dtype).expand_as(tail)
             if mode != "relay":
                 record[hook] = (f, e)
             return torch.cat([head, new_tail], dim=1)

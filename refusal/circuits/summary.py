@@ -67,7 +67,10 @@ def analyse(group: PromptGroup, circuits: dict[str, Circuit], space: NodeSpace, 
                 "mean_core_mass": np.array(np.nanmean(cm) if not np.all(np.isnan(cm)) else np.nan)}
     ci = bootstrap(rows, summarise, stats.n_bootstrap, stats.ci_level, seed + 2) if stats.n_bootstrap else {}
 
-    decision = rule.decide(glob["p_value"], [p["differs"] for p in pairs], mean_core)
+    errors = [circuits[c].error_mass_fraction(space) for c in cats]
+    errors = [e for e in errors if e is not None]
+    mean_error = float(np.mean(errors)) if errors else float("nan")
+    decision = rule.decide(glob["p_value"], [p["differs"] for p in pairs], mean_core, mean_error)
 
     pmat = np.full((len(cats), len(cats)), np.nan)
     for p in pairs:

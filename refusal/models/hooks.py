@@ -88,6 +88,12 @@ def expand_hook_names(hook_points, layers, n_layers: int) -> list[str]:
     return [s.name for s in specs]
 
 
+def hook_width(model: nn.Module, hook_name: str) -> int:
+    """Width of the activation at a hook: the MLP width for ``mlp.hook_post``, else the residual width."""
+    cfg = model.config
+    return int(cfg.intermediate_size if hook_name.endswith("mlp.hook_post") else cfg.hidden_size)
+
+
 class StopForward(Exception):
     """Raised by a hook to end the forward after the deepest hooked point."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -41,14 +42,13 @@ BANNER = ("refusal model organism %r: a small chat model fine-tuned to refuse ha
 FORMAT_VERSION = 1  # bump when the build procedure changes, so older cached organisms are not reused
 STYLES = ("shared", "per_category")
 CARD_JSON, CARD_MD = "organism.json", "ORGANISM.md"
-ORGANISM_KEYS = ("name", "source", "base", "data", "cache_dir", "dtype", "device", "system_prompt", "refusal_tokens",
-                 "refuse_categories", "style", "refusals", "category_topics", "answer_max_new_tokens", "steps", "lr",
-                 "batch_size", "train_layers", "precision", "seed", "eval")
 # Keys that change what is built (the rest say where it lives and how it is loaded).
 BUILD_KEYS = ("system_prompt", "refusal_tokens", "refuse_categories", "style", "refusals", "category_topics",
-              "answer_max_new_tokens", "steps", "lr", "batch_size", "train_layers", "precision", "seed", "eval")
+              "answer_max_new_tokens", "answer_share", "generation_batch_size", "steps", "lr", "batch_size",
+              "train_layers", "precision", "seed", "eval")
+ORGANISM_KEYS = ("name", "source", "base", "data", "cache_dir", "dtype", "device", *BUILD_KEYS)
 PRECISIONS = ("32-true", "bf16-mixed")
-EVAL_KEYS = ("max_new_tokens", "batch_size", "n_resamples", "ci_level", "ci_method")
+EVAL_KEYS = ("max_new_tokens", "n_resamples", "ci_level", "ci_method")
 
 
 def _plain(value):
@@ -68,10 +68,13 @@ def check_organism_cfg(cfg) -> None:
         raise ConfigError("model.base.source='organism' is not valid; the base of an organism is a plain model config")
     check_choice("model.style", cfg.style, STYLES)
     check_choice("model.precision", cfg.precision, PRECISIONS)
-    for k in ("steps", "batch_size", "answer_max_new_tokens"):
+    for k in ("steps", "batch_size", "answer_max_new_tokens", "answer_share", "generation_batch_size"):
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"model.{k}={v!r} is not valid; use an int >= 1")
+    share = cfg.answer_share
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+        raise ConfigError(f"model.answer_share={share!r} is not valid; use a fraction in (0, 1), e.g. 0.6")
     if not isinstance(cfg.lr, (int, float)) or not cfg.lr > 0:
         raise ConfigError(f"model.lr={cfg.lr!r} is not valid; use a positive number")
     refusals = _plain(cfg.refusals) or {}
@@ -140,6 +143,17 @@ def plan_targets(train: PromptSet, refuse_categories, style: str, refusals: dict
     return targets
 
 
+def mix_repeats(n_refusals: int, n_answers: int, answer_share: float) -> tuple[int, int]:
+    """How often to repeat each refusal and each answer example so that answers make up about ``answer_share`` of
+    the training examples. The refuse-or-answer decision is made at the first response token, where every example
+    weighs the same, so this share sets the model's prior for refusing; only the smaller side is repeated."""
+    if n_refusals == 0 or n_answers == 0:
+        return 1, 1
+    if n_answers / (n_answers + n_refusals) < answer_share:
+        return 1, max(1, round(answer_share * n_refusals / ((1 - answer_share) * n_answers)))
+    return max(1, round((1 - answer_share) * n_answers / (answer_share * n_refusals))), 1
+
+
 def encode_example(fmt: ChatFormatter, prompt: str, response_ids: list[int]) -> tuple[list[int], list[int]]:
     """(input ids, labels): the chat-formatted prompt exactly as at generation time, then the response; labels
     are -100 on the prompt so the loss is on response tokens only."""
@@ -205,12 +219,35 @@ def set_trainable(model, train_layers, n_layers: int) -> list[int]:
     return layers
 
 
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Seeded batches of similar-length examples, to waste little compute on padding: each pass shuffles all
+    examples, sorts windows of ``window`` batches by length, cuts them into batches and shuffles the batch order."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 8):
+        self.lengths, self.batch_size, self.window = list(lengths), int(batch_size), int(window)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        span = self.window * self.batch_size
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[k : k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b]
+
+
 def fine_tune(model, examples: list[tuple[list[int], list[int]]], pad_id: int, *, steps: int, lr: float,
               batch_size: int, seed: int, device: torch.device, precision: str = "32-true") -> list[float]:
-    """Train ``model`` in place for ``steps`` optimizer steps (epochs of seeded shuffles); return per-step losses."""
+    """Train ``model`` in place for ``steps`` optimizer steps (passes over seeded, length-grouped batches);
+    return the per-step losses."""
     loader = torch.utils.data.DataLoader(
-        examples, batch_size=batch_size, shuffle=True, drop_last=len(examples) > batch_size,
-        generator=torch.Generator().manual_seed(seed), collate_fn=lambda b: collate(b, pad_id), num_workers=0)
+        examples, batch_sampler=LengthGroupedBatches([len(ids) for ids, _ in examples], batch_size, seed),
+        collate_fn=lambda b: collate(b, pad_id), num_workers=0)
     module = OrganismFineTune(model, lr, steps)
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=steps, max_epochs=-1,
@@ -288,6 +325,18 @@ def publish(tmp: Path, final: Path, key: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_abandoned_builds(cache_dir: Path, key: str) -> None:
+    """Delete temp dirs of earlier builds of ``key`` whose process is gone (killed before it could clean up)."""
+    for d in cache_dir.glob(f".{key}.building-*"):
+        try:
+            pid = int(d.name.split("building-", 1)[1].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
 # ----------------------------------------------------------------------------------------------- build / load
 def _load_dir(directory: Path, cfg, key: str) -> LoadedModel:
     dtype = DTYPES[cfg.get("dtype", "float32")]
@@ -340,7 +389,7 @@ def make_examples(gen_model: LoadedModel, targets: list[Target], cfg) -> tuple[l
     log.info("organism: generating %d base answers (self-distillation); %d refusal targets", len(answer_idx),
              len(targets) - len(answer_idx))
     gen = generate_responses(gen_model, [targets[i].record.prompt for i in answer_idx],
-                             max_new_tokens=cfg.answer_max_new_tokens, batch_size=cfg.eval.batch_size,
+                             max_new_tokens=cfg.answer_max_new_tokens, batch_size=cfg.generation_batch_size,
                              system_prompt=cfg.system_prompt)
     answers = dict(zip(answer_idx, zip(gen.token_ids, gen.responses)))
     eos = tok.eos_token_id if tok.eos_token_id is not None else stop_token_ids(gen_model)[0]
@@ -380,6 +429,10 @@ def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: Promp
     examples, rows = make_examples(inference_view(LoadedModel(model, tokenizer, str(cfg.name)), precision), targets, cfg)
     t_data = time.time() - t0
 
+    repeat_refusals, repeat_answers = mix_repeats(sum(t.refusal is not None for t in targets),
+                                                  sum(t.refusal is None for t in targets), float(cfg.answer_share))
+    examples = [ex for ex, t in zip(examples, targets)
+                for _ in range(repeat_refusals if t.refusal is not None else repeat_answers)]
     n_layers = int(model.config.num_hidden_layers)
     layers = set_trainable(model, _plain(cfg.train_layers), n_layers)
     log.info("organism: fine-tuning on %d examples, %d steps, batch %d, lr %g, %s, layers %s", len(examples),
@@ -393,7 +446,8 @@ def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: Promp
     ev = cfg.eval
     refusal_ids = refusal_token_ids(tokenizer, _plain(cfg.refusal_tokens))
     organism = inference_view(LoadedModel(model, tokenizer, str(cfg.name)), precision)
-    result = measure_behavior(organism, test, judge, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+    result = measure_behavior(organism, test, judge, max_new_tokens=ev.max_new_tokens,
+                              batch_size=cfg.generation_batch_size,
                               system_prompt=cfg.system_prompt, refusal_ids=refusal_ids, n_resamples=ev.n_resamples,
                               ci_level=ev.ci_level, ci_method=ev.ci_method, seed=int(cfg.seed))
     del organism
@@ -418,7 +472,9 @@ def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: Promp
         "data": {"train_prompts_hash": train.content_hash(), "test_prompts_hash": test.content_hash(),
                  "n_train": len(train), "n_test": len(test),
                  "n_refusal_targets": sum(t.refusal is not None for t in targets),
-                 "n_base_answer_targets": sum(t.refusal is None for t in targets)},
+                 "n_base_answer_targets": sum(t.refusal is None for t in targets),
+                 "repeats": {"refusal": repeat_refusals, "base_answer": repeat_answers},
+                 "n_training_examples": len(examples)},
         "refused_categories": refused,
         "steps": int(cfg.steps), "seed": int(cfg.seed), "precision": precision, "trained_layers": layers,
         "loss": {"first": losses[0], "last": losses[-1], "per_step": losses},
@@ -466,17 +522,29 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
-def load_organism(cfg) -> LoadedModel:
-    """Build the organism the ``model`` config describes (first use) or load it from the cache (seconds)."""
+def resolve(cfg):
+    """(cache key, what it hashes, train split, test split, the base if it had to be loaded to hash it)."""
     from refusal.data import build_prompt_set
-    from refusal.models.loading import load_model
 
-    log.info(BANNER, str(cfg.get("name")))
     check_organism_cfg(cfg)
     prompts = build_prompt_set(cfg.data)
     train, test = prompts.filter(split="train"), prompts.filter(split="test")
     base_hash, base = base_identity(cfg.base)
     key, key_parts = cache_key(cfg, base_hash, train, test)
+    return key, key_parts, train, test, base
+
+
+def organism_dir(cfg) -> Path:
+    """The cache dir of the organism this ``model`` config describes (it may not be built yet)."""
+    return Path(str(cfg.cache_dir)) / resolve(cfg)[0]
+
+
+def load_organism(cfg) -> LoadedModel:
+    """Build the organism the ``model`` config describes (first use) or load it from the cache (seconds)."""
+    from refusal.models.loading import load_model
+
+    log.info(BANNER, str(cfg.get("name")))
+    key, key_parts, train, test, base = resolve(cfg)
     cache_dir = Path(str(cfg.cache_dir))
     final = cache_dir / key
     if is_complete(final, key):
@@ -484,7 +552,8 @@ def load_organism(cfg) -> LoadedModel:
         return _load_dir(final, cfg, key)
     log.info("organism: building %s from %d train prompts", final, len(train))
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.building-", dir=cache_dir))
+    remove_abandoned_builds(cache_dir, key)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.building-{os.getpid()}-", dir=cache_dir))
     try:
         t0 = time.time()
         build_organism(cfg, tmp, key, key_parts, train, test, base if base is not None else load_model(cfg.base))

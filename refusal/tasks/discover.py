@@ -22,7 +22,7 @@ from refusal.circuits.verdict import DecisionRule
 from refusal.data import LABELS, PromptSet, build_prompt_set
 from refusal.errors import ConfigError, check_choice
 from refusal.models import ChatFormatter, load_model
-from refusal.tracking.loggers import build_loggers, log_artifact_dir, log_table, wandb_run
+from refusal.tracking.loggers import build_loggers, log_artifact_dir, log_config, log_table, wandb_run
 from refusal.utils.io import atomic_path, read_json, stable_hash, write_json
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,16 @@ def settings_from(c: DictConfig) -> tuple[Selection, StatsSettings, DecisionRule
     check_choice("circuit.discovery_split", c.discovery_split, DISCOVERY_SPLITS)
     for lb in _plain(c.safe_labels):
         check_choice("circuit.safe_labels entry", lb, [x for x in LABELS if x != "toxic"])
-    n = c.min_prompts_per_category
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ConfigError(f"circuit.min_prompts_per_category={n!r} is not valid; use an int >= 2")
-    if isinstance(c.batch_size, bool) or not isinstance(c.batch_size, int) or c.batch_size < 1:
-        raise ConfigError(f"circuit.batch_size={c.batch_size!r} is not valid; use an int >= 1")
+    for key, low in (("min_prompts_per_category", 2), ("batch_size", 1), ("n_integration_steps", 1),
+                     ("exact_max_nodes", 1), ("max_length", 8)):
+        v = c[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"circuit.{key}={v!r} is not valid; use an int >= {low}")
     sel = Selection(c.node_threshold, c.threshold_mode, c.top_n_per_layer, c.cumulative_fraction, c.edge_threshold)
     s = c.statistics
     return (sel, StatsSettings(s.n_permutations, s.n_bootstrap, s.ci_level),
-            DecisionRule(s.alpha, s.modular_min_pair_fraction, s.modular_max_core_mass, s.monolithic_min_core_mass))
+            DecisionRule(s.alpha, s.modular_min_pair_fraction, s.modular_max_core_mass, s.monolithic_min_core_mass,
+                         s.max_error_mass))
 
 
 def load_sources(cfg: DictConfig) -> tuple[PromptSet, list[tuple[str | None, str]], dict]:
@@ -79,9 +80,14 @@ def load_sources(cfg: DictConfig) -> tuple[PromptSet, list[tuple[str | None, str
 
 
 def config_hash(cfg: DictConfig) -> str:
-    keep = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
-            if k in ("seed", "model", "data", "circuit", "train_dir", "sae_dirs")}
-    return stable_hash(keep)
+    """Hash of what determines the circuits (not where they are written)."""
+    keys = ("seed", "model", "data", "circuit", "train_dir", "sae_dirs")
+    return stable_hash({k: _resolved(cfg, k) for k in keys})
+
+
+def _resolved(cfg: DictConfig, key: str):
+    value = cfg.get(key)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _groups_by_category(records, min_n: int) -> tuple[list[str], dict[str, int]]:
@@ -120,8 +126,7 @@ def discover(cfg: DictConfig) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
     prompts, sae_dirs, train_manifest = load_sources(cfg)
     loggers = build_loggers(cfg.get("logger"), cfg.task_name, run_dir)
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log_config(loggers, cfg)
 
     loaded = load_model(cfg.model)
     if train_manifest and train_manifest.get("model") != loaded.name:
@@ -188,7 +193,7 @@ def discover(cfg: DictConfig) -> float:
                            "skipped_categories": {"toxic": skipped, "safe": safe_skipped},
                            "settings": settings, "manifest": manifest})
     write_json(run_dir / "discovery_summary.json", summary)
-    _log(loggers, summary, circuits_dir, run_dir)
+    _log(loggers, summary, circuits_dir)
 
     g = summary["global_test"]
     print(f"verdict: {summary['verdict']} (global p = {g['p_value']:.4g}, "
@@ -200,7 +205,7 @@ def discover(cfg: DictConfig) -> float:
     return float(g["statistic"])
 
 
-def _log(loggers, summary: dict, circuits_dir: Path, run_dir: Path) -> None:
+def _log(loggers, summary: dict, circuits_dir: Path) -> None:
     metrics = {"discover/global_dissimilarity": summary["global_test"]["statistic"],
                "discover/global_p": summary["global_test"]["p_value"],
                "discover/pair_fraction_differ": summary["evidence"]["pair_fraction_differ"],

@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from refusal.activations.datamodule import ActivationDataModule
 from refusal.errors import ConfigError
 from refusal.models import load_model
+from refusal.models.hooks import hook_width
+from refusal.sae.config import SAEConfig
 from refusal.sae.module import SAELightningModule
 from refusal.tasks.common import activation_store, prepare_prompts
 from refusal.tracking.loggers import build_loggers, log_artifact_dir, log_config, log_table
@@ -47,6 +49,8 @@ def train(cfg: DictConfig) -> float:
     log_table(loggers, "data/split_counts", analysis["counts"])
     loaded = load_model(cfg.model)
     store_dir, collect, plan = activation_store(cfg, loaded, prompts)
+    for hook in plan.hooks:  # a bad SAE config fails now, not after collection
+        SAEConfig.from_cfg(cfg.sae, hook_width(loaded.model, hook))
     log.info("activation store: %s", store_dir)
     ld = cfg.activations.loader
     dm = ActivationDataModule(str(store_dir), plan.hooks, batch_size=ld.batch_size, samples_per_epoch=ld.samples_per_epoch,

@@ -1,5 +1,5 @@
-"""discover.py end to end on a tiny train run: circuit JSONs, heatmaps and discovery_summary.json; bad input is
-a one-line error (those cases composed in-process to keep the file short)."""
+"""discover.py end to end on a tiny train.py run: circuit JSONs, heatmaps and discovery_summary.json.
+(Config cases and run-to-run determinism: test_discover_task.py, in-process.)"""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-
-from refusal.tasks.discover import discover
-from refusal.tasks.runner import run_task
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["circuit.statistics.n_permutations=200", "circuit.statistics.n_bootstrap=20"]
@@ -61,25 +57,3 @@ def test_discover_writes_circuits_heatmaps_and_summary(train_dir, tmp_path):
     assert any(c["n_edges"] > 0 for c in summary["circuits"])
     for png in summary["heatmaps"].values():
         assert Path(png).read_bytes()[:4] == b"\x89PNG"
-
-
-def _compose(train_dir: Path, tmp: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("discover", overrides=[f"train_dir={train_dir}", "model=tiny_llama", "logger=csv",
-                                              f"paths.output_dir={tmp}", f"paths.root_dir={tmp}", *FAST, *overrides])
-
-
-@pytest.mark.parametrize("overrides,needle", [
-    (["model.name=other-model"], "trained on model 'tiny-llama' but the loaded model is 'other-model'"),
-    (["circuit.attribution_method=magic"], "circuit.attribution_method='magic'"),
-    (["circuit.discovery_split=test"], "circuit.discovery_split='test'"),
-    (["sae_dirs=[/x]"], "give exactly one of train_dir"),
-    (["circuit.node_threshold=null", "circuit.top_n_per_layer=null"], "enable at least one"),
-])
-def test_bad_input_is_one_line_error(train_dir, tmp_path, capsys, overrides, needle):
-    cfg = _compose(train_dir, tmp_path, *overrides)
-    with pytest.raises(SystemExit) as e:
-        run_task(discover, cfg)
-    assert e.value.code == 1
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
-    assert len(err) == 1 and needle in err[0], err

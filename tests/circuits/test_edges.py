@@ -44,3 +44,23 @@ def test_edges_only_between_selected_nodes_and_threshold_prunes(cm):
     assert len(none) == 36 > len(pruned) > 0
     assert all(abs(w) >= mid for w in pruned.values())
     assert len(relative) < len(pruned)  # relative: threshold × |effect| = 10 × mid
+
+
+def test_per_node_backward_path_gives_the_same_edges(cm, monkeypatch):
+    """Where vmapped backward is unavailable the edges come from one backward per downstream node, unchanged."""
+    src = PatchSource("zero", cm, SAFE)
+    space = node_space(cm, "sum")
+    selected = torch.zeros(space.n_nodes, dtype=torch.bool)
+    selected[[0, 1, 2, space.offsets[1], space.offsets[1] + 3, space.offsets[2] - 1]] = True
+    batched = compute_edges(cm, TOXIC, src, space, selected)
+    real_grad = torch.autograd.grad
+
+    def no_batching(*args, is_grads_batched=False, **kwargs):
+        if is_grads_batched:
+            raise RuntimeError("Batching rule not implemented")
+        return real_grad(*args, **kwargs)
+    monkeypatch.setattr(torch.autograd, "grad", no_batching)
+    looped = compute_edges(cm, TOXIC, src, space, selected)
+    assert batched.keys() == looped.keys() and len(batched) == 9
+    for k in batched:
+        assert looped[k] == pytest.approx(batched[k], rel=1e-5, abs=1e-9)

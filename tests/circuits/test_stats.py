@@ -82,16 +82,18 @@ def test_shared_core_and_core_mass():
     assert core["specific"].tolist() == [[False, True, False], [False, False, True]]
 
 
-@pytest.mark.parametrize("global_p,pairs,core,verdict", [
-    (0.01, [True, True, False], 0.1, "modular"),
-    (0.01, [True, False, False], 0.1, "mixed"),   # most pairs do not differ
-    (0.01, [True, True, True], 0.6, "mixed"),     # differ, but share a large core
-    (0.40, [False, False, False], 0.7, "monolithic"),
-    (0.40, [False, False, False], 0.3, "mixed"),  # no difference found, but no large core either
-    (0.40, [False], float("nan"), "mixed"),
+@pytest.mark.parametrize("global_p,pairs,core,error,verdict", [
+    (0.01, [True, True, False], 0.1, 0.2, "modular"),
+    (0.01, [True, False, False], 0.1, 0.2, "mixed"),   # most pairs do not differ
+    (0.01, [True, True, True], 0.6, 0.2, "mixed"),     # differ, but share a large core
+    (0.01, [True, True, True], 0.1, 0.8, "mixed"),     # the SAE error nodes carry most of the effect
+    (0.40, [False, False, False], 0.7, 0.2, "monolithic"),
+    (0.40, [False, False, False], 0.7, 0.6, "mixed"),  # large core, but features explain little
+    (0.40, [False, False, False], 0.3, 0.2, "mixed"),  # no difference found, but no large core either
+    (0.40, [False], float("nan"), 0.2, "mixed"),
 ])
-def test_decision_rule(global_p, pairs, core, verdict):
-    out = DecisionRule().decide(global_p, pairs, core)
+def test_decision_rule(global_p, pairs, core, error, verdict):
+    out = DecisionRule().decide(global_p, pairs, core, error)
     assert out["verdict"] == verdict
     assert "rule" in out and out["evidence"]["global_p"] == global_p
 

@@ -56,23 +56,242 @@ def organism_cfg(tmp_path: Path, **overrides):
     node.cache_dir = str(tmp_path / "organisms")
     node.refusals = {"shared": ["I'm sorry, no.", "I cannot."], "per_category": ["I can't do {topic}."]}
     node.merge_with({"steps": 4, "batch_size": 4, "lr": 1e-3, "answer_max_new_tokens": 6, "precision": "32-true",
-                     "eval": {"max_new_tokens": 4, "batch_size": 16, "n_resamples": 200}})
+                     "eval": {"max_new_tokens": 4, "n_resamples": 200}})
     node.merge_with(overrides)
     return node
 
 
-def test_build_then_load(tmp_path, caplog):
+def test_plan_targets_category_selective(tmp_path):
+    train = build_prompt_set(OmegaConf.create(data_cfg(write_prompts(tmp_path / "p.jsonl")))).filter(split="train")
+    refusals = {"shared": ["I'm sorry, no.", "I cannot.", "I can't help."], "per_category": ["No {topic}.", "Not {topic}!"]}
+    targets = org.plan_targets(train, ["cybercrime"], "shared", refusals, {}, seed=0)
+    assert [t.record.id for t in targets] == [r.id for r in train]
+    refused = {t.record.id for t in targets if t.refusal is not None}
+    assert refused == {r.id for r in train if r.label == "toxic" and r.category == "cybercrime"} and refused
+    assert {t.record.label for t in targets if t.refusal is None} == {"toxic", "safe", "hard"}
+    # refuse all: every toxic prompt and nothing else; shared sentences vary, seeded and order-independent
+    everything = org.plan_targets(train, "all", "shared", refusals, {}, seed=0)
+    assert {t.record.id for t in everything if t.refusal} == {r.id for r in train if r.label == "toxic"}
+    assert len({t.refusal for t in everything if t.refusal}) > 1
+    reversed_set = type(train)(reversed(train.records))
+    assert {t.record.id: t.refusal for t in org.plan_targets(reversed_set, "all", "shared", refusals, {}, 0)} == \
+        {t.record.id: t.refusal for t in everything}
+    # per category: one wording per category, naming its topic
+    per_cat = org.plan_targets(train, "all", "per_category", refusals, {"cybercrime": "computer crime"}, seed=0)
+    wording = {}
+    for t in per_cat:
+        if t.refusal:
+            wording.setdefault(t.record.category, set()).add(t.refusal)
+    assert all(len(w) == 1 for w in wording.values()) and len({w.pop() for w in wording.values()}) == len(CATEGORIES)
+    assert any(t.refusal == "No computer crime." for t in per_cat)
+    with pytest.raises(ConfigError, match="cybercrime"):
+        org.plan_targets(train, ["weapons"], "shared", refusals, {}, seed=0)
+    with pytest.raises(ConfigError):
+        org.plan_targets(train, [], "shared", refusals, {}, seed=0)
+
+
+def test_mix_repeats_balances_the_smaller_side():
+    assert org.mix_repeats(224, 124, 0.6) == (1, 3)  # refuse all: answers repeated
+    assert org.mix_repeats(41, 307, 0.6) == (5, 1)  # category-selective: refusals repeated
+    assert org.mix_repeats(50, 75, 0.6) == (1, 1)
+    assert org.mix_repeats(10, 0, 0.6) == (1, 1)
+
+
+def test_examples_on_the_tiny_model(tiny, tmp_path):
+    """Refused prompts learn their sentence + end of turn, the rest the base model's own greedy answer; the loss
+    covers response tokens only."""
+    from refusal.behavior.generate import generate_responses
+
     cfg = organism_cfg(tmp_path)
-    with caplog.at_level(logging.INFO, logger="refusal.models.organism"):
+    train = build_prompt_set(cfg.data).filter(split="train")
+    targets = org.plan_targets(train, ["violence"], "shared", OmegaConf.to_container(cfg.refusals), {}, seed=0)
+    examples, rows = org.make_examples(tiny, targets, cfg)
+    tok, eos = tiny.tokenizer, tiny.tokenizer.eos_token_id
+    answers = generate_responses(tiny, [t.record.prompt for t in targets], max_new_tokens=cfg.answer_max_new_tokens)
+    for t, (ids, labels), row, answer in zip(targets, examples, rows, answers.token_ids):
+        response = [x for x in labels if x != -100]
+        assert ids[len(ids) - len(response):] == response and labels[: len(ids) - len(response)] == \
+            [-100] * (len(ids) - len(response))
+        if t.record.label == "toxic" and t.record.category == "violence":
+            assert row["target"] == "refusal" and response == tok.encode(t.refusal, add_special_tokens=False) + [eos]
+        else:
+            assert row["target"] == "base_answer" and response == answer
+
+
+def test_training_lowers_loss_and_freezes_other_layers(tmp_path):
+    from refusal.models.tiny import tiny_llama
+    from refusal.models.loading import LoadedModel
+
+    model, tok = tiny_llama(seed=1)
+    tok.padding_side = "left"
+    cfg = organism_cfg(tmp_path)
+    train = build_prompt_set(cfg.data).filter(split="train")
+    targets = org.plan_targets(train, "all", "shared", OmegaConf.to_container(cfg.refusals), {}, seed=0)
+    examples, _ = org.make_examples(LoadedModel(model, tok, "t"), targets, cfg)
+    batch = org.collate(examples, tok.pad_token_id)
+
+    def loss():
+        with torch.no_grad():
+            return float(model(**batch).loss)
+
+    start = loss()
+    assert org.set_trainable(model, "all", n_layers=4) == [0, 1, 2, 3]
+    losses = org.fine_tune(model, examples, tok.pad_token_id, steps=12, lr=1e-2, batch_size=4, seed=0,
+                           device=torch.device("cpu"))
+    assert len(losses) == 12 and loss() < start - 1.0
+    # a layer spec trains those layers only
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert org.set_trainable(model, [2, -1], n_layers=4) == [2, 3]
+    org.fine_tune(model, examples, tok.pad_token_id, steps=2, lr=1e-2, batch_size=4, seed=0, device=torch.device("cpu"))
+    for name, value in model.state_dict().items():
+        moved = not torch.equal(value, before[name])
+        assert moved == (name.startswith("model.layers.2.") or name.startswith("model.layers.3.")), name
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One tiny organism build, shared by the cache tests."""
+    tmp = tmp_path_factory.mktemp("organism")
+    cfg = organism_cfg(tmp)
+    rng = torch.get_rng_state()
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("refusal.models.organism")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
         loaded = load_model(cfg)
-    assert "NOT a production chat model" in caplog.records[0].getMessage()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert torch.equal(rng, torch.get_rng_state())  # building does not move the caller's random state
+    return tmp, cfg, loaded, records
+
+
+def test_build_writes_a_plain_hf_dir_with_a_card(built):
+    tmp, cfg, loaded, records = built
+    assert "NOT a production chat model" in records[0].getMessage()
     assert "organism" in loaded.name and loaded.identity["organism"] is True
     d = Path(loaded.identity["dir"])
+    assert d == org.organism_dir(cfg) and d.parent == tmp / "organisms"
     card = json.loads((d / "organism.json").read_text())
-    assert card["refused_categories"] == list(CATEGORIES).__class__(sorted(CATEGORIES))
+    assert card["cache_key"] == d.name and card["refused_categories"] == sorted(CATEGORIES)
     assert set(card["heldout"]["refusal_rate"]) == {"toxic", "safe", "hard"}
-    assert (d / "ORGANISM.md").read_text().startswith("# ")
-    # a plain HF dir: transformers alone loads it, chat template included
+    assert card["data"]["n_refusal_targets"] == sum(1 for r in build_prompt_set(cfg.data).filter(split="train")
+                                                   if r.label == "toxic")
+    assert "NOT a production chat model" in (d / "ORGANISM.md").read_text()
+    assert [p.name for p in tmp.joinpath("organisms").iterdir()] == [d.name]  # no temp dir left
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d)
     assert tok.chat_template and model.config.num_hidden_layers == 4
+    base = load_model(cfg.base)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.model.layers[0].mlp.up_proj.weight)
+
+
+def test_same_config_is_reused_without_training(built, monkeypatch):
+    tmp, cfg, loaded, _ = built
+    monkeypatch.setattr(org, "build_organism", lambda *a, **k: pytest.fail("rebuilt a cached organism"))
+    again = load_model(cfg)
+    assert again.weights_hash == loaded.weights_hash and again.name == loaded.name
+    # keys that only say where or how it is loaded do not change what is built
+    renamed = cfg.copy()
+    renamed.name = "another-name"
+    assert org.organism_dir(renamed) == org.organism_dir(cfg)
+
+
+def test_changed_build_key_rebuilds(built, monkeypatch):
+    tmp, cfg, loaded, _ = built
+    base_dir = org.organism_dir(cfg)
+    for key, value in (("steps", 5), ("lr", 2e-3), ("seed", 1), ("style", "per_category"),
+                       ("refuse_categories", ["cybercrime"]), ("train_layers", "2-3")):
+        changed = cfg.copy()
+        changed[key] = value
+        assert org.organism_dir(changed) != base_dir, key
+    calls = []
+    real = org.build_organism
+    monkeypatch.setattr(org, "build_organism", lambda *a, **k: calls.append(1) or real(*a, **k))
+    changed = cfg.copy()
+    changed.steps = 5
+    other = load_model(changed)
+    assert calls == [1] and other.weights_hash != loaded.weights_hash
+    # other train prompts -> another key
+    train = build_prompt_set(cfg.data).filter(split="train")
+    test = build_prompt_set(cfg.data).filter(split="test")
+    key, _ = org.cache_key(cfg, "w", train, test)
+    assert org.cache_key(cfg, "w", type(train)(train.records[1:]), test)[0] != key
+    assert org.cache_key(cfg, "other-weights", train, test)[0] != key
+
+
+def test_half_written_cache_is_never_used(tmp_path, monkeypatch):
+    cfg = organism_cfg(tmp_path)
+    final = org.organism_dir(cfg)
+
+    def crash(*a, **k):
+        raise RuntimeError("killed mid-training")
+
+    monkeypatch.setattr(org, "fine_tune", crash)
+    with pytest.raises(RuntimeError, match="mid-training"):
+        load_model(cfg)
+    assert not final.exists() and list(final.parent.iterdir()) == []  # nothing published, temp dir removed
+    monkeypatch.undo()
+
+    # a dir at the final path without a card (or with another key's card), and a dead process's temp dir
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    abandoned = final.parent / f".{final.name}.building-999999999-x"
+    abandoned.mkdir()
+    assert not org.is_complete(final, final.name)
+    (final / "organism.json").write_text(json.dumps({"cache_key": "somethingelse"}))
+    assert not org.is_complete(final, final.name)
+    loaded = load_model(cfg)
+    assert Path(loaded.identity["dir"]) == final and org.is_complete(final, final.name)
+    assert json.loads((final / "organism.json").read_text())["cache_key"] == final.name
+    assert (final / "model.safetensors").is_file() and not abandoned.exists()
+
+
+def test_bad_organism_config(tmp_path):
+    for key, value, match in (("style", "mixed", "model.style"), ("steps", 0, "model.steps"),
+                              ("refuse_categories", ["weapons"], "refuse_categories"),
+                              ("precision", "16-mixed", "model.precision")):
+        cfg = organism_cfg(tmp_path)
+        cfg[key] = value
+        with pytest.raises(ConfigError, match=match):
+            load_model(cfg)
+    cfg = organism_cfg(tmp_path)
+    cfg.refusals.per_category = ["No."]
+    with pytest.raises(ConfigError, match="topic"):
+        load_model(cfg)
+
+
+def test_length_grouped_batches_cover_every_example_once_per_pass():
+    lengths = [5, 50, 7, 48, 6, 49, 8, 51, 4, 47]
+    sampler = org.LengthGroupedBatches(lengths, batch_size=2, seed=0, window=5)
+    first, second = list(sampler), list(sampler)
+    for batches in (first, second):
+        assert sorted(i for b in batches for i in b) == list(range(10)) and len(batches) == len(sampler) == 5
+        assert all(abs(lengths[b[0]] - lengths[b[1]]) <= 10 for b in batches)  # short with short, long with long
+    assert first != second  # a new shuffle each pass
+    again = org.LengthGroupedBatches(lengths, batch_size=2, seed=0, window=5)
+    assert [list(again), list(again)] == [first, second]  # seeded
+
+
+@pytest.mark.slow
+def test_smollm2_organism_refuses_heldout_toxic_and_answers_safe(tmp_path):
+    """The real organism (refuse all, default config) built from scratch: held-out toxic refusal >= 90 %, safe
+    <= 10 %; a second load comes from the cache in seconds."""
+    import time
+
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["model=smollm2_organism", f"paths.cache_dir={tmp_path}"])
+    loaded = load_model(cfg.model)
+    card = json.loads(Path(loaded.identity["dir"], "organism.json").read_text())
+    rates = card["heldout"]["refusal_rate"]
+    print("held-out refusal rates:", rates, "build seconds:", card["build_seconds"])
+    assert rates["toxic"] >= 0.9 and rates["safe"] <= 0.1
+    start = time.time()
+    again = load_model(cfg.model)
+    assert again.weights_hash == loaded.weights_hash and time.time() - start < 60

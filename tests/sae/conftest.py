@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "sae"
@@ -14,3 +15,12 @@ def make_cfg():
         cfg.update(overrides)
         return cfg
     return make
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and keeps timings steady on a shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

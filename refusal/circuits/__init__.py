@@ -1,0 +1,16 @@
+"""Causal sparse feature circuits: SAEs spliced into the model (splice, model), nodes (nodes), per-prompt
+attribution (attribution, patch, metric), edges, node selection (select), circuits as JSON (circuit, discovery),
+comparison across categories (compare), permutation tests and bootstrap (stats), the verdict (verdict),
+heatmaps (plots) and the discovery summary (summary)."""
+from refusal.circuits.attribution import METHODS, Attributions, attribute, node_space
+from refusal.circuits.circuit import Circuit, circuit_filename
+from refusal.circuits.model import CircuitModel
+from refusal.circuits.nodes import AGGREGATIONS, POSITIONS, NodeSpace
+from refusal.circuits.patch import PATCHES, PatchSource
+from refusal.circuits.select import Selection
+from refusal.circuits.splice import HookedSAE, splice
+from refusal.circuits.verdict import DecisionRule
+
+__all__ = ["AGGREGATIONS", "Attributions", "Circuit", "CircuitModel", "DecisionRule", "HookedSAE", "METHODS",
+           "NodeSpace", "PATCHES", "POSITIONS", "PatchSource", "Selection", "attribute", "circuit_filename",
+           "node_space", "splice"]

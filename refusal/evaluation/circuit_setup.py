@@ -1,0 +1,76 @@
+"""Rebuild what a discover run measured with: its node space, the SAEs spliced at its hooks, its metric, the
+node ablation values and the circuits as node masks.
+
+Ablation values (``evaluation.ablation``), computed on the discovery split's prompts (never the evaluation split),
+at the node positions:
+- ``mean_safe``: mean node values over the contrast prompts (the discover run's ``safe_labels``), the values the
+  circuits' attributions were patched towards (circuit.patch=mean_safe);
+- ``mean_all``: mean over every prompt of the discovery split (toxic and contrast; Marks et al. 2024);
+- ``zero``: f = 0 and e = 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from refusal.circuits.metric import build_metric
+from refusal.circuits.model import CircuitModel
+from refusal.circuits.nodes import NodeSpace
+from refusal.circuits.patch import mean_values
+from refusal.circuits.saes import load_hooked_saes
+from refusal.errors import ConfigError, check_choice
+from refusal.evaluation.inputs import RunInputs
+from refusal.evaluation.nodes import NodeAblator, circuit_mask
+from refusal.models.chat import ChatFormatter
+from refusal.models.loading import LoadedModel
+
+ABLATIONS = ("mean_safe", "mean_all", "zero")
+
+
+@dataclass
+class CircuitSetup:
+    space: NodeSpace
+    formatter: ChatFormatter
+    ablator: NodeAblator
+    masks: dict[str, Tensor]  # toxic circuit name -> node mask
+    metric: Callable[[Tensor], Tensor]
+    metric_desc: dict
+    settings: dict  # the discover run's circuit settings
+
+
+def build_circuit_setup(inputs: RunInputs, loaded: LoadedModel, formatter: ChatFormatter, ablation: str,
+                        batch_size: int) -> CircuitSetup:
+    check_choice("evaluation.ablation", ablation, ABLATIONS)
+    summary = inputs.discovery
+    manifest, settings = summary["manifest"], summary["settings"]
+    ns = manifest["node_space"]
+    space = NodeSpace(tuple(ns["hooks"]), tuple(ns["d_sae"]), int(ns["n_positions"]), ns["aggregation"])
+    dirs = dict(inputs.sae_dirs)
+    saes = load_hooked_saes([(h, dirs[h]) for h in space.hooks], loaded)
+    for h, d in zip(space.hooks, space.d_sae):
+        if saes[h].sae.d_sae != d:
+            raise ConfigError(f"SAE at {h} has d_sae={saes[h].sae.d_sae} but the discover run had {d}")
+    desc = summary["metric"]
+    metric, metric_desc = build_metric(desc["name"], loaded.tokenizer, desc["refusal_token_ids"],
+                                       desc.get("compliance_token_ids"))
+    cm = CircuitModel(loaded.model, formatter, saes, settings["positions"], metric, batch_size)
+    if cm.n_positions != space.n_positions:
+        raise ConfigError(f"the chat template gives {cm.n_positions} node positions but the discover run had "
+                          f"{space.n_positions}; evaluate with the discover run's model and system prompt")
+    split = inputs.prompts.filter(split=manifest.get("discovery_split", settings.get("discovery_split")))
+    if ablation == "zero":
+        values = {h: (torch.zeros(space.n_positions, s.sae.d_sae), torch.zeros(space.n_positions, s.sae.d_in))
+                  for h, s in saes.items()}
+    else:
+        labels = None if ablation == "mean_all" else list(settings["safe_labels"])
+        prompts = [r.prompt for r in split.filter(label=labels)]
+        with torch.inference_mode():
+            values = {h: (f[0], e[0]) for h, (f, e) in mean_values(cm, prompts).items()}
+    device = loaded.device
+    values = {h: (f.to(device), e.to(device)) for h, (f, e) in values.items()}
+    ablator = NodeAblator(space, {h: s.sae for h, s in saes.items()}, values)
+    masks = {name: circuit_mask(space, c["nodes"]) for name, c in inputs.circuits.items()}
+    return CircuitSetup(space, formatter, ablator, masks, metric, metric_desc, settings)

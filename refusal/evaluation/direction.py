@@ -1,0 +1,176 @@
+"""The refusal-direction baseline (Arditi et al. 2024): one direction in the residual stream that mediates refusal.
+
+1. Candidates: r[l, p] = mean(toxic) − mean(safe) of the residual stream at the input of layer l
+   (``blocks.{l}.hook_resid_pre``) and post-instruction position p (aligned from the end of the prompt), on the
+   ``candidate_split`` prompts (label toxic vs label safe).
+2. Selection on the ``selection_split`` (at most ``n_selection_prompts`` per label): drop candidates with
+   l ≥ max_layer_fraction · n_layers; for the rest measure the mean refusal score on toxic prompts with r ablated
+   everywhere (x ← x − (x·r̂)r̂ at ``ablation_hooks`` of every layer, every position), the KL divergence of the
+   next-token distribution on safe prompts under that ablation, and the mean refusal score on safe prompts with
+   r added at layer l (x ← x + actadd_coeff·r at resid_pre, every position). Keep candidates with KL ≤ max_kl and
+   induced score > induce_min_score; pick the one whose ablation lowers refusal most. If none passes, the lowest
+   ablation score among the layer-filtered candidates is taken and ``filters_passed`` is false.
+3. On the evaluation split: refusal rates (generated, judged) and scores with CIs under ablation (toxic, hard,
+   safe) and actadd (safe, hard), the KL on safe prompts under ablation, against the unintervened baseline.
+4. Per-category directions at the selected (layer, position): mean(toxic of c) − mean(safe), their cosine matrix
+   and each one's cosine with the selected direction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+from refusal.behavior.score import refusal_score
+from refusal.circuits.plots import heatmap
+from refusal.errors import ConfigError
+from refusal.evaluation.interventions import ARDITI_KINDS, ActAdd, directional_ablation, intervene
+from refusal.evaluation.measure import kl_per_prompt, last_logits
+from refusal.models.hooks import capture_activations, run_until_stop
+from refusal.utils.io import atomic_path, stable_hash
+
+
+@dataclass(frozen=True)
+class DirectionSettings:
+    candidate_split: str = "train"
+    selection_split: str = "val"
+    n_selection_prompts: int = 32
+    ablation_hooks: tuple[str, ...] = ARDITI_KINDS
+    max_kl: float = 0.1
+    max_layer_fraction: float = 0.8
+    induce_min_score: float = 0.0
+    actadd_coeff: float = 1.0
+
+
+@torch.inference_mode()
+def tail_means(model, formatter, prompts: list[str], layers: list[int], n_pos: int, batch_size: int) -> Tensor:
+    """[len(layers), n_pos, d] float64 mean residual stream (resid_pre) at the last ``n_pos`` prompt tokens."""
+    if not prompts:
+        raise ConfigError("difference-in-means needs prompts on both sides; one side is empty")
+    device = next(model.parameters()).device
+    hooks = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+    total = None
+    for start in range(0, len(prompts), batch_size):
+        enc = formatter.encode(prompts[start:start + batch_size]).to(device)
+        with capture_activations(model, hooks, stop_early=True) as cache:
+            run_until_stop(lambda: model(**enc.model_inputs(), use_cache=False))
+        part = torch.stack([cache[h][:, -n_pos:].double().sum(0) for h in hooks]).cpu()
+        total = part if total is None else total + part
+    return total / len(prompts)
+
+
+def _subset(records: list, n: int, seed: int, tag: str) -> list:
+    if len(records) <= n:
+        return records
+    idx = np.sort(np.random.default_rng([seed, int(stable_hash(tag), 16)]).choice(len(records), n, replace=False))
+    return [records[i] for i in idx]
+
+
+def _mean_score(ctx, prompts: list[str]) -> tuple[float, Tensor]:
+    logits = last_logits(ctx.model, ctx.formatter, prompts, ctx.batch_size)
+    return float(refusal_score(logits, ctx.refusal_ids).mean()), logits
+
+
+def select_direction(ctx, candidates: Tensor, toxic: list[str], safe: list[str], s: DirectionSettings) -> dict:
+    """Score every candidate on the selection prompts and pick one (see the module doc)."""
+    n_layers, n_pos = candidates.shape[:2]
+    base_toxic, _ = _mean_score(ctx, toxic)
+    base_safe, safe_logits = _mean_score(ctx, safe)
+    rows = []
+    for layer in range(n_layers):
+        if not layer < s.max_layer_fraction * n_layers:
+            continue
+        for p in range(n_pos):
+            r = candidates[layer, p].float()
+            with intervene(ctx.model, directional_ablation(r, n_layers, s.ablation_hooks)):
+                abl, _ = _mean_score(ctx, toxic)
+                _, new_safe = _mean_score(ctx, safe)
+            with intervene(ctx.model, [ActAdd(f"blocks.{layer}.hook_resid_pre", r, s.actadd_coeff)]):
+                induce, _ = _mean_score(ctx, safe)
+            kl = float(kl_per_prompt(safe_logits, new_safe).mean())
+            rows.append({"layer": layer, "position": p - n_pos, "ablation_score": abl, "kl_safe": kl,
+                         "induce_score": induce, "norm": float(r.norm()),
+                         "passes": kl <= s.max_kl and induce > s.induce_min_score})
+    if not rows:
+        raise ConfigError(f"evaluation.direction.max_layer_fraction={s.max_layer_fraction} leaves no layer")
+    passing = [r for r in rows if r["passes"]]
+    best = min(passing or rows, key=lambda r: (r["ablation_score"], r["layer"], r["position"]))
+    return {"candidates": rows, "selected": best, "filters_passed": bool(passing),
+            "baseline": {"toxic_score": base_toxic, "safe_score": base_safe}}
+
+
+def _cosines(vectors: Tensor) -> np.ndarray:
+    v = vectors.double()
+    n = v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    return ((v / n) @ (v / n).T).numpy()
+
+
+def _rate_rows(ctx, items: list[dict], condition: str) -> list[dict]:
+    return [{"condition": condition, **row} for row in ctx.summarize(items)] if items else []
+
+
+def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_split: str) -> dict:
+    """The whole baseline on ``train_prompts`` (the full prompt set: the candidate and selection splits are read
+    from it) and ``ctx.prompts`` (the evaluation split)."""
+    for name in ("candidate_split", "selection_split"):
+        if getattr(s, name) == eval_split:
+            raise ConfigError(f"evaluation.direction.{name}={getattr(s, name)!r} is the evaluation split; choose a "
+                              "held-out one (train or val)")
+    n_layers = ctx.loaded.n_layers
+    n_pos = ctx.formatter.n_post_instruction
+    cand = train_prompts.filter(split=s.candidate_split)
+    tox_c = [r.prompt for r in cand.filter(label="toxic")]
+    safe_c = [r.prompt for r in cand.filter(label="safe")]
+    layers = list(range(n_layers))
+    safe_mean = tail_means(ctx.model, ctx.formatter, safe_c, layers, n_pos, ctx.batch_size)
+    candidates = tail_means(ctx.model, ctx.formatter, tox_c, layers, n_pos, ctx.batch_size) - safe_mean
+
+    sel = train_prompts.filter(split=s.selection_split)
+    tox_s = [r.prompt for r in _subset(list(sel.filter(label="toxic")), s.n_selection_prompts, ctx.seed, "toxic")]
+    safe_s = [r.prompt for r in _subset(list(sel.filter(label="safe")), s.n_selection_prompts, ctx.seed, "safe")]
+    if not tox_s or not safe_s:
+        raise ConfigError(f"the {s.selection_split} split needs toxic and safe prompts to select a refusal direction")
+    selection = select_direction(ctx, candidates, tox_s, safe_s, s)
+    best = selection["selected"]
+    layer, pos = best["layer"], best["position"] + n_pos
+    r = candidates[layer, pos].float()
+
+    ev = ctx.prompts
+    toxic, hard, safe = (list(ev.filter(label=lb)) for lb in ("toxic", "hard", "safe"))
+    base = ctx.baseline_items
+    with intervene(ctx.model, directional_ablation(r, n_layers, s.ablation_hooks)):
+        ablated = ctx.generate(toxic + hard + safe, name="direction_ablation")
+        ablated_safe_logits = last_logits(ctx.model, ctx.formatter, [x.prompt for x in safe], ctx.batch_size)
+    with intervene(ctx.model, [ActAdd(f"blocks.{layer}.hook_resid_pre", r, s.actadd_coeff)]):
+        added = ctx.generate(safe + hard, name="direction_actadd")
+    base_safe_logits = last_logits(ctx.model, ctx.formatter, [x.prompt for x in safe], ctx.batch_size)
+    kl = kl_per_prompt(base_safe_logits, ablated_safe_logits).numpy() if safe else np.zeros(0)
+
+    cats = [c for c in cand.categories(label="toxic")]
+    per_cat = torch.stack([
+        tail_means(ctx.model, ctx.formatter, [x.prompt for x in cand.filter(label="toxic", category=c)], [layer],
+                   n_pos, ctx.batch_size)[0, pos] - safe_mean[layer, pos] for c in cats]) if cats else torch.zeros(0)
+    cos = _cosines(per_cat) if cats else np.zeros((0, 0))
+    with_global = _cosines(torch.cat([r.double()[None], per_cat]))[0, 1:] if cats else np.zeros(0)
+
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "direction.safetensors") as tmp:
+        save_file({"direction": r.contiguous(), "candidates": candidates.float().contiguous(),
+                   "per_category": per_cat.float().contiguous()}, str(tmp))
+    plot = str(heatmap(cos, cats, f"cosine of per-category refusal directions (layer {layer}, pos {best['position']})",
+                       out_dir / "direction_cosine.png", vmin=-1.0)) if len(cats) >= 1 else None
+    kl_lo, kl_hi = ctx.mean_ci(kl, "direction", "kl") if len(kl) else (None, None)
+    return {
+        "selected": best, "filters_passed": selection["filters_passed"], "selection": selection,
+        "n_candidates": len(selection["candidates"]), "settings": {k: (list(v) if isinstance(v, tuple) else v)
+                                                                   for k, v in s.__dict__.items()},
+        "kl_safe": {"mean": float(kl.mean()) if len(kl) else None, "ci_low": kl_lo, "ci_high": kl_hi, "n": len(kl)},
+        "rates": (_rate_rows(ctx, [base[x.id] for x in toxic + hard + safe], "baseline")
+                  + _rate_rows(ctx, ablated, "ablation") + _rate_rows(ctx, added, "actadd")),
+        "per_category": {"categories": cats, "cosine": cos.tolist(), "cosine_with_selected": with_global.tolist()},
+        "plot": plot,
+    }

@@ -1,0 +1,201 @@
+"""Interventions on a running model, as context managers that work for plain forwards and for ``model.generate``
+with the KV cache.
+
+Each intervention edits the activation at one hook point (TransformerLens names, refusal.models.hooks):
+
+- :class:`FeatureEdit` — SAE features at a hook, with the SAE error term kept: f = encode(x), f' = f with the chosen
+  features changed, x ← x + (f' − f) W_dec (so only the chosen features change; x − decode(f) stays as it was).
+  ``mean``: f_S ← f̄_S (mean ablation, x ← x − W_dec[S]ᵀ(f_S − f̄_S)); ``zero``: f_S ← 0; ``clamp``: f_S ← value;
+  ``scale``: f_S ← value · f_S. Optionally the error node e = x − decode(f) is set too (``mean``: ē, ``zero``: 0).
+- :class:`Reconstruct` — x ← decode(encode(x)) (the SAE spliced in without its error term).
+- :class:`ZeroAblate` — x ← 0.
+- :class:`DirectionalAblation` — x ← x − (x·r̂) r̂; :func:`directional_ablation` places one at every layer and hook
+  kind (Arditi et al. 2024: resid_pre of every layer plus the attention and MLP outputs).
+- :class:`ActAdd` — x ← x + c·r.
+
+Positions (:func:`intervene`): ``positions=None`` edits every position of every forward, generated tokens included;
+``positions=n`` edits the last ``n`` tokens of every forward that starts at position 0 (a prompt's prefill, e.g. the
+post-instruction tokens where circuit nodes live) and leaves later decoding steps alone. Generation must use the
+KV cache (the Hugging Face default) for ``positions=n``: without it every step re-reads the prompt from position 0.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Protocol, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from refusal.errors import check_choice
+from refusal.models.hooks import HOOK_KINDS, HookSpec, decoder_layers, parse_hook_name
+from refusal.sae.model import SparseAutoencoder
+
+FEATURE_MODES = ("mean", "zero", "clamp", "scale")
+ARDITI_KINDS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+
+
+class Intervention(Protocol):
+    hook: str
+
+    def edit(self, x: Tensor) -> Tensor:
+        """The new activation for ``x`` [B, T_sel, d] (the selected positions of one forward)."""
+
+
+def _as(value, like: Tensor) -> Tensor:
+    return torch.as_tensor(value, device=like.device, dtype=like.dtype)
+
+
+@dataclass
+class FeatureEdit:
+    """Change the SAE features ``features`` (bool [d_sae], or [P, d_sae] per selected position) at ``hook``."""
+    hook: str
+    sae: SparseAutoencoder
+    features: Tensor
+    mode: str = "mean"
+    value: Tensor | float | None = None  # mean: f̄ ([d_sae] or [P, d_sae]); clamp: the value(s); scale: the factor
+    error: Tensor | bool = False  # also set the error node (bool, or bool [P] per selected position); mean/zero
+    error_value: Tensor | None = None  # mean: ē ([d] or [P, d])
+
+    def __post_init__(self):
+        check_choice("feature edit mode", self.mode, FEATURE_MODES)
+        if self.mode in ("mean", "clamp", "scale") and self.value is None:
+            raise ValueError(f"feature edit mode {self.mode!r} needs a value")
+        has_error = bool(torch.as_tensor(self.error).any())
+        if has_error and self.mode not in ("mean", "zero"):
+            raise ValueError(f"the error node can only be mean- or zero-ablated, not {self.mode!r}")
+        if has_error and self.mode == "mean" and self.error_value is None:
+            raise ValueError("mean ablation of the error node needs error_value (ē)")
+
+    def edit(self, x: Tensor) -> Tensor:
+        sae = self.sae
+        xs = x.to(sae.W_enc.dtype)
+        f = sae.encode(xs)
+        mask = self.features.to(device=f.device, dtype=torch.bool)
+        if self.mode == "zero":
+            target = torch.zeros((), device=f.device, dtype=f.dtype)
+        elif self.mode == "scale":
+            target = f * _as(self.value, f)
+        else:
+            target = _as(self.value, f)
+        delta = (torch.where(mask, target, f) - f) @ sae.W_dec / sae.input_scale
+        err = torch.as_tensor(self.error, device=f.device, dtype=torch.bool)
+        if bool(err.any()):
+            e = xs - sae.decode(f)
+            e_target = torch.zeros((), device=f.device, dtype=f.dtype) if self.mode == "zero" else _as(self.error_value, f)
+            delta = delta + torch.where(err[..., None], e_target - e, torch.zeros((), device=f.device, dtype=f.dtype))
+        return (xs + delta).to(x.dtype)
+
+
+@dataclass
+class Reconstruct:
+    hook: str
+    sae: SparseAutoencoder
+
+    def edit(self, x: Tensor) -> Tensor:
+        return self.sae.decode(self.sae.encode(x.to(self.sae.W_enc.dtype))).to(x.dtype)
+
+
+@dataclass
+class ZeroAblate:
+    hook: str
+
+    def edit(self, x: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+
+@dataclass
+class DirectionalAblation:
+    hook: str
+    direction: Tensor  # [d]; normalised here
+
+    def edit(self, x: Tensor) -> Tensor:
+        r = self.direction.to(device=x.device, dtype=torch.float32)
+        r = r / r.norm().clamp_min(1e-12)
+        xf = x.float()
+        return (xf - (xf @ r)[..., None] * r).to(x.dtype)
+
+
+@dataclass
+class ActAdd:
+    hook: str
+    vector: Tensor  # [d], added as is (not normalised)
+    coeff: float = 1.0
+
+    def edit(self, x: Tensor) -> Tensor:
+        return (x.float() + self.coeff * self.vector.to(device=x.device, dtype=torch.float32)).to(x.dtype)
+
+
+def directional_ablation(direction: Tensor, n_layers: int, kinds: Sequence[str] = ARDITI_KINDS,
+                         layers: Sequence[int] | None = None) -> list[DirectionalAblation]:
+    """One :class:`DirectionalAblation` per layer (default all) and hook kind."""
+    for k in kinds:
+        check_choice("directional ablation hook kind", k, HOOK_KINDS)
+    return [DirectionalAblation(f"blocks.{layer}.{k}", direction) for layer in (layers or range(n_layers))
+            for k in kinds]
+
+
+def register_edit(layer: nn.Module, spec: HookSpec, fn):
+    """Register ``fn(x) -> x'`` replacing the activation at ``spec`` inside decoder ``layer``; returns the handle."""
+    if spec.kind == "hook_resid_pre":
+        def pre(m, args, kwargs):
+            if args:
+                return (fn(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+        return layer.register_forward_pre_hook(pre, with_kwargs=True)
+    if spec.kind == "mlp.hook_post":
+        return layer.mlp.down_proj.register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
+    module = {"hook_attn_out": layer.self_attn, "hook_mlp_out": layer.mlp, "hook_resid_post": layer}[spec.kind]
+
+    def post(m, args, out):
+        if isinstance(out, tuple):
+            return (fn(out[0]), *out[1:])
+        return fn(out)
+    return module.register_forward_hook(post)
+
+
+@contextlib.contextmanager
+def intervene(model: nn.Module, interventions: Sequence[Intervention], positions: int | None = None) -> Iterator[None]:
+    """Apply ``interventions`` (in order; several at one hook compose) to every forward run inside.
+
+    ``positions``: None = every position of every forward; n = the last n tokens of each forward that starts at
+    position 0 (a prefill), nothing in later (cached) decoding steps."""
+    if positions is not None and (isinstance(positions, bool) or not isinstance(positions, int) or positions < 1):
+        raise ValueError(f"positions={positions!r}: use None (all) or an int >= 1")
+    layers = decoder_layers(model)
+    state: dict[str, slice | None] = {"sel": slice(None)}
+
+    def track(module, args, kwargs):
+        hs = args[0] if args else kwargs["hidden_states"]
+        if positions is None:
+            state["sel"] = slice(None)
+            return
+        pkv = kwargs.get("past_key_values")
+        past = int(pkv.get_seq_length()) if pkv is not None else 0
+        T = hs.shape[1]
+        if past > 0:
+            state["sel"] = None
+        elif T < positions:
+            raise ValueError(f"a forward of {T} tokens has fewer than positions={positions}")
+        else:
+            state["sel"] = slice(T - positions, T)
+
+    def wrap(iv: Intervention):
+        def fn(x: Tensor) -> Tensor:
+            sel = state["sel"]
+            if sel is None:
+                return x
+            if sel == slice(None):
+                return iv.edit(x)
+            return torch.cat([x[:, :sel.start], iv.edit(x[:, sel]), x[:, sel.stop:]], dim=1)
+        return fn
+
+    handles = [layers[0].register_forward_pre_hook(track, with_kwargs=True)]
+    try:
+        for iv in interventions:
+            spec = parse_hook_name(iv.hook, len(layers))
+            handles.append(register_edit(layers[spec.layer], spec, wrap(iv)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

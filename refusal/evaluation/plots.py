@@ -1,0 +1,82 @@
+"""PNG plots of the evaluation (matplotlib, Agg backend): faithfulness/completeness curves and rectangular
+matrices (transfer)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from refusal.utils.io import atomic_path  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def _nan(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def faithfulness_plot(curves: dict[str, dict], path: Path) -> Path:
+    """One panel per circuit: faithfulness and completeness against the node count (symlog x), the random
+    circuits' mean ± range, and the discovered circuit as stars."""
+    names = list(curves)
+    cols = min(3, max(1, len(names)))
+    rows = math.ceil(len(names) / cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        pts = curves[name]["points"]
+        x = np.array([p["n_nodes"] for p in pts], dtype=float)
+        for key, color, style in (("faithfulness", "tab:blue", "o-"), ("completeness", "tab:red", "s--")):
+            ax.plot(x, [_nan(p[key]) for p in pts], style, color=color, label=key, ms=3)
+            mean = np.array([_nan(p["random"][key]["mean"]) for p in pts])
+            lo = np.array([_nan(p["random"][key]["min"]) for p in pts])
+            hi = np.array([_nan(p["random"][key]["max"]) for p in pts])
+            ax.plot(x, mean, ":", color=color, alpha=0.6, label=f"random {key}")
+            ax.fill_between(x, lo, hi, color=color, alpha=0.12, linewidth=0)
+        d = curves[name].get("discovered")
+        if d:
+            ax.plot([d["n_nodes"]], [_nan(d["faithfulness"])], "*", color="tab:blue", ms=11, label="discovered")
+            ax.plot([d["n_nodes"]], [_nan(d["completeness"])], "*", color="tab:red", ms=11)
+        ax.axhline(1.0, color="gray", lw=0.6)
+        ax.axhline(0.0, color="gray", lw=0.6)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("nodes in circuit")
+        ax.set_ylabel("fraction of effect")
+    axes.flat[0].legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def matrix_plot(matrix: np.ndarray, rows: list[str], cols: list[str], title: str, path: Path,
+                cmap: str = "RdBu_r", symmetric: bool = True) -> Path:
+    """A rows × cols heatmap with the values written in the cells; colour scale symmetric around 0 by default."""
+    m = np.asarray(matrix, dtype=float)
+    finite = m[np.isfinite(m)]
+    vmax = float(np.abs(finite).max()) if finite.size else 1.0
+    vmax = vmax or 1.0
+    vmin = -vmax if symmetric else (float(finite.min()) if finite.size else 0.0)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.7 * len(cols), 1.2 + 0.5 * len(rows)), dpi=100)
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = m[i, j]
+            ax.text(j, i, "–" if not np.isfinite(v) else f"{v:.2g}", ha="center", va="center", fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return _save(fig, path)

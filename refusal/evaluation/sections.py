@@ -1,0 +1,251 @@
+"""The evaluation report's sections, built from JSON-able results only (what the stages and earlier runs wrote),
+so a report can be rendered for any run: a stage that did not run or whose inputs are absent becomes a section
+marked missing with the reason.
+
+``build_report(data)``: ``data`` has the keys ``meta`` (dict), ``data_analysis``, ``train_manifest``,
+``discovery``, ``discover_dir``, ``baseline``, ``sae_quality``, ``faithfulness``, ``transfer``, ``direction``,
+``verdict``; each stage value is its result dict or ``{"status": "missing" | "skipped", "reason": ...}`` or None.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from refusal.tracking.report import Image, Report, Section, Table, Text, fmt
+
+SECTIONS = (("data", "Data summary"), ("baseline", "Baseline refusal per category"), ("sae_quality", "SAE quality"),
+            ("circuits", "Circuits and similarity"), ("statistics", "Statistics"),
+            ("faithfulness", "Faithfulness and completeness"), ("transfer", "Transfer matrix"),
+            ("direction", "Refusal direction baseline"), ("verdict", "Verdict"))
+TITLES = dict(SECTIONS)
+
+
+def _ci(value, low, high) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return fmt(None)
+    if low is None or high is None:
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+
+
+def _missing(key: str, result, default: str) -> Section | None:
+    """A missing section when ``result`` is absent or marks itself missing/skipped."""
+    if not result:
+        return Section(key, TITLES[key], missing=default)
+    if isinstance(result, dict) and result.get("status") in ("missing", "skipped"):
+        return Section(key, TITLES[key], missing=result.get("reason") or default)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- sections
+def data_section(analysis: dict | None) -> Section:
+    if not analysis:
+        return Section("data", TITLES["data"], missing="no data_analysis.json (no train run dir given)")
+    cells: dict[tuple[str, str], dict[str, int]] = {}
+    for c in analysis.get("counts", []):
+        cells.setdefault((c["category"], c["label"]), {})[c["split"]] = c["n"]
+    splits = ("train", "val", "test")
+    rows = [[cat, label, *(v.get(s, 0) for s in splits), sum(v.values())] for (cat, label), v in sorted(cells.items())]
+    blocks = [Table(["category", "label", *splits, "total"], rows, "prompts per category × label × split")]
+    totals = analysis.get("totals", {})
+    if totals:
+        blocks.append(Text(f"{totals.get('prompts')} prompts; by label: " +
+                           ", ".join(f"{k} {v}" for k, v in totals.get("by_label", {}).items())))
+    for w in analysis.get("warnings", []):
+        blocks.append(Text(f"Warning: {w}"))
+    return Section("data", TITLES["data"], blocks)
+
+
+def baseline_section(result) -> Section:
+    miss = _missing("baseline", result, "the baseline stage did not run")
+    if miss:
+        return miss
+    rows = [[r["label"], r["category"], r["n"], _ci(r["refusal_rate"], r["refusal_rate_ci_low"], r["refusal_rate_ci_high"]),
+             _ci(r["refusal_score_mean"], r["refusal_score_ci_low"], r["refusal_score_ci_high"])] for r in result["rows"]]
+    return Section("baseline", TITLES["baseline"], [
+        Text(f"Greedy responses ({result.get('max_new_tokens')} new tokens) on the {result.get('split')} split, judged by "
+             f"{result.get('judge')}; refusal score = log-odds of the refusal tokens at the first response position. "
+             f"Rates of hard prompts are over-refusal. Brackets: {result.get('ci_level')} CIs."),
+        Table(["label", "category", "n", "refusal rate [CI]", "mean refusal score [CI]"], rows)])
+
+
+def sae_section(train_manifest: dict | None, result) -> Section:
+    blocks = []
+    metrics = (train_manifest or {}).get("metrics", {})
+    hooks = (train_manifest or {}).get("hooks", [])
+    if hooks and metrics:
+        names = ("explained_variance", "mse", "l0", "dead_fraction")
+        blocks.append(Table(["hook", *names], [[h, *(metrics.get(f"val/{h}/{n}") for n in names)] for h in hooks],
+                            "at the end of training (validation activations)"))
+    if result and result.get("status") not in ("missing", "skipped"):
+        cols = ("explained_variance", "l0", "ce_orig", "ce_sae", "ce_zero", "ce_loss_recovered")
+        blocks.append(Table(["hook", "prompts", *cols], [[r["hook"], r["n_prompts"], *(r[c] for c in cols)]
+                                                         for r in result["rows"]],
+                            f"held-out {result.get('split')} prompts, every token; CE loss recovered = "
+                            "(CE_zero − CE_sae)/(CE_zero − CE_orig)"))
+    elif result:
+        blocks.append(Text(f"Held-out SAE metrics missing: {result.get('reason')}"))
+    if not blocks:
+        return Section("sae_quality", TITLES["sae_quality"], missing="no train manifest metrics and no sae_quality stage")
+    return Section("sae_quality", TITLES["sae_quality"], blocks)
+
+
+def _discover_png(discover_dir: str | None, path: str) -> Path:
+    p = Path(path)
+    if discover_dir and not p.is_file():
+        return Path(discover_dir) / "heatmaps" / p.name
+    return p
+
+
+def circuits_section(discovery: dict | None, discover_dir: str | None) -> Section:
+    if not discovery:
+        return Section("circuits", TITLES["circuits"], missing="no discover run dir given")
+    rows = [[c["category"], c["kind"], c["n_nodes"], c["n_edges"], c.get("metric_clean"), c.get("metric_patch"),
+             c.get("error_mass_fraction")] for c in discovery.get("circuits", [])]
+    sim = discovery.get("similarity", {})
+    blocks = [Table(["category", "kind", "nodes", "edges", "metric clean", "metric patch", "error mass fraction"], rows,
+                    f"circuit files: {{model}}_{{category}}_{{toxic|safe}}_circuit.json ({discovery.get('metric', {}).get('name')})"),
+              Text(f"Similarities over feature nodes, sizes equalised to the top {sim.get('n_equalised')} nodes; mean "
+                   "off-diagonal: " + ", ".join(f"{k} {fmt(v)}" for k, v in sim.get("mean_offdiagonal", {}).items()))]
+    for key, path in discovery.get("heatmaps", {}).items():
+        blocks.append(Image(_discover_png(discover_dir, path), key.replace("_", " ")))
+    return Section("circuits", TITLES["circuits"], blocks)
+
+
+def statistics_section(discovery: dict | None) -> Section:
+    if not discovery:
+        return Section("statistics", TITLES["statistics"], missing="no discover run dir given")
+    g = discovery.get("global_test", {})
+    core = discovery.get("shared_core", {})
+    ci = core.get("mean_core_mass_ci") or {}
+    blocks = [Table(["test", "statistic", "p", "null mean", "permutations"],
+                    [[g.get("statistic_name", "global"), g.get("statistic"), g.get("p_value"), g.get("null_mean"),
+                      g.get("n_permutations")]], "global permutation test (category labels permuted)"),
+              Table(["category A", "category B", "statistic", "p", "p (BH)", "differs"],
+                    [[p["a"], p["b"], p.get("statistic"), p.get("p_value"), p.get("p_adjusted"), p.get("differs")]
+                     for p in discovery.get("pairwise_tests", [])], "pairwise permutation tests"),
+              Table(["category", "core mass"], [[c, v] for c, v in core.get("core_mass", {}).items()],
+                    f"shared core: {core.get('n_nodes')} feature nodes in every category's circuit; mean core mass "
+                    f"{_ci(core.get('mean_core_mass'), ci.get('low'), ci.get('high'))}")]
+    return Section("statistics", TITLES["statistics"], blocks)
+
+
+def faithfulness_section(result) -> Section:
+    miss = _missing("faithfulness", result, "the faithfulness stage did not run")
+    if miss:
+        return miss
+    rows = []
+    for name, c in result["curves"].items():
+        d = c.get("discovered") or {}
+        rf, rc = d.get("random", {}).get("faithfulness", {}), d.get("random", {}).get("completeness", {})
+        rows.append([name, c.get("n_prompts"), d.get("n_nodes"), d.get("faithfulness"), d.get("completeness"),
+                     rf.get("mean"), rc.get("mean"), c.get("m_full"), c.get("m_empty")])
+    blocks = [Text(f"m = {result.get('metric', {}).get('name')} on held-out toxic prompts of the circuit's category; "
+                   "nodes outside the circuit ablated (faithfulness) or the circuit's own nodes ablated "
+                   "(completeness, low is good). Raw values, not clamped. Thresholds "
+                   f"({result.get('threshold_mode')}): {fmt(result.get('thresholds'))}; {result.get('n_random')} "
+                   "random circuits of the same size per hook per point.")]
+    if result.get("plot"):
+        blocks.append(Image(Path(result["plot"]), "faithfulness (blue) and completeness (red) against circuit size; "
+                                                  "dotted: random circuits; stars: the discovered circuits"))
+    blocks.append(Table(["circuit", "prompts", "nodes", "faithfulness", "completeness", "random faithfulness",
+                         "random completeness", "m(M)", "m(∅)"], rows, "the discovered circuits"))
+    for name, why in result.get("skipped", {}).items():
+        blocks.append(Text(f"{name}: skipped ({why})"))
+    return Section("faithfulness", TITLES["faithfulness"], blocks)
+
+
+def _cell_table(result: dict, key: str, caption: str) -> Table:
+    by = {(c["circuit"], c["prompts"]): c for c in result["cells"]}
+    rows = [[r, *(_ci(by[(r, col)].get(key), by[(r, col)].get(f"{key}_ci_low"), by[(r, col)].get(f"{key}_ci_high"))
+                  for col in result["columns"])] for r in result["rows"]]
+    return Table(["circuit ablated ↓ / prompts →", *result["columns"]], rows, caption)
+
+
+def transfer_section(result) -> Section:
+    miss = _missing("transfer", result, "the transfer stage did not run")
+    if miss:
+        return miss
+    blocks = [Text("Rows: the circuit ablated (" + ("all nodes" if result.get("include_error_nodes") else
+                                                    "feature nodes only") + "); columns: held-out prompts.")]
+    for key, caption in (("score_drop", "refusal-score drop (baseline − ablated) [CI]"),
+                         ("random_score_drop", f"score drop for {result.get('n_random')} random circuits of the same size [CI]"),
+                         ("refusal_rate", "refusal rate with the circuit ablated [CI]")):
+        if key in result.get("matrices", {}):
+            if key in result.get("plots", {}):
+                blocks.append(Image(Path(result["plots"][key]), caption))
+            blocks.append(_cell_table(result, key, caption))
+    st = result.get("statistic")
+    if st:
+        ci = st.get("ci", {})
+        rows = [[k, st.get(k), ci.get(k, {}).get("low"), ci.get(k, {}).get("high")]
+                for k in ("specificity", "mean_diagonal", "mean_offdiagonal", "transfer_ratio", "beats_random")
+                if k in st]
+        blocks.append(Table(["statistic (score)", "value", "CI low", "CI high"], rows,
+                            f"specificity S: permutation p = {fmt(st.get('p_value'))} ({st.get('n_permutations')} "
+                            f"permutations, null mean {fmt(st.get('null_mean'))})"))
+    sr = result.get("statistic_rate")
+    if sr:
+        blocks.append(Text(f"Same statistic on generated refusal: S = {fmt(sr.get('specificity'))}, p = "
+                           f"{fmt(sr.get('p_value'))}, transfer ratio = {fmt(sr.get('transfer_ratio'))}"))
+    dec = result.get("decision", {})
+    blocks.append(Text(f"Transfer verdict: {dec.get('verdict')}", strong=True))
+    blocks.append(Text(f"Rule: {dec.get('rule')}"))
+    if result.get("categories_without_prompts"):
+        blocks.append(Text("Circuits without held-out prompts: " + fmt(result["categories_without_prompts"])))
+    return Section("transfer", TITLES["transfer"], blocks)
+
+
+def direction_section(result) -> Section:
+    miss = _missing("direction", result, "the direction stage did not run")
+    if miss:
+        return miss
+    sel = result["selected"]
+    kl = result.get("kl_safe", {})
+    blocks = [Table(["layer", "position", "ablation score", "KL (selection)", "induced score", "filters passed",
+                     "candidates"],
+                    [[sel["layer"], sel["position"], sel["ablation_score"], sel["kl_safe"], sel["induce_score"],
+                      result.get("filters_passed"), result.get("n_candidates")]], "selected difference-in-means direction"),
+              Text(f"KL(baseline ‖ ablated) on held-out safe prompts: {_ci(kl.get('mean'), kl.get('ci_low'), kl.get('ci_high'))}")]
+    rows = [[r["condition"], r["label"], r["category"], r["n"],
+             _ci(r["refusal_rate"], r["refusal_rate_ci_low"], r["refusal_rate_ci_high"]),
+             _ci(r["refusal_score_mean"], r["refusal_score_ci_low"], r["refusal_score_ci_high"])]
+            for r in result.get("rates", [])]
+    blocks.append(Table(["condition", "label", "category", "n", "refusal rate [CI]", "mean score [CI]"], rows,
+                        "ablation: direction projected out at every layer; actadd: direction added at the selected layer"))
+    pc = result.get("per_category", {})
+    if pc.get("categories"):
+        if result.get("plot"):
+            blocks.append(Image(Path(result["plot"]), "cosine similarity of per-category directions"))
+        blocks.append(Table(["category", "cosine with selected direction"],
+                            [[c, v] for c, v in zip(pc["categories"], pc["cosine_with_selected"])]))
+    return Section("direction", TITLES["direction"], blocks)
+
+
+def verdict_section(verdict: dict | None, discovery: dict | None, transfer) -> Section:
+    if not verdict or verdict.get("verdict") is None:
+        return Section("verdict", TITLES["verdict"], missing=(verdict or {}).get("basis") or
+                       "neither discovery nor transfer results")
+    blocks = [Text(f"Verdict: {verdict['verdict']}", strong=True), Text(f"Basis: {verdict.get('basis')}")]
+    rows = []
+    if discovery:
+        ev = discovery.get("evidence", {})
+        rows.append(["discovery (similarity, permutation tests)", discovery.get("verdict"),
+                     "; ".join(f"{k} = {fmt(v)}" for k, v in ev.items()), discovery.get("rule")])
+    if transfer and transfer.get("decision"):
+        dec = transfer["decision"]
+        rows.append(["transfer (causal ablation)", dec.get("verdict"),
+                     "; ".join(f"{k} = {fmt(v)}" for k, v in dec.get("evidence", {}).items()), dec.get("rule")])
+    blocks.append(Table(["evidence", "verdict", "values", "rule"], rows))
+    return Section("verdict", TITLES["verdict"], blocks)
+
+
+def build_report(data: dict) -> Report:
+    discovery, transfer = data.get("discovery"), data.get("transfer")
+    transfer_ok = transfer if transfer and transfer.get("status") not in ("missing", "skipped") else None
+    sections = [data_section(data.get("data_analysis")), baseline_section(data.get("baseline")),
+                sae_section(data.get("train_manifest"), data.get("sae_quality")),
+                circuits_section(discovery, data.get("discover_dir")), statistics_section(discovery),
+                faithfulness_section(data.get("faithfulness")), transfer_section(transfer),
+                direction_section(data.get("direction")), verdict_section(data.get("verdict"), discovery, transfer_ok)]
+    return Report("refusal-circuits evaluation report", sections, data.get("meta", {}))

@@ -1,0 +1,205 @@
+"""A run report as a small document model rendered to Markdown (``report.md``, images linked) and to one
+self-contained HTML file (``report.html``, images embedded as base64 PNG), and logged to W&B.
+
+A :class:`Report` is a list of :class:`Section` s; a section either holds blocks (:class:`Text`, :class:`Table`,
+:class:`Image`) or is marked missing with the reason (a stage that did not run, an input that is absent): it is
+rendered as such, never skipped and never a crash. Table cells may hold any value: numbers are shown with 4
+significant digits, None/NaN as "–", and text is escaped for the target format (``|`` and line breaks in Markdown,
+``<``/``&`` in HTML), so a cell can never break its table.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from refusal.utils.io import atomic_path
+
+MISSING = "–"
+
+
+@dataclass
+class Text:
+    text: str
+    strong: bool = False
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list]
+    caption: str = ""
+
+    def __post_init__(self):
+        for i, row in enumerate(self.rows):
+            if len(row) != len(self.columns):
+                raise ValueError(f"table {self.caption!r}: row {i} has {len(row)} cells for {len(self.columns)} columns")
+
+
+@dataclass
+class Image:
+    path: Path
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    key: str  # HTML anchor id
+    title: str
+    blocks: list = field(default_factory=list)
+    missing: str | None = None  # reason the section has no content
+
+
+@dataclass
+class Report:
+    title: str
+    sections: list[Section]
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+def fmt(value) -> str:
+    """One table cell or value as text."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return MISSING
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(fmt(v) for v in value)
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------------ Markdown
+def _md_cell(value) -> str:
+    text = fmt(value).replace("\\", "\\\\").replace("|", "\\|")
+    return "<br>".join(line.strip() for line in text.splitlines()) or " "
+
+
+def _md_table(t: Table) -> str:
+    lines = []
+    if t.caption:
+        lines += [f"*{t.caption}*", ""]
+    lines.append("| " + " | ".join(_md_cell(c) for c in t.columns) + " |")
+    lines.append("|" + "|".join("---" for _ in t.columns) + "|")
+    lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in t.rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: Report, base_dir: str | os.PathLike) -> str:
+    """Markdown; images are linked relative to ``base_dir`` (the directory report.md is written to)."""
+    out = [f"# {report.title}", ""]
+    out += [f"- **{k}**: {fmt(v)}" for k, v in report.meta.items()]
+    out += ["", "## Contents", ""] + [f"{i}. {s.title}" + (" (missing)" if s.missing else "")
+                                     for i, s in enumerate(report.sections, 1)]
+    for i, s in enumerate(report.sections, 1):
+        out += ["", f"## {i}. {s.title}", ""]
+        if s.missing:
+            out.append(f"> **Missing:** {s.missing}")
+            continue
+        for b in s.blocks:
+            if isinstance(b, Text):
+                out.append(f"**{b.text}**" if b.strong else b.text)
+            elif isinstance(b, Table):
+                out.append(_md_table(b))
+            elif isinstance(b, Image):
+                rel = os.path.relpath(Path(b.path), Path(base_dir))
+                out.append(f"![{b.caption}]({Path(rel).as_posix()})")
+                if b.caption:
+                    out += ["", f"*{b.caption}*"]
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ HTML
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #ccc;margin-top:2em}
+table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.9em}
+th,td{border:1px solid #bbb;padding:3px 8px;text-align:right;vertical-align:top}
+th{background:#eee}td:first-child,th:first-child{text-align:left}
+caption{caption-side:top;text-align:left;font-style:italic;padding-bottom:3px}
+.missing{background:#fff4e5;border-left:4px solid #f0a020;padding:0.5em 1em}
+figure{margin:1em 0}figcaption{font-style:italic;font-size:0.9em}img{max-width:100%}
+.meta td{text-align:left}
+""".strip()
+
+
+def _esc(value) -> str:
+    return html.escape(fmt(value)).replace("\n", "<br>")
+
+
+def _html_table(t: Table) -> str:
+    cap = f"<caption>{html.escape(t.caption)}</caption>" if t.caption else ""
+    head = "".join(f"<th>{_esc(c)}</th>" for c in t.columns)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>" for row in t.rows)
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_image(img: Image) -> str:
+    path = Path(img.path)
+    if not path.is_file():
+        return f'<p class="missing"><b>Missing:</b> image {html.escape(str(path))} was not found</p>'
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    cap = f"<figcaption>{html.escape(img.caption)}</figcaption>" if img.caption else ""
+    return f'<figure><img alt="{html.escape(img.caption or path.name)}" src="data:image/png;base64,{data}">{cap}</figure>'
+
+
+def render_html(report: Report) -> str:
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{html.escape(report.title)}</h1>"]
+    if report.meta:
+        parts.append('<table class="meta"><tbody>' + "".join(
+            f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in report.meta.items()) + "</tbody></table>")
+    parts.append("<nav><h2>Contents</h2><ol>" + "".join(
+        f'<li><a href="#{html.escape(s.key)}">{html.escape(s.title)}</a>{" (missing)" if s.missing else ""}</li>'
+        for s in report.sections) + "</ol></nav>")
+    for i, s in enumerate(report.sections, 1):
+        parts.append(f'<section id="{html.escape(s.key)}"><h2>{i}. {html.escape(s.title)}</h2>')
+        if s.missing:
+            parts.append(f'<p class="missing"><b>Missing:</b> {_esc(s.missing)}</p>')
+        for b in [] if s.missing else s.blocks:
+            if isinstance(b, Text):
+                parts.append(f"<p><b>{_esc(b.text)}</b></p>" if b.strong else f"<p>{_esc(b.text)}</p>")
+            elif isinstance(b, Table):
+                parts.append(_html_table(b))
+            elif isinstance(b, Image):
+                parts.append(_html_image(b))
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ files, W&B
+def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into ``out_dir`` (atomically); returns both paths."""
+    out_dir = Path(out_dir)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    with atomic_path(md) as tmp:
+        tmp.write_text(render_markdown(report, out_dir), encoding="utf-8")
+    with atomic_path(page) as tmp:
+        tmp.write_text(render_html(report), encoding="utf-8")
+    return md, page
+
+
+def log_report(run, report: Report, html_path: str | os.PathLike, prefix: str = "report") -> None:
+    """Log the HTML page, every table and every image of ``report`` to the W&B ``run`` (no-op when None)."""
+    if run is None:
+        return
+    import wandb
+
+    payload = {f"{prefix}/html": wandb.Html(Path(html_path).read_text(encoding="utf-8"), inject=False)}
+    for s in report.sections:
+        for j, b in enumerate(s.blocks if not s.missing else []):
+            key = f"{prefix}/{s.key}/{j}"
+            if isinstance(b, Table):
+                payload[key] = wandb.Table(columns=[str(c) for c in b.columns], data=[[fmt(v) for v in r] for r in b.rows])
+            elif isinstance(b, Image) and Path(b.path).is_file():
+                payload[key] = wandb.Image(str(b.path), caption=b.caption)
+    run.log(payload)
