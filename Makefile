@@ -18,8 +18,10 @@ $(STAMP):
 	$(PY) -m pip install -q --no-deps $(ASSETS)
 	@rm -f $(VENV)/.installed-*; touch $@
 
+DEMO := outputs/demo
 demo: setup
-	$(PY) train.py
+	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO)/train ckpt_path=last
+	$(PY) discover.py train_dir=$(DEMO)/train hydra.run.dir=$(DEMO)/discover
 
 test: setup
 	$(PY) -m pytest -q
@@ -30,6 +32,7 @@ test-fast: setup
 bench: setup
 	$(PY) bench/collect.py
 	$(PY) bench/sae.py
+	$(PY) bench/attribution.py
 
 clean:
 	rm -rf outputs multirun .cache

@@ -1,0 +1,8 @@
+"""Refusal behavior: what the model does, not what the data label says.
+
+score.py     refusal score (log-odds of refusal tokens at the first response position)
+generate.py  batched greedy generation on chat-formatted, left-padded prompts
+judge.py     refusal judges (substring list, local sequence classifier) built from ``behavior.judge``
+rates.py     refusal rate and mean score per category x label with bootstrap / Wilson CIs
+baseline.py  measure_baseline: the above on one split, written to baseline.json + responses.jsonl
+"""

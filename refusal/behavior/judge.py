@@ -82,7 +82,8 @@ class ClassifierJudge:
         if not 0.0 < float(threshold) <= 1.0:
             raise ConfigError(f"behavior.judge.threshold={threshold!r} is not valid; use a probability in (0, 1]")
         if template is not None and ("{response}" not in template):
-            raise ConfigError(f"behavior.judge.template={template!r} must contain {{response}} (and may contain {{prompt}})")
+            raise ConfigError(f"behavior.judge.template={template!r} must contain {{response}} "
+                              f"(and may contain {{prompt}})")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             self.model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
@@ -116,11 +117,10 @@ class ClassifierJudge:
         out: list[float] = []
         for s in range(0, len(prompts), self.batch_size):
             p, r = prompts[s : s + self.batch_size], responses[s : s + self.batch_size]
-            if self.template is None:
-                enc = self.tokenizer(p, r, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-            else:
-                texts = [self.template.format(prompt=a, response=b) for a, b in zip(p, r)]
-                enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            # a text pair (the tokenizer's own pair format), or one text from the template
+            texts = (p, r) if self.template is None else ([self.template.format(prompt=a, response=b)
+                                                             for a, b in zip(p, r)],)
+            enc = self.tokenizer(*texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
             logits = self.model(**enc.to(self.device)).logits.float()
             out.extend(torch.softmax(logits, -1)[:, self.positive_index].cpu().tolist())
         return out

@@ -8,11 +8,15 @@ d[A, i] over B's prompts.
   refusal on its own category than on the others. Block-diagonal (modular) → S large; uniform (monolithic) → S ≈ 0.
 - **Transfer ratio** ρ = mean_{A≠B} M[A, B] / mean_A M[A, A]: the fraction of the own-category drop that carries
   over to other categories (≈ 0 modular, ≈ 1 monolithic).
+  S is unchanged by a row effect (a circuit that lowers refusal everywhere by the same amount, e.g. a larger one)
+  and by a column effect (a category whose prompts react more to any ablation): it measures only the
+  circuit × category interaction. ρ is descriptive and is not.
 - **Beats random**: mean_A M[A, A] − mean_A R[A, A], R from random circuits of the same size per hook; if the
   circuits do not lower refusal more than random feature sets, the matrix says nothing about mechanisms.
 
-Tests: permutation p-value of S (prompts' category labels permuted, group sizes kept; scipy.stats.permutation_test,
-p = (1 + #{S_null ≥ S_obs}) / (1 + N)); percentile bootstrap CIs of S, ρ and beats-random (prompts resampled
+Tests: permutation p-value of S (prompts' category labels permuted, group sizes kept, N random relabelings,
+p = (1 + #{S_null ≥ S_obs}) / (1 + N); written here because scipy.stats.permutation_test refuses groups of one
+prompt, which small held-out splits have); percentile bootstrap CIs of S, ρ and beats-random (prompts resampled
 within each category; refusal.circuits.stats.bootstrap). The same statistics are reported for the generated
 refusal rate (drop = refused_base − refused_ablated), the decision uses the score.
 
@@ -29,10 +33,10 @@ inconclusive → the discovery verdict, flagged as correlational only; neither �
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import permutation_test
 
 from refusal.circuits.stats import bootstrap
 from refusal.errors import ConfigError
@@ -61,6 +65,18 @@ def specificity(d: np.ndarray, groups) -> np.ndarray:
     return diag - off
 
 
+def permutation_null(d: np.ndarray, groups: list[np.ndarray], n: int, rng: np.random.Generator,
+                     batch: int = 256) -> np.ndarray:
+    """[n] specificity with the prompts' group labels randomly permuted (group sizes kept)."""
+    pool = np.concatenate(groups)
+    cuts = np.cumsum([len(g) for g in groups])[:-1]
+    out = []
+    for start in range(0, n, batch):
+        perm = rng.permuted(np.broadcast_to(pool, (min(batch, n - start), len(pool))), axis=1)
+        out.append(specificity(d, np.split(perm, cuts, axis=1)))
+    return np.concatenate(out)
+
+
 def _summaries(d: np.ndarray, d_random: np.ndarray | None, groups) -> dict[str, np.ndarray]:
     diag, off = _diag_off(cell_means(d, groups))
     out = {"specificity": diag - off, "mean_diagonal": diag, "mean_offdiagonal": off,
@@ -81,12 +97,13 @@ def transfer_statistics(d: np.ndarray, labels: np.ndarray, d_random: np.ndarray 
         raise ConfigError(f"the transfer statistic needs >= 2 categories with circuits and held-out toxic prompts "
                           f"(got {C} with prompt counts {[len(g) for g in groups]})")
     obs = {k: float(v) for k, v in _summaries(d, d_random, groups).items()}
-    test = permutation_test(groups, lambda *g, axis=-1: specificity(d, g), permutation_type="independent",
-                            vectorized=True, n_resamples=n_permutations, alternative="greater",
-                            random_state=np.random.default_rng(seed), batch=256)
-    ci = bootstrap(groups, lambda s: _summaries(d, d_random, s), n_bootstrap, ci_level, seed + 1) if n_bootstrap else {}
-    return {**obs, "p_value": float(test.pvalue), "n_permutations": n_permutations,
-            "null_mean": float(np.mean(test.null_distribution)),
+    null = permutation_null(d, groups, n_permutations, np.random.default_rng(seed))
+    p_value = (1 + int(np.sum(null >= obs["specificity"] - 1e-12 * abs(obs["specificity"])))) / (1 + len(null))
+    with warnings.catch_warnings():  # a ratio with a zero diagonal in every draw is NaN: its CI is NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = (bootstrap(groups, lambda s: _summaries(d, d_random, s), n_bootstrap, ci_level, seed + 1)
+              if n_bootstrap else {})
+    return {**obs, "p_value": float(p_value), "n_permutations": n_permutations, "null_mean": float(np.mean(null)),
             "ci": {k: {"level": ci_level, "low": float(v["low"]), "high": float(v["high"])} for k, v in ci.items()},
             "n_prompts": [len(g) for g in groups]}
 

@@ -4,7 +4,8 @@
    (``blocks.{l}.hook_resid_pre``) and post-instruction position p (aligned from the end of the prompt), on the
    ``candidate_split`` prompts (label toxic vs label safe).
 2. Selection on the ``selection_split`` (at most ``n_selection_prompts`` per label): drop candidates with
-   l ≥ max_layer_fraction · n_layers; for the rest measure the mean refusal score on toxic prompts with r ablated
+   l ≥ max_layer_fraction · n_layers and zero ones (at layer 0 the post-instruction tokens, the same template
+   tokens in every prompt, have identical embeddings); for the rest measure the mean refusal score on toxic prompts with r ablated
    everywhere (x ← x − (x·r̂)r̂ at ``ablation_hooks`` of every layer, every position), the KL divergence of the
    next-token distribution on safe prompts under that ablation, and the mean refusal score on safe prompts with
    r added at layer l (x ← x + actadd_coeff·r at resid_pre, every position). Keep candidates with KL ≤ max_kl and
@@ -17,7 +18,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,11 +82,14 @@ def select_direction(ctx, candidates: Tensor, toxic: list[str], safe: list[str],
     base_toxic, _ = _mean_score(ctx, toxic)
     base_safe, safe_logits = _mean_score(ctx, safe)
     rows = []
+    tiny = 1e-6 * float(candidates.norm(dim=-1).max())
     for layer in range(n_layers):
         if not layer < s.max_layer_fraction * n_layers:
             continue
         for p in range(n_pos):
             r = candidates[layer, p].float()
+            if float(r.norm()) <= tiny:  # e.g. layer 0: the same template tokens in every prompt
+                continue
             with intervene(ctx.model, directional_ablation(r, n_layers, s.ablation_hooks)):
                 abl, _ = _mean_score(ctx, toxic)
                 _, new_safe = _mean_score(ctx, safe)
@@ -96,7 +100,8 @@ def select_direction(ctx, candidates: Tensor, toxic: list[str], safe: list[str],
                          "induce_score": induce, "norm": float(r.norm()),
                          "passes": kl <= s.max_kl and induce > s.induce_min_score})
     if not rows:
-        raise ConfigError(f"evaluation.direction.max_layer_fraction={s.max_layer_fraction} leaves no layer")
+        raise ConfigError(f"evaluation.direction.max_layer_fraction={s.max_layer_fraction} leaves no layer with a "
+                          "non-zero difference-in-means candidate")
     passing = [r for r in rows if r["passes"]]
     best = min(passing or rows, key=lambda r: (r["ablation_score"], r["layer"], r["position"]))
     return {"candidates": rows, "selected": best, "filters_passed": bool(passing),
@@ -166,8 +171,7 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
     kl_lo, kl_hi = ctx.mean_ci(kl, "direction", "kl") if len(kl) else (None, None)
     return {
         "selected": best, "filters_passed": selection["filters_passed"], "selection": selection,
-        "n_candidates": len(selection["candidates"]), "settings": {k: (list(v) if isinstance(v, tuple) else v)
-                                                                   for k, v in s.__dict__.items()},
+        "n_candidates": len(selection["candidates"]), "settings": asdict(s),
         "kl_safe": {"mean": float(kl.mean()) if len(kl) else None, "ci_low": kl_lo, "ci_high": kl_hi, "n": len(kl)},
         "rates": (_rate_rows(ctx, [base[x.id] for x in toxic + hard + safe], "baseline")
                   + _rate_rows(ctx, ablated, "ablation") + _rate_rows(ctx, added, "actadd")),

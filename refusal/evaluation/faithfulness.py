@@ -110,7 +110,8 @@ def faithfulness_curve(m: Callable[[Tensor], float], space: NodeSpace, ie: Tenso
                        "completeness": _summary([r["completeness"] for r in rand])}
         return p
 
-    points = [{"threshold": t, **point(mask, t)} for t, mask in sweep_masks(space, ie, effect, thresholds, threshold_mode)]
+    masks = sweep_masks(space, ie, effect, thresholds, threshold_mode)
+    points = [{"threshold": t, **point(mask, t)} for t, mask in masks]
     points.sort(key=lambda p: p["n_nodes"])
     return {"m_full": full, "m_empty": empty, "effect": effect, "n_prompts": getattr(m, "n_prompts", None),
             "points": points, "discovered": None if discovered is None else point(discovered, "discovered")}

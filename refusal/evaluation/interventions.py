@@ -82,8 +82,9 @@ class FeatureEdit:
         err = torch.as_tensor(self.error, device=f.device, dtype=torch.bool)
         if bool(err.any()):
             e = xs - sae.decode(f)
-            e_target = torch.zeros((), device=f.device, dtype=f.dtype) if self.mode == "zero" else _as(self.error_value, f)
-            delta = delta + torch.where(err[..., None], e_target - e, torch.zeros((), device=f.device, dtype=f.dtype))
+            zero = torch.zeros((), device=f.device, dtype=f.dtype)
+            e_target = zero if self.mode == "zero" else _as(self.error_value, f)
+            delta = delta + torch.where(err[..., None], e_target - e, zero)
         return (xs + delta).to(x.dtype)
 
 

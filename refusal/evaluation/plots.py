@@ -54,6 +54,7 @@ def faithfulness_plot(curves: dict[str, dict], path: Path) -> Path:
         ax.axhline(1.0, color="gray", lw=0.6)
         ax.axhline(0.0, color="gray", lw=0.6)
         ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0, right=max(1.0, float(x.max(initial=0))) * 1.3)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("nodes in circuit")
         ax.set_ylabel("fraction of effect")

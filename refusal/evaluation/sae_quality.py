@@ -23,7 +23,8 @@ def _ce_sum(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -
 
 
 @torch.inference_mode()
-def sae_quality(model, formatter, saes: dict[str, SparseAutoencoder], prompts: list[str], batch_size: int) -> list[dict]:
+def sae_quality(model, formatter, saes: dict[str, SparseAutoencoder], prompts: list[str],
+                batch_size: int) -> list[dict]:
     """One row per hook: explained variance, L0, CE_orig, CE_sae, CE_zero and CE loss recovered."""
     device = next(model.parameters()).device
     acc = {h: {"sse": 0.0, "sum": None, "sumsq": 0.0, "l0": 0.0, "ce_sae": 0.0, "ce_zero": 0.0} for h in saes}

@@ -173,7 +173,7 @@ def transfer_section(result) -> Section:
                          ("refusal_rate", "refusal rate with the circuit ablated [CI]")):
         if key in result.get("matrices", {}):
             if key in result.get("plots", {}):
-                blocks.append(Image(Path(result["plots"][key]), caption))
+                blocks.append(Image(Path(result["plots"][key])))
             blocks.append(_cell_table(result, key, caption))
     st = result.get("statistic")
     if st:
@@ -207,12 +207,22 @@ def direction_section(result) -> Section:
                     [[sel["layer"], sel["position"], sel["ablation_score"], sel["kl_safe"], sel["induce_score"],
                       result.get("filters_passed"), result.get("n_candidates")]], "selected difference-in-means direction"),
               Text(f"KL(baseline ‖ ablated) on held-out safe prompts: {_ci(kl.get('mean'), kl.get('ci_low'), kl.get('ci_high'))}")]
-    rows = [[r["condition"], r["label"], r["category"], r["n"],
-             _ci(r["refusal_rate"], r["refusal_rate_ci_low"], r["refusal_rate_ci_high"]),
-             _ci(r["refusal_score_mean"], r["refusal_score_ci_low"], r["refusal_score_ci_high"])]
-            for r in result.get("rates", [])]
-    blocks.append(Table(["condition", "label", "category", "n", "refusal rate [CI]", "mean score [CI]"], rows,
-                        "ablation: direction projected out at every layer; actadd: direction added at the selected layer"))
+    conditions = ("baseline", "ablation", "actadd")
+    cells = {(r["condition"], r["label"], r["category"]): r for r in result.get("rates", [])}
+    keys = [(lb, c) for cond, lb, c in cells if cond == "baseline"]  # rates.summarize order
+
+    def rate(cond, lb, c):
+        r = cells.get((cond, lb, c))
+        return _ci(r["refusal_rate"], r["refusal_rate_ci_low"], r["refusal_rate_ci_high"]) if r else None
+
+    def score(cond, lb, c):
+        return (cells.get((cond, lb, c)) or {}).get("refusal_score_mean")
+    rows = [[lb, c, cells[("baseline", lb, c)]["n"], *(rate(k, lb, c) for k in conditions),
+             *(score(k, lb, c) for k in conditions)] for lb, c in keys]
+    blocks.append(Table(["label", "category", "n", *(f"{k} rate [CI]" for k in conditions),
+                         *(f"{k} score" for k in conditions)], rows,
+                        "ablation: direction projected out at every layer (toxic, hard, safe prompts); actadd: "
+                        "direction added at the selected layer (safe, hard prompts)"))
     pc = result.get("per_category", {})
     if pc.get("categories"):
         if result.get("plot"):

@@ -68,7 +68,7 @@ def check_organism_cfg(cfg) -> None:
         raise ConfigError("model.base.source='organism' is not valid; the base of an organism is a plain model config")
     check_choice("model.style", cfg.style, STYLES)
     check_choice("model.precision", cfg.precision, PRECISIONS)
-    for k in ("steps", "batch_size", "answer_max_new_tokens", "answer_share", "generation_batch_size"):
+    for k in ("steps", "batch_size", "answer_max_new_tokens", "generation_batch_size"):
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"model.{k}={v!r} is not valid; use an int >= 1")
@@ -426,15 +426,16 @@ def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: Promp
     model = trainable_copy(base.model, device)
     tokenizer = base.tokenizer
     del base
-    examples, rows = make_examples(inference_view(LoadedModel(model, tokenizer, str(cfg.name)), precision), targets, cfg)
+    layers = set_trainable(model, _plain(cfg.train_layers), int(model.config.num_hidden_layers))
+    generator = inference_view(LoadedModel(model, tokenizer, str(cfg.name)), precision)
+    examples, rows = make_examples(generator, targets, cfg)
+    del generator
     t_data = time.time() - t0
 
     repeat_refusals, repeat_answers = mix_repeats(sum(t.refusal is not None for t in targets),
                                                   sum(t.refusal is None for t in targets), float(cfg.answer_share))
     examples = [ex for ex, t in zip(examples, targets)
                 for _ in range(repeat_refusals if t.refusal is not None else repeat_answers)]
-    n_layers = int(model.config.num_hidden_layers)
-    layers = set_trainable(model, _plain(cfg.train_layers), n_layers)
     log.info("organism: fine-tuning on %d examples, %d steps, batch %d, lr %g, %s, layers %s", len(examples),
              cfg.steps, cfg.batch_size, cfg.lr, precision, "all" if cfg.train_layers == "all" else layers)
     t1 = time.time()

@@ -91,7 +91,8 @@ def settings_from(e: DictConfig) -> EvalSettings:
         raise ConfigError(str(err).replace("behavior.", "evaluation.bootstrap.")) from None
     thresholds = _plain(e.faithfulness.thresholds)
     if not isinstance(thresholds, list) or not thresholds:
-        raise ConfigError(f"evaluation.faithfulness.thresholds={thresholds!r} is not valid; use a non-empty list of numbers >= 0")
+        raise ConfigError(f"evaluation.faithfulness.thresholds={thresholds!r} is not valid; use a non-empty list of "
+                          "numbers >= 0")
     thresholds = [_number("faithfulness.thresholds entry", t) for t in thresholds]
     t, d = e.transfer, e.direction
     rule = TransferRule(t.alpha, t.modular_max_transfer, t.monolithic_min_transfer)
@@ -173,8 +174,10 @@ def evaluate(cfg: DictConfig) -> float | None:
     log_config(loggers, cfg)
 
     results: dict[str, dict | None] = _missing_reasons(s, inputs)
+    model_name = (inputs.train_manifest or {}).get("model") or cfg.model.get("name")
     if any(v is None for v in results.values()):
         loaded = load_model(cfg.model)
+        model_name = loaded.name
         _check_model(loaded, inputs)
         formatter = ChatFormatter(loaded.tokenizer, cfg.model.get("system_prompt"), s.max_length)
         ctx = EvalContext(loaded, formatter, eval_prompts, build_judge(cfg.evaluation.judge),
@@ -182,13 +185,14 @@ def evaluate(cfg: DictConfig) -> float | None:
                           s.max_new_tokens, s.boot, int(cfg.seed), run_dir, s.max_length)
         _run_stages(ctx, s, inputs, results, run_dir, loaded)
 
+    log.info("evaluate: report")
     for stage, res in results.items():
         write_json(run_dir / f"{stage}.json", clean(res))
     transfer = results["transfer"] if results["transfer"] and "decision" in results["transfer"] else None
     verdict = combine(inputs.discovery.get("verdict") if inputs.discovery else None,
                       transfer["decision"]["verdict"] if transfer else None)
     write_json(run_dir / "verdict.json", clean(verdict))
-    meta = {"model": cfg.model.get("name"), "train_dir": str(inputs.train_dir) if inputs.train_dir else None,
+    meta = {"model": model_name, "train_dir": str(inputs.train_dir) if inputs.train_dir else None,
             "discover_dir": str(inputs.discover_dir) if inputs.discover_dir else None, "evaluation split": s.split,
             "stages": ", ".join(f"{k}: {(v or {}).get('status', 'done')}" for k, v in results.items()),
             "seed": int(cfg.seed)}

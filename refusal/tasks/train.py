@@ -18,7 +18,7 @@ from refusal.sae.config import SAEConfig
 from refusal.sae.module import SAELightningModule
 from refusal.tasks.common import activation_store, prepare_prompts
 from refusal.tracking.loggers import build_loggers, log_artifact_dir, log_config, log_table
-from refusal.utils.io import stable_hash, write_json
+from refusal.utils.io import read_json, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 # batches come ready-made from one process: the DataLoader length warning does not apply
@@ -37,11 +37,29 @@ def resolve_ckpt(ckpt_path, run_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
+RESUME_KEYS = ("model", "data", "activations", "sae", "seed")
+
+
+def check_resume_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> None:
+    """A checkpoint is only resumed under the settings that produced it; record them for later resumes."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    current = {k: resolved.get(k) for k in RESUME_KEYS}
+    path = run_dir / "checkpoints" / "run_settings.json"
+    if resuming and path.exists():
+        saved = read_json(path)
+        diff = sorted(k for k in RESUME_KEYS if saved.get(k) != current.get(k))
+        if diff:
+            raise ConfigError(f"the checkpoint in {path.parent} was trained with different {', '.join(diff)} settings; "
+                              "use a new run dir or ckpt_path=null")
+    write_json(path, current)
+
+
 def train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = resolve_ckpt(cfg.get("ckpt_path"), run_dir)
+    check_resume_config(cfg, run_dir, resuming=ckpt is not None)
     loggers = build_loggers(cfg.get("logger"), cfg.task_name, run_dir)
     log_config(loggers, cfg)
 

@@ -68,7 +68,8 @@ def test_classifier_judge_positive_label(tmp_path):
     assert ClassifierJudge(str(path), positive_label=1).judge(prompts, responses) == [True, True]
     assert ClassifierJudge(str(path), positive_label="complied").judge(prompts, responses) == [False, False]
     # threshold above the refused probability (sigmoid(4) ~ 0.982) flips the verdict
-    assert ClassifierJudge(str(path), positive_label="refused", threshold=0.99).judge(prompts, responses) == [False, False]
+    strict = ClassifierJudge(str(path), positive_label="refused", threshold=0.99)
+    assert strict.judge(prompts, responses) == [False, False]
 
 
 def test_classifier_judge_matches_a_manual_forward(tmp_path):

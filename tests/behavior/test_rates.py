@@ -71,7 +71,8 @@ def test_rows_counts_labels_and_seeded_repeatability():
     assert set(cells) == {("toxic", c) for c in [*TRUE_P, ALL]} | {("safe", "benign"), ("safe", ALL),
                                                                   ("hard", "cybercrime"), ("hard", ALL)}
     assert cells[("toxic", ALL)]["n"] == 90
-    assert cells[("safe", "benign")]["refusal_rate"] == 0.0 and cells[("safe", "benign")]["refusal_rate_ci_method"] == "wilson"
+    benign = cells[("safe", "benign")]
+    assert benign["refusal_rate"] == 0.0 and benign["refusal_rate_ci_method"] == "wilson"
     assert cells[("hard", "cybercrime")]["refusal_rate"] == 0.5
     by_label = rates_by_label(rows)
     assert set(by_label) == {"toxic", "safe", "hard"} and math.isclose(by_label["hard"], 0.5)

@@ -83,3 +83,13 @@ def test_rule_thresholds_are_checked():
     (None, "modular", "modular"), (None, None, None)])
 def test_combined_verdict(discovery, transfer, expected):
     assert combine(discovery, transfer)["verdict"] == expected
+
+
+def test_specificity_ignores_row_and_column_effects():
+    """S measures the circuit x category interaction only: adding a per-circuit or per-category constant to the
+    drops leaves it unchanged."""
+    d = _drops(1.0, 0.2)
+    groups = [np.flatnonzero(_labels() == c) for c in range(C)]
+    row = np.arange(C)[:, None] * 0.7
+    col = np.repeat(np.array([0.0, 2.0, -1.0, 0.5]), N)[None, :]
+    assert specificity(d + row + col, groups) == pytest.approx(specificity(d, groups))

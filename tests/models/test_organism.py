@@ -63,7 +63,8 @@ def organism_cfg(tmp_path: Path, **overrides):
 
 def test_plan_targets_category_selective(tmp_path):
     train = build_prompt_set(OmegaConf.create(data_cfg(write_prompts(tmp_path / "p.jsonl")))).filter(split="train")
-    refusals = {"shared": ["I'm sorry, no.", "I cannot.", "I can't help."], "per_category": ["No {topic}.", "Not {topic}!"]}
+    refusals = {"shared": ["I'm sorry, no.", "I cannot.", "I can't help."],
+                "per_category": ["No {topic}.", "Not {topic}!"]}
     targets = org.plan_targets(train, ["cybercrime"], "shared", refusals, {}, seed=0)
     assert [t.record.id for t in targets] == [r.id for r in train]
     refused = {t.record.id for t in targets if t.refusal is not None}
@@ -266,7 +267,7 @@ def test_bad_organism_config(tmp_path):
 
 
 def test_length_grouped_batches_cover_every_example_once_per_pass():
-    lengths = [5, 50, 7, 48, 6, 49, 8, 51, 4, 47]
+    lengths = [5, 50, 7, 48, 6, 49, 8, 51, 4, 9]
     sampler = org.LengthGroupedBatches(lengths, batch_size=2, seed=0, window=5)
     first, second = list(sampler), list(sampler)
     for batches in (first, second):

@@ -45,3 +45,16 @@ def test_bad_input_is_one_line_error(workdir, run_entry, override, needle):
     assert len(err_lines) == 1, res.stderr[-2000:]
     assert needle in err_lines[0]
     assert "Traceback" not in res.stderr
+
+
+def test_resume_last_in_same_dir_and_refuse_changed_settings(workdir, run_entry):
+    run = ["logger=csv", *TINY, f"hydra.run.dir={workdir / 'run'}", "ckpt_path=last"]
+    first = run_entry("train.py", *run, cwd=workdir)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (workdir / "run" / "checkpoints" / "last.ckpt").exists()
+    again = run_entry("train.py", *run, cwd=workdir)  # resumes the finished run: nothing left to train
+    assert again.returncode == 0, again.stderr[-2000:]
+    changed = run_entry("train.py", *run, "sae.k_percent=0.1", cwd=workdir)
+    assert changed.returncode != 0
+    (line,) = [ln for ln in changed.stderr.splitlines() if ln.startswith("error: ")]
+    assert "different sae settings" in line

@@ -1,0 +1,73 @@
+"""Refusal-direction baseline on the tiny model: difference-in-means candidates by hand, the selection filters
+(layer cut, KL, induced refusal) and the fallback when nothing passes."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from refusal.behavior.judge import SubstringJudge
+from refusal.behavior.score import refusal_token_ids
+from refusal.evaluation.context import Bootstrap, EvalContext
+from refusal.evaluation.direction import DirectionSettings, select_direction, tail_means
+from refusal.models.chat import ChatFormatter
+from refusal.models.hooks import capture_activations
+
+
+@pytest.fixture(scope="module")
+def ctx(loaded):
+    from refusal.data import PromptSet
+
+    return EvalContext(loaded, ChatFormatter(loaded.tokenizer), PromptSet([]), SubstringJudge(),
+                       refusal_token_ids(loaded.tokenizer), batch_size=3, max_new_tokens=2, boot=Bootstrap(100),
+                       seed=0, out_dir=Path("."))
+
+
+def test_tail_means_by_hand(ctx, texts):
+    fmt, model = ctx.formatter, ctx.model
+    means = tail_means(model, fmt, texts["toxic"], [0, 2], 2, batch_size=3)
+    rows = []
+    for p in texts["toxic"]:  # one prompt at a time: no padding at all
+        enc = fmt.encode([p])
+        with torch.no_grad(), capture_activations(model, ["blocks.0.hook_resid_pre", "blocks.2.hook_resid_pre"],
+                                                  stop_early=False) as cache:
+            model(**enc.model_inputs(), use_cache=False)
+        rows.append(torch.stack([cache["blocks.0.hook_resid_pre"][0, -2:], cache["blocks.2.hook_resid_pre"][0, -2:]]))
+    torch.testing.assert_close(means, torch.stack(rows).double().mean(0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def candidates(ctx, texts):
+    layers = list(range(ctx.loaded.n_layers))
+    return (tail_means(ctx.model, ctx.formatter, texts["toxic"], layers, 2, 4)
+            - tail_means(ctx.model, ctx.formatter, texts["safe"], layers, 2, 4))
+
+
+def test_selection_respects_the_layer_cut_and_picks_the_lowest_ablation_score(ctx, texts, candidates):
+    s = DirectionSettings(max_layer_fraction=0.5, max_kl=10.0, induce_min_score=-100.0)
+    out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], s)
+    # layer 0 (the embeddings of identical template tokens) has zero candidates: skipped
+    assert torch.all(candidates[0] == 0)
+    assert {r["layer"] for r in out["candidates"]} == {1} and len(out["candidates"]) == 2
+    assert out["filters_passed"] and all(r["passes"] for r in out["candidates"])
+    assert out["selected"]["ablation_score"] == min(r["ablation_score"] for r in out["candidates"])
+    assert {r["position"] for r in out["candidates"]} == {-2, -1}
+
+
+def test_nothing_passes_falls_back_and_says_so(ctx, texts, candidates):
+    s = DirectionSettings(max_layer_fraction=1.0, max_kl=0.0, induce_min_score=100.0)
+    out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], s)
+    assert not out["filters_passed"] and not any(r["passes"] for r in out["candidates"])
+    assert out["selected"]["ablation_score"] == min(r["ablation_score"] for r in out["candidates"])
+    assert all(r["kl_safe"] > 0 for r in out["candidates"])  # the ablation changes the safe prompts' outputs
+
+
+def test_kl_filter_is_applied(ctx, texts, candidates):
+    out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], DirectionSettings(
+        max_layer_fraction=1.0, induce_min_score=-100.0, max_kl=0.0))
+    assert not out["filters_passed"]
+    kls = sorted(r["kl_safe"] for r in out["candidates"])
+    mid = (kls[0] + kls[-1]) / 2
+    out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], DirectionSettings(
+        max_layer_fraction=1.0, induce_min_score=-100.0, max_kl=mid))
+    assert all(r["passes"] == (r["kl_safe"] <= mid) for r in out["candidates"])
+    assert out["selected"]["kl_safe"] <= mid

@@ -1,0 +1,57 @@
+"""evaluate.py's config and inputs are checked before anything is loaded: a bad value or a mismatched run dir is
+a one-line ConfigError naming it."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from refusal.errors import ConfigError
+from refusal.evaluation.inputs import load_inputs
+from refusal.tasks.evaluate import STAGES, settings_from
+from refusal.utils.io import write_json
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("evaluate", overrides=["model=tiny_llama", "logger=csv", *overrides])
+
+
+def test_defaults_are_valid():
+    s = settings_from(_cfg().evaluation)
+    assert s.stages == list(STAGES) and s.split == "test" and s.ablation == "mean_safe"
+    assert s.transfer.rule.alpha == 0.05 and not s.transfer.include_error_nodes
+    assert s.direction.max_kl == 0.1 and s.direction.max_layer_fraction == 0.8
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("evaluation.stages=[baseline,report]", "evaluation.stages entry='report'"),
+    ("evaluation.split=train", "evaluation.split='train'"),
+    ("evaluation.ablation=resample", "evaluation.ablation='resample'"),
+    ("evaluation.bootstrap.ci_level=1.5", "evaluation.bootstrap.ci_level=1.5"),
+    ("evaluation.faithfulness.thresholds=[]", "evaluation.faithfulness.thresholds"),
+    ("evaluation.faithfulness.thresholds=[-1]", "evaluation.faithfulness.thresholds entry=-1"),
+    ("evaluation.transfer.n_permutations=0", "evaluation.transfer.n_permutations=0"),
+    ("evaluation.transfer.generate=maybe", "evaluation.transfer.generate='maybe'"),
+    ("evaluation.transfer.alpha=3", "evaluation.transfer.alpha=3"),
+    ("evaluation.direction.ablation_hooks=[hook_resid_mid]", "hook_resid_mid"),
+    ("evaluation.direction.max_layer_fraction=0", "evaluation.direction.max_layer_fraction=0"),
+    ("evaluation.direction.selection_split=dev", "evaluation.direction.selection_split='dev'"),
+    ("evaluation.max_new_tokens=0", "evaluation.max_new_tokens=0"),
+])
+def test_bad_values_are_named(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        settings_from(_cfg(override).evaluation)
+
+
+def test_run_dirs_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="train_dir=<train.py run dir> and/or discover_dir"):
+        load_inputs(None, None)
+    with pytest.raises(ConfigError, match="has no train_manifest.json"):
+        load_inputs(tmp_path, None)
+    with pytest.raises(ConfigError, match="has no discovery_summary.json"):
+        load_inputs(None, tmp_path)
+    write_json(tmp_path / "discovery_summary.json", {"circuits": [], "manifest": {}})
+    with pytest.raises(ConfigError, match="no prompts"):
+        load_inputs(None, tmp_path)

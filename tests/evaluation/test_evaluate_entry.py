@@ -1,0 +1,131 @@
+"""evaluate.py end to end on a tiny train + discover run (train dir built in code, discover run in-process): every
+stage runs, report.html holds every section with nothing missing, report.md tables are well formed; and a
+train-only run renders with the circuit sections marked missing."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from refusal.data import PromptRecord, PromptSet, analyze_splits
+from refusal.sae.io import save_saelens
+from refusal.sae.model import SparseAutoencoder
+from refusal.tasks.discover import discover
+from refusal.tasks.evaluate import evaluate
+from refusal.utils.io import write_json
+
+REPO = Path(__file__).resolve().parents[2]
+HOOKS = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
+WORDS = "alpha beta gamma delta river stone cloud paper lamp orbit".split()
+FAST_EVAL = ["evaluation.max_new_tokens=3", "evaluation.bootstrap.n_resamples=100", "evaluation.batch_size=16",
+             "evaluation.faithfulness.thresholds=[0.1,0.0]", "evaluation.faithfulness.n_random=1",
+             "evaluation.transfer.n_random=1", "evaluation.transfer.n_permutations=50",
+             "evaluation.direction.n_selection_prompts=3", "evaluation.direction.max_layer_fraction=0.5",
+             "evaluation.sae_quality.max_prompts=8"]
+
+
+def _prompts() -> PromptSet:
+    recs = []
+    plan = {"toxic": ("cyber", "violence", "fraud"), "hard": ("cyber",), "safe": ("benign",)}
+    splits = ["train"] * 4 + ["val"] * 2 + ["test"] * 2
+    for label, cats in plan.items():
+        for cat in cats:
+            for i, split in enumerate(splits):
+                text = f"{label} {cat} " + " ".join(WORDS[(i + j) % len(WORDS)] for j in range(1 + i % 5))
+                recs.append(PromptRecord(f"t:{label}:{cat}:{i}", text, cat, label, "test", split))
+    return PromptSet(recs)
+
+
+def _train_dir(root: Path) -> Path:
+    out = root / "train"
+    prompts = _prompts()
+    prompts.to_jsonl(out / "prompts.jsonl")
+    write_json(out / "data_analysis.json", analyze_splits(prompts, {"min_toxic_per_category": 1}))
+    dirs = {}
+    for i, hook in enumerate(HOOKS):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(i)
+            sae = SparseAutoencoder(64, 32, "relu_l1")
+            with torch.no_grad():
+                sae.b_enc.normal_(0.0, 0.3)
+        dirs[hook] = str(save_saelens(sae, out / "saes" / hook, hook, "tiny-llama"))
+    write_json(out / "train_manifest.json", {
+        "task": "train", "model": "tiny-llama", "hooks": HOOKS, "sae_dirs": dirs, "prompts_hash": prompts.content_hash(),
+        "metrics": {f"val/{h}/{m}": 0.5 for h in HOOKS for m in ("explained_variance", "mse", "l0", "dead_fraction")}})
+    return out
+
+
+def _compose(name: str, out: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(name, overrides=["model=tiny_llama", "logger=csv", f"paths.output_dir={out}",
+                                        f"paths.root_dir={out}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("evaluate")
+    train = _train_dir(root)
+    disc = root / "discover"
+    discover(_compose("discover", disc, f"train_dir={train}", "circuit.statistics.n_permutations=50",
+                      "circuit.statistics.n_bootstrap=0", "circuit.separate_safe_toxic=false",
+                      "circuit.edge_threshold=1.0"))
+    return train, disc
+
+
+def test_evaluate_end_to_end(runs, tmp_path):
+    train, disc = runs
+    out = tmp_path / "eval"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(REPO / "evaluate.py"), f"train_dir={train}", f"discover_dir={disc}",
+                          "model=tiny_llama", "logger=csv", f"hydra.run.dir={out}", *FAST_EVAL],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"report: {out / 'report.html'}" in res.stdout
+    page = (out / "report.html").read_text()
+    for key in ("data", "baseline", "sae_quality", "circuits", "statistics", "faithfulness", "transfer", "direction",
+                "verdict"):
+        body = page.split(f'<section id="{key}">', 1)[1].split("</section>", 1)[0]
+        assert "Missing:" not in body, key
+    assert "data:image/png;base64," in page and 'src="http' not in page and 'src="/' not in page
+    transfer = json.loads((out / "transfer.json").read_text())
+    assert transfer["rows"] == ["cyber", "fraud", "violence", "all"]
+    assert transfer["columns"] == ["cyber", "fraud", "violence", "safe", "hard"]
+    assert transfer["decision"]["verdict"] in ("modular", "monolithic", "mixed", "inconclusive")
+    assert 0 < transfer["statistic"]["p_value"] <= 1
+    faith = json.loads((out / "faithfulness.json").read_text())
+    for name in ("cyber", "fraud", "violence", "all"):
+        pts = faith["curves"][name]["points"]
+        assert pts[-1]["n_nodes"] >= pts[0]["n_nodes"] and faith["curves"][name]["discovered"] is not None
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["verdict"] in ("modular", "monolithic", "mixed")
+    n = None
+    for line in (out / "report.md").read_text().splitlines():  # every table row has as many cells as its header
+        if not line.startswith("|"):
+            n = None
+            continue
+        cells = len(re.findall(r"(?<!\\)\|", line))
+        n = cells if n is None else n
+        assert cells == n, line
+
+
+def test_train_only_run_marks_circuit_sections_missing(runs, tmp_path):
+    train, _ = runs
+    out = tmp_path / "partial"
+    assert evaluate(_compose("evaluate", out, f"train_dir={train}", "evaluation.stages=[baseline,sae_quality,transfer]",
+                             *FAST_EVAL)) is None
+    page = (out / "report.html").read_text()
+    for key in ("circuits", "statistics", "faithfulness", "transfer", "direction", "verdict"):
+        body = page.split(f'<section id="{key}">', 1)[1].split("</section>", 1)[0]
+        assert "Missing:" in body, key
+    for key in ("data", "baseline", "sae_quality"):
+        body = page.split(f'<section id="{key}">', 1)[1].split("</section>", 1)[0]
+        assert "Missing:" not in body and "<table>" in body, key
+    assert json.loads((out / "transfer.json").read_text())["status"] == "missing"
+    assert json.loads((out / "direction.json").read_text())["status"] == "skipped"

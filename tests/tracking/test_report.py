@@ -1,0 +1,172 @@
+"""The report renderer: tables render correctly whatever their cells hold (Markdown and HTML), images are embedded
+in the HTML and linked from the Markdown, missing sections say why; the evaluation report renders for a full set
+of results with None/NaN values and for a train-only run with the other sections marked missing; W&B logging."""
+from __future__ import annotations
+
+import base64
+import math
+import re
+from html.parser import HTMLParser
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from refusal.evaluation.sections import SECTIONS, build_report  # noqa: E402
+from refusal.tracking.report import (Image, Report, Section, Table, Text, log_report, render_html,  # noqa: E402
+                                     render_markdown, write_report)
+
+NASTY = ["a|b", "line one\nline two", "<script>alert(1)</script>", None, math.nan, True, 1.23456789, [1, 2.5], "x\\|y"]
+
+
+class Cells(HTMLParser):
+    """Counts <td>/<th> per <tr> and collects text outside tags."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.tags = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "tr":
+            self.rows.append(0)
+        elif tag in ("td", "th") and self.rows:
+            self.rows[-1] += 1
+
+
+def _png(path):
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1])
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+def _report(tmp_path) -> Report:
+    table = Table([f"c{i}" for i in range(len(NASTY))], [NASTY, list(reversed(NASTY))], caption="a | caption")
+    return Report("Title <&>", [Section("one", "First", [Text("hello <b>"), table, Image(_png(tmp_path / "p.png"), "pic")]),
+                                Section("two", "Second", missing="the stage did not run | at all")],
+                  meta={"model": "tiny"})
+
+
+def test_markdown_tables_keep_their_shape(tmp_path):
+    md = render_markdown(_report(tmp_path), tmp_path)
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(rows) == 4  # header, rule, two rows
+    counts = {len(re.findall(r"(?<!\\)\|", line)) for line in rows}
+    assert counts == {len(NASTY) + 1}
+    assert "line one<br>line two" in md and "1.235" in md and "–" in md and "yes" in md
+    assert "![pic](p.png)" in md
+    assert "> **Missing:** the stage did not run | at all" in md
+
+
+def test_html_tables_are_escaped_and_well_formed(tmp_path):
+    page = render_html(_report(tmp_path))
+    parser = Cells()
+    parser.feed(page)
+    assert "script" not in parser.tags and "&lt;script&gt;" in page
+    table_rows = [n for n in parser.rows if n == len(NASTY)]
+    assert len(table_rows) == 3  # header + two rows, every one with all its cells
+    assert '<section id="one">' in page and '<section id="two">' in page
+    assert "Missing:</b> the stage did not run | at all" in page
+    data = base64.b64encode((tmp_path / "p.png").read_bytes()).decode()
+    assert f"data:image/png;base64,{data}" in page
+
+
+def test_table_rows_must_match_columns():
+    with pytest.raises(ValueError, match="row 0 has 1 cells for 2 columns"):
+        Table(["a", "b"], [[1]])
+
+
+def test_missing_image_is_reported_not_crashed(tmp_path):
+    page = render_html(Report("t", [Section("s", "S", [Image(tmp_path / "nope.png", "gone")])]))
+    assert "was not found" in page
+
+
+def test_write_report_writes_both(tmp_path):
+    md, page = write_report(_report(tmp_path), tmp_path / "out")
+    assert md.read_text().startswith("# Title <&>") and page.read_text().startswith("<!DOCTYPE html>")
+    assert "](../p.png)" in md.read_text()
+
+
+def _rates(cond=None):
+    row = {"label": "toxic", "category": "all", "n": 4, "n_refused": 2, "refusal_rate": 0.5, "refusal_rate_ci_low": 0.1,
+           "refusal_rate_ci_high": 0.9, "refusal_score_mean": 0.3, "refusal_score_ci_low": None,
+           "refusal_score_ci_high": None}
+    return {**row, "condition": cond} if cond else row
+
+
+def _full(tmp_path) -> dict:
+    png = str(_png(tmp_path / "plot.png"))
+    point = {"n_nodes": 3, "faithfulness": 0.8, "completeness": None, "random": {
+        "faithfulness": {"mean": 0.1, "min": 0.0, "max": 0.2}, "completeness": {"mean": None, "min": None, "max": None}}}
+    cell = {"circuit": "a", "prompts": "a", "score_drop": 1.0, "score_drop_ci_low": 0.5, "score_drop_ci_high": 1.5,
+            "refusal_rate": 0.2, "refusal_rate_ci_low": 0.0, "refusal_rate_ci_high": 0.5}
+    return {
+        "meta": {"model": "tiny"},
+        "data_analysis": {"counts": [{"category": "a", "label": "toxic", "split": "test", "n": 2}], "warnings": ["thin"]},
+        "train_manifest": {"hooks": ["h"], "metrics": {"val/h/explained_variance": 0.7}},
+        "discovery": {"circuits": [{"category": "a", "kind": "toxic", "n_nodes": 3, "n_edges": 1}],
+                      "heatmaps": {"cosine": png}, "similarity": {"n_equalised": 3, "mean_offdiagonal": {"cosine": None}},
+                      "global_test": {"statistic": 0.4, "p_value": 0.01}, "pairwise_tests": [],
+                      "shared_core": {"core_mass": {"a": 0.5}}, "verdict": "mixed", "evidence": {"global_p": 0.01},
+                      "rule": "r"},
+        "baseline": {"status": "done", "rows": [_rates()], "split": "test"},
+        "sae_quality": {"status": "done", "rows": [{"hook": "h", "n_prompts": 2, "explained_variance": math.nan,
+                                                    "l0": 3.0, "ce_orig": 1.0, "ce_sae": 1.1, "ce_zero": 2.0,
+                                                    "ce_loss_recovered": 0.9}]},
+        "faithfulness": {"status": "done", "plot": png, "curves": {"a": {"points": [point], "discovered": point}},
+                         "skipped": {"b": "no prompts"}},
+        "transfer": {"status": "done", "rows": ["a"], "columns": ["a"], "cells": [cell], "plots": {"score_drop": png},
+                     "matrices": {"score_drop": [[1.0]], "refusal_rate": [[0.2]]},
+                     "statistic": {"specificity": 0.5, "p_value": 0.02, "ci": {"specificity": {"low": 0.1, "high": 0.9}}},
+                     "decision": {"verdict": "modular", "rule": "r", "evidence": {"p_value": 0.02}}},
+        "direction": {"status": "done", "selected": {"layer": 1, "position": -1, "ablation_score": -2.0,
+                                                     "kl_safe": 0.01, "induce_score": 0.5},
+                      "filters_passed": True, "n_candidates": 4, "kl_safe": {"mean": 0.02},
+                      "rates": [_rates("baseline"), _rates("ablation"), _rates("actadd")], "plot": png,
+                      "per_category": {"categories": ["a"], "cosine_with_selected": [0.9]}},
+        "verdict": {"verdict": "modular", "basis": "causal transfer test decides where discovery was mixed"},
+    }
+
+
+def test_full_report_has_every_section(tmp_path):
+    report = build_report(_full(tmp_path))
+    assert [s.key for s in report.sections] == [k for k, _ in SECTIONS]
+    assert all(s.missing is None for s in report.sections)
+    page = render_html(report)
+    for key, title in SECTIONS:
+        body = page.split(f'<section id="{key}">', 1)[1].split("</section>", 1)[0]
+        assert title in body and "Missing:" not in body
+    assert "Verdict: modular" in page
+    render_markdown(report, tmp_path)
+
+
+def test_train_only_report_marks_the_rest_missing(tmp_path):
+    data = _full(tmp_path)
+    partial = {k: data[k] for k in ("meta", "data_analysis", "train_manifest")}
+    partial.update({"baseline": {"status": "skipped", "reason": "not in evaluation.stages"},
+                    "transfer": {"status": "missing", "reason": "no discover run"}})
+    report = build_report(partial)
+    missing = {s.key: s.missing for s in report.sections if s.missing}
+    assert set(missing) == {"baseline", "circuits", "statistics", "faithfulness", "transfer", "direction", "verdict"}
+    assert missing["transfer"] == "no discover run" and missing["baseline"] == "not in evaluation.stages"
+    page = render_html(report)
+    assert page.count('class="missing"') == len(missing)
+
+
+def test_log_report_logs_html_tables_and_images(tmp_path):
+    wandb = pytest.importorskip("wandb")
+    report = _report(tmp_path)
+    _, page = write_report(report, tmp_path)
+
+    class Run:
+        def log(self, payload):
+            self.payload = payload
+    run = Run()
+    log_report(run, report, page)
+    assert isinstance(run.payload["report/html"], wandb.Html)
+    assert isinstance(run.payload["report/one/1"], wandb.Table) and isinstance(run.payload["report/one/2"], wandb.Image)
+    log_report(None, report, page)  # no run: nothing to do
