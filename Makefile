@@ -21,7 +21,6 @@ $(STAMP):
 DEMO := outputs/demo
 demo: setup
 	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO)/train ckpt_path=last
-	$(PY) discover.py train_dir=$(DEMO)/train hydra.run.dir=$(DEMO)/discover
 
 test: setup
 	$(PY) -m pytest -q

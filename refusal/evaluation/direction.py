@@ -9,8 +9,9 @@
    everywhere (x ← x − (x·r̂)r̂ at ``ablation_hooks`` of every layer, every position), the KL divergence of the
    next-token distribution on safe prompts under that ablation, and the mean refusal score on safe prompts with
    r added at layer l (x ← x + actadd_coeff·r at resid_pre, every position). Keep candidates with KL ≤ max_kl and
-   induced score > induce_min_score; pick the one whose ablation lowers refusal most. If none passes, the lowest
-   ablation score among the layer-filtered candidates is taken and ``filters_passed`` is false.
+   induced score > induce_min_score; pick the one whose ablation lowers refusal most. If none passes,
+   ``filters_passed`` is false and the pick is made among the candidates with KL ≤ max_kl (the model stays intact),
+   or, if there are none, among all layer-filtered candidates (``fallback`` says which).
 3. On the evaluation split: refusal rates (generated, judged) and scores with CIs under ablation (toxic, hard,
    safe) and actadd (safe, hard), the KL on safe prompts under ablation, against the unintervened baseline.
 4. Per-category directions at the selected (layer, position): mean(toxic of c) − mean(safe), their cosine matrix
@@ -103,8 +104,11 @@ def select_direction(ctx, candidates: Tensor, toxic: list[str], safe: list[str],
         raise ConfigError(f"evaluation.direction.max_layer_fraction={s.max_layer_fraction} leaves no layer with a "
                           "non-zero difference-in-means candidate")
     passing = [r for r in rows if r["passes"]]
-    best = min(passing or rows, key=lambda r: (r["ablation_score"], r["layer"], r["position"]))
-    return {"candidates": rows, "selected": best, "filters_passed": bool(passing),
+    low_kl = [r for r in rows if r["kl_safe"] <= s.max_kl]
+    pool, fallback = ((passing, None) if passing else (low_kl, "induce_min_score relaxed") if low_kl
+                      else (rows, "max_kl and induce_min_score relaxed"))
+    best = min(pool, key=lambda r: (r["ablation_score"], r["layer"], r["position"]))
+    return {"candidates": rows, "selected": best, "filters_passed": bool(passing), "fallback": fallback,
             "baseline": {"toxic_score": base_toxic, "safe_score": base_safe}}
 
 
@@ -170,7 +174,8 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
                        out_dir / "direction_cosine.png", vmin=-1.0)) if len(cats) >= 1 else None
     kl_lo, kl_hi = ctx.mean_ci(kl, "direction", "kl") if len(kl) else (None, None)
     return {
-        "selected": best, "filters_passed": selection["filters_passed"], "selection": selection,
+        "selected": best, "filters_passed": selection["filters_passed"], "fallback": selection["fallback"],
+        "selection": selection,
         "n_candidates": len(selection["candidates"]), "settings": asdict(s),
         "kl_safe": {"mean": float(kl.mean()) if len(kl) else None, "ci_low": kl_lo, "ci_high": kl_hi, "n": len(kl)},
         "rates": (_rate_rows(ctx, [base[x.id] for x in toxic + hard + safe], "baseline")

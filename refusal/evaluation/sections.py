@@ -206,7 +206,10 @@ def direction_section(result) -> Section:
                      "candidates"],
                     [[sel["layer"], sel["position"], sel["ablation_score"], sel["kl_safe"], sel["induce_score"],
                       result.get("filters_passed"), result.get("n_candidates")]], "selected difference-in-means direction"),
-              Text(f"KL(baseline ‖ ablated) on held-out safe prompts: {_ci(kl.get('mean'), kl.get('ci_low'), kl.get('ci_high'))}")]
+              Text("KL(baseline ‖ ablated) on held-out safe prompts: "
+                   f"{_ci(kl.get('mean'), kl.get('ci_low'), kl.get('ci_high'))}")]
+    if result.get("fallback"):
+        blocks.insert(1, Text(f"No candidate passed every filter; selected with {result['fallback']}.", strong=True))
     conditions = ("baseline", "ablation", "actadd")
     cells = {(r["condition"], r["label"], r["category"]): r for r in result.get("rates", [])}
     keys = [(lb, c) for cond, lb, c in cells if cond == "baseline"]  # rates.summarize order

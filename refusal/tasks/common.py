@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from refusal.activations import CollectionPlan, collect_activations, default_store_dir, fingerprint
 from refusal.behavior.score import refusal_token_ids
@@ -25,6 +25,25 @@ def prepare_prompts(cfg: DictConfig, run_dir: Path):
     for w in analysis.get("warnings", []):
         log.warning("data: %s", w)
     return prompts, analysis
+
+
+def adopt_run_data(cfg: DictConfig, run_dir) -> None:
+    """With ``data`` unset, use the prompt config of the run at ``run_dir`` (its saved ``.hydra/config.yaml``,
+    interpolations resolved there), so a model config that reads ``${data}`` (the organism) sees that run's prompts."""
+    if cfg.get("data") is not None or not run_dir:
+        return
+    saved_path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = OmegaConf.load(saved_path)
+    if saved.get("data") is None:
+        return
+    try:
+        data = OmegaConf.create(OmegaConf.to_container(saved.data, resolve=True))
+    except Exception:  # e.g. ${hydra:...} paths, unresolvable outside that run: keep them as written
+        data = saved.data
+    with open_dict(cfg):
+        cfg.data = data
 
 
 def collection_plan(cfg: DictConfig, loaded: LoadedModel) -> CollectionPlan:
@@ -48,4 +67,4 @@ def activation_store(cfg: DictConfig, loaded: LoadedModel, prompts) -> tuple[Pat
     return store_dir, (lambda: collect_activations(loaded, prompts, plan, store_dir, ids)), plan
 
 
-__all__ = ["activation_store", "collection_plan", "load_model", "prepare_prompts"]
+__all__ = ["activation_store", "adopt_run_data", "collection_plan", "load_model", "prepare_prompts"]

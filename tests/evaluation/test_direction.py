@@ -57,6 +57,7 @@ def test_nothing_passes_falls_back_and_says_so(ctx, texts, candidates):
     s = DirectionSettings(max_layer_fraction=1.0, max_kl=0.0, induce_min_score=100.0)
     out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], s)
     assert not out["filters_passed"] and not any(r["passes"] for r in out["candidates"])
+    assert out["fallback"] == "max_kl and induce_min_score relaxed"
     assert out["selected"]["ablation_score"] == min(r["ablation_score"] for r in out["candidates"])
     assert all(r["kl_safe"] > 0 for r in out["candidates"])  # the ablation changes the safe prompts' outputs
 
@@ -70,4 +71,10 @@ def test_kl_filter_is_applied(ctx, texts, candidates):
     out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], DirectionSettings(
         max_layer_fraction=1.0, induce_min_score=-100.0, max_kl=mid))
     assert all(r["passes"] == (r["kl_safe"] <= mid) for r in out["candidates"])
+    assert out["selected"]["kl_safe"] <= mid and out["fallback"] is None
+    # nothing induces refusal: the KL filter still holds in the fallback
+    out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], DirectionSettings(
+        max_layer_fraction=1.0, induce_min_score=100.0, max_kl=mid))
+    assert not out["filters_passed"] and out["fallback"] == "induce_min_score relaxed"
     assert out["selected"]["kl_safe"] <= mid
+    assert out["selected"]["ablation_score"] == min(r["ablation_score"] for r in out["candidates"] if r["kl_safe"] <= mid)

@@ -19,9 +19,9 @@ def _run(script, *overrides, cwd):
 
 
 @pytest.mark.slow
-def test_demo_trains_a_good_sae_and_discovers_circuits(tmp_path):
+def test_demo_trains_a_good_sae(tmp_path):
     train_dir = tmp_path / "train"
-    out = _run("train.py", "experiment=demo", f"hydra.run.dir={train_dir}", cwd=tmp_path)
+    out = _run("train.py", "experiment=demo", "model=smollm2_135m", f"hydra.run.dir={train_dir}", cwd=tmp_path)
     assert "val/explained_variance" in out.stdout
     manifest = json.loads((train_dir / "train_manifest.json").read_text())
     (hook,) = manifest["hooks"]
@@ -30,9 +30,3 @@ def test_demo_trains_a_good_sae_and_discovers_circuits(tmp_path):
     assert metrics["val/explained_variance"] >= 0.8, metrics
     assert metrics[f"val/{hook}/l0"] <= 64, metrics
     assert list((train_dir / "wandb").glob("offline-run-*"))
-
-    disc_dir = tmp_path / "discover"
-    out = _run("discover.py", f"train_dir={train_dir}", f"hydra.run.dir={disc_dir}", cwd=tmp_path)
-    summary = json.loads((disc_dir / "discovery_summary.json").read_text())
-    assert summary["verdict"] in ("monolithic", "modular", "mixed")
-    assert list(disc_dir.rglob("*_circuit.json")) and list(disc_dir.rglob("*.png"))
