@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import HOOKS, SAFE, TOXIC, make_cm
+from circuits_testlib import HOOKS, SAFE, TOXIC, make_cm
 from scipy.stats import mannwhitneyu, spearmanr
 
 from refusal.behavior.score import refusal_token_ids

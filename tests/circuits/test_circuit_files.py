@@ -3,7 +3,7 @@ the summary's verdict follows planted structure."""
 import numpy as np
 import pytest
 import torch
-from conftest import SAFE, TOXIC, make_cm, random_sae
+from circuits_testlib import SAFE, TOXIC, make_cm, random_sae
 
 from refusal.circuits.attribution import Attributions, node_space
 from refusal.circuits.circuit import Circuit, circuit_filename, write_circuit

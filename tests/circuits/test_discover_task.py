@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import random_sae
+from circuits_testlib import random_sae
 from hydra import compose, initialize_config_dir
 
 from refusal.data import PromptRecord, PromptSet

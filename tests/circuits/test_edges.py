@@ -1,7 +1,7 @@
 """Edges: they decompose each upstream node's effect, and edge_threshold prunes them."""
 import pytest
 import torch
-from conftest import SAFE, TOXIC
+from circuits_testlib import SAFE, TOXIC
 
 from refusal.circuits.attribution import attribute, node_space
 from refusal.circuits.edges import compute_edges

@@ -1,7 +1,7 @@
 """Splicing SAEs leaves the output unchanged and exposes gradients for features and error nodes."""
 import pytest
 import torch
-from conftest import HOOKS, SAFE, TOXIC, make_cm
+from circuits_testlib import HOOKS, SAFE, TOXIC, make_cm
 
 from refusal.circuits.splice import run_model, splice
 from refusal.models.hooks import HOOK_KINDS
@@ -72,7 +72,7 @@ def test_read_gradient_equals_unspliced_gradient(cm):
 def test_every_hook_kind_splices_unchanged(frozen_tiny, kind):
     model, tok = frozen_tiny
     hook = f"blocks.2.{kind}"
-    from conftest import random_sae
+    from circuits_testlib import random_sae
 
     from refusal.circuits.splice import HookedSAE
     d_in = 128 if kind == "mlp.hook_post" else 64
