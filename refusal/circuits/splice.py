@@ -25,7 +25,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from refusal.models.hooks import HOOK_KINDS, HookSpec, StopForward, decoder_layers, parse_hook_name
+from refusal.models.hooks import HOOK_KINDS, HookSpec, StopForward, decoder_layers, parse_hook_name, register_edit
 from refusal.sae.model import SparseAutoencoder
 
 MODES = ("read", "set", "capture", "observe", "relay")
@@ -39,23 +39,6 @@ class HookedSAE:
     weights_hash: str = ""
 
 
-def _register_edit(layer: nn.Module, spec: HookSpec, fn):
-    """Register ``fn(x) -> x'`` replacing the activation at ``spec`` inside ``layer``."""
-    if spec.kind == "hook_resid_pre":
-        def pre(m, args, kwargs):
-            if args:
-                return (fn(args[0]), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
-        return layer.register_forward_pre_hook(pre, with_kwargs=True)
-    if spec.kind == "mlp.hook_post":
-        return layer.mlp.down_proj.register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
-    module = {"hook_attn_out": layer.self_attn, "hook_mlp_out": layer.mlp, "hook_resid_post": layer}[spec.kind]
-
-    def post(m, args, out):
-        if isinstance(out, tuple):
-            return (fn(out[0]), *out[1:])
-        return fn(out)
-    return module.register_forward_hook(post)
 
 
 def _stop_spec(spec: HookSpec) -> HookSpec:
@@ -110,14 +93,14 @@ def splice(model: nn.Module, saes: dict[str, HookedSAE], n_positions: int, modes
             if mode not in MODES:
                 raise ValueError(mode)
             spec = specs[hook]
-            handles.append(_register_edit(layers[spec.layer], spec, make(hook, mode)))
+            handles.append(register_edit(layers[spec.layer], spec, make(hook, mode)))
         observed = [specs[h] for h, m in modes.items() if m in ("observe", "relay")]
         if observed and stop_after_observe:
             stop = _stop_spec(max(observed))
 
             def raise_stop(x):
                 raise StopForward
-            handles.append(_register_edit(layers[stop.layer], stop, raise_stop))
+            handles.append(register_edit(layers[stop.layer], stop, raise_stop))
         yield record
     finally:
         for h in handles:

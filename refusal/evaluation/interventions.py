@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from refusal.errors import check_choice
-from refusal.models.hooks import HOOK_KINDS, HookSpec, decoder_layers, parse_hook_name
+from refusal.models.hooks import HOOK_KINDS, HookSpec, decoder_layers, parse_hook_name, register_edit
 from refusal.sae.model import SparseAutoencoder
 
 FEATURE_MODES = ("mean", "zero", "clamp", "scale")
@@ -136,23 +136,6 @@ def directional_ablation(direction: Tensor, n_layers: int, kinds: Sequence[str] 
             for k in kinds]
 
 
-def register_edit(layer: nn.Module, spec: HookSpec, fn):
-    """Register ``fn(x) -> x'`` replacing the activation at ``spec`` inside decoder ``layer``; returns the handle."""
-    if spec.kind == "hook_resid_pre":
-        def pre(m, args, kwargs):
-            if args:
-                return (fn(args[0]), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
-        return layer.register_forward_pre_hook(pre, with_kwargs=True)
-    if spec.kind == "mlp.hook_post":
-        return layer.mlp.down_proj.register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
-    module = {"hook_attn_out": layer.self_attn, "hook_mlp_out": layer.mlp, "hook_resid_post": layer}[spec.kind]
-
-    def post(m, args, out):
-        if isinstance(out, tuple):
-            return (fn(out[0]), *out[1:])
-        return fn(out)
-    return module.register_forward_hook(post)
 
 
 @contextlib.contextmanager

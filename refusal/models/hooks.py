@@ -94,6 +94,25 @@ def hook_width(model: nn.Module, hook_name: str) -> int:
     return int(cfg.intermediate_size if hook_name.endswith("mlp.hook_post") else cfg.hidden_size)
 
 
+def register_edit(layer: nn.Module, spec: HookSpec, fn):
+    """Register ``fn(x) -> x'`` replacing the activation at ``spec`` inside decoder ``layer``; returns the handle."""
+    if spec.kind == "hook_resid_pre":
+        def pre(m, args, kwargs):
+            if args:
+                return (fn(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+        return layer.register_forward_pre_hook(pre, with_kwargs=True)
+    if spec.kind == "mlp.hook_post":
+        return layer.mlp.down_proj.register_forward_pre_hook(lambda m, args: (fn(args[0]), *args[1:]))
+    module = {"hook_attn_out": layer.self_attn, "hook_mlp_out": layer.mlp, "hook_resid_post": layer}[spec.kind]
+
+    def post(m, args, out):
+        if isinstance(out, tuple):
+            return (fn(out[0]), *out[1:])
+        return fn(out)
+    return module.register_forward_hook(post)
+
+
 class StopForward(Exception):
     """Raised by a hook to end the forward after the deepest hooked point."""
 

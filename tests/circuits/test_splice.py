@@ -57,9 +57,9 @@ def test_read_gradient_equals_unspliced_gradient(cm):
         leaf = x[:, -P:].detach().requires_grad_(True)
         store["x"] = leaf
         return torch.cat([x[:, :-P], leaf], 1)
-    from refusal.circuits.splice import _register_edit
+    from refusal.models.hooks import register_edit
     from refusal.models.hooks import HookSpec, decoder_layers
-    handle = _register_edit(decoder_layers(cm.model)[1], HookSpec(1, HOOK_KINDS.index("hook_resid_post")), grab)
+    handle = register_edit(decoder_layers(cm.model)[1], HookSpec(1, HOOK_KINDS.index("hook_resid_post")), grab)
     try:
         m = cm.metric(run_model(cm.model, enc.model_inputs()))
         (g,) = torch.autograd.grad(m.sum(), [store["x"]])
