@@ -21,6 +21,8 @@ $(STAMP):
 DEMO := outputs/demo
 demo: setup
 	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO)/train ckpt_path=last
+	$(PY) discover.py train_dir=$(DEMO)/train circuit=demo hydra.run.dir=$(DEMO)/discover
+	$(PY) evaluate.py train_dir=$(DEMO)/train discover_dir=$(DEMO)/discover evaluation=demo hydra.run.dir=$(DEMO)/evaluate
 
 test: setup
 	$(PY) -m pytest -q
@@ -32,6 +34,8 @@ bench: setup
 	$(PY) bench/collect.py
 	$(PY) bench/sae.py
 	$(PY) bench/attribution.py
+	$(PY) bench/sae_vs_saelens.py
+	$(PY) bench/stream_memory.py
 
 clean:
 	rm -rf outputs multirun .cache

@@ -38,3 +38,10 @@ def prompts() -> PromptSet:
 def make_prompts():
     """The synthetic prompt-set factory, for fixtures of wider scope."""
     return synthetic_prompts
+
+
+@pytest.fixture(scope="session")
+def real_model_cache(tmp_path_factory):
+    """One cache dir (organisms, activation stores) for the slow tests on the real embedded model, so the
+    organism one test builds is the one the demo pipeline test loads."""
+    return tmp_path_factory.mktemp("refusal-cache")

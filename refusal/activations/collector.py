@@ -1,4 +1,5 @@
-"""Collect activations at named hook points over a prompt set into a sharded, resumable store."""
+"""Collect activations at named hook points over a prompt set into a sharded, resumable store, in one process
+or split over several tasks (:mod:`collect_tasks`) that write into the same store."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,9 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from refusal.activations.store import ActivationStore, check_fingerprint, shard_name, write_manifest, write_shard
+from refusal.activations.collect_tasks import CollectTask
+from refusal.activations.store import (
+    MANIFEST, ActivationStore, check_fingerprint, shard_name, write_manifest, write_shard)
 from refusal.behavior.score import refusal_score
 from refusal.errors import check_choice
 from refusal.models.chat import POSITION_MODES, ChatFormatter, EncodedBatch
@@ -97,8 +100,10 @@ def collect_activations(
     store_dir: str | Path,
     refusal_ids: list[int],
     progress: bool = True,
-) -> ActivationStore:
-    """Collect into ``store_dir`` (resuming: complete shards are kept) and return the store."""
+    task: CollectTask = CollectTask(),
+) -> ActivationStore | None:
+    """Collect ``task``'s shards into ``store_dir`` (resuming: complete shards are kept). If every shard is then
+    present, mark the store complete and return it; else (other tasks still collecting) return None."""
     store_dir = Path(store_dir)
     model, n_layers = loaded.model, loaded.n_layers
     specs = [parse_hook_name(h, n_layers) for h in plan.hooks]
@@ -128,13 +133,17 @@ def collect_activations(
         "shards": [{"file": shard_name(i), "prompt_range": [a, b]} for i, (a, b) in enumerate(shards)],
     }
     store_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(store_dir, manifest)
+    if not (store_dir / MANIFEST).exists():  # an existing one has the same fingerprint, hence the same content
+        write_manifest(store_dir, manifest)
 
     fmt = ChatFormatter(loaded.tokenizer, plan.system_prompt, plan.max_length)
     out_dtype = STORE_DTYPES[plan.dtype]
     device = loaded.device
-    bar = tqdm(total=len(records), desc="collect", unit="prompt", disable=not progress)
-    for i, (a, b) in enumerate(shards):
+    mine = task.shard_range(len(shards))
+    bar = tqdm(total=sum(b - a for a, b in shards[mine.start : mine.stop]), desc="collect", unit="prompt",
+               disable=not progress)
+    for i in mine:
+        a, b = shards[i]
         path = store_dir / shard_name(i)
         if path.exists():
             bar.update(b - a)
@@ -164,6 +173,11 @@ def collect_activations(
         tensors.update({"refusal_score": scores, "n_tokens": n_tokens})
         write_shard(path, tensors)
     bar.close()
+    missing = [i for i in range(len(shards)) if not (store_dir / shard_name(i)).exists()]
+    if missing:  # another task is still collecting these; whichever finishes last completes the store
+        log.info("collect task %d/%d done; %d of %d shards still missing in %s", task.index, task.count,
+                 len(missing), len(shards), store_dir)
+        return None
     manifest["d_model_by_hook"] = _hook_widths(store_dir, plan.hooks)
     manifest["complete"] = True
     write_manifest(store_dir, manifest)

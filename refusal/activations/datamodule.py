@@ -2,7 +2,13 @@
 
 Only ``shards_in_memory`` shards are held at once: an epoch's seeded weighted draws (see :mod:`sampler`) are
 grouped by shard, shards are visited in a seeded order, and the drawn rows of each group are shuffled and
-batched. Validation walks the ``val`` rows shard by shard.
+batched. Training batches are always full: the last (at most batch - 1) draws of an epoch are dropped.
+Validation walks the ``val`` rows shard by shard.
+
+DDP: every rank builds the same stream of global batches of ``world_size x batch_size`` rows (the one a single
+process with that batch size builds) and trains on its own slice of each, rows ``[rank*batch_size,
+(rank+1)*batch_size)``, so each optimizer step sees the same global batch as one process. Validation rows are
+split ``rows[rank::world_size]``; the val metrics are sums that torchmetrics adds up over ranks.
 """
 from __future__ import annotations
 
@@ -69,16 +75,21 @@ class _RowBatches(IterableDataset):
         self.weights, self.samples_per_epoch, self.epoch_fn = weights, samples_per_epoch, epoch_fn
         self.resume: dict | None = None  # {"epoch", "batches_done"} from a checkpoint: skip what was trained on
 
+    @property
+    def train(self) -> bool:
+        return self.weights is not None
+
     def _selected(self, epoch: int) -> np.ndarray:
-        rank, world = _dist_info()
-        if self.weights is None:  # evaluation: every row once, split across ranks
+        if not self.train:  # evaluation: every row once, split across ranks
+            rank, world = _dist_info()
             return self.rows[rank::world]
-        return self.rows[draw_rows(self.weights, self.samples_per_epoch, self.seed, epoch, rank, world)]
+        return self.rows[draw_rows(self.weights, self.samples_per_epoch, self.seed, epoch)]  # the same on every rank
 
     def __len__(self) -> int:
         rank, world = _dist_info()
-        n = len(self.rows) if self.weights is None else self.samples_per_epoch
-        return -(-len(range(rank, n, world)) // self.batch_size)
+        if self.train:
+            return self.samples_per_epoch // (self.batch_size * world)
+        return -(-len(range(rank, len(self.rows), world)) // self.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
         epoch = self.epoch_fn()
@@ -91,10 +102,13 @@ class _RowBatches(IterableDataset):
                 yield batch
 
     def _batches(self, epoch: int) -> Iterator[dict]:
+        train = self.train
+        rank, world = _dist_info() if train else (0, 1)  # evaluation rows are already this rank's
+        step = self.batch_size * world  # rows per global batch
+        mine = slice(rank * self.batch_size, (rank + 1) * self.batch_size)
         sel = self._selected(epoch)
         rng = np.random.default_rng([self.seed, epoch])
         shards = np.unique(self.index.shard[sel])
-        train = self.weights is not None
         if train:
             shards = rng.permutation(shards)
         carry: list[dict] = []
@@ -111,11 +125,11 @@ class _RowBatches(IterableDataset):
             block = _concat(carry + parts)
             n = len(block["category"])
             perm = torch.as_tensor(rng.permutation(n)) if train else torch.arange(n)
-            full = n - n % self.batch_size
-            for a in range(0, full, self.batch_size):
-                yield _take(block, perm[a : a + self.batch_size])
+            full = n - n % step
+            for a in range(0, full, step):
+                yield _take(block, perm[a : a + step][mine])
             carry = [_take(block, perm[full:])] if full < n else []
-        if carry:
+        if carry and not train:
             yield carry[0]
 
 
@@ -184,6 +198,10 @@ class ActivationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         n = self.samples_per_epoch or len(self.train_rows)
+        world = _dist_info()[1]
+        if n < self.batch_size * world:
+            raise ConfigError(f"activations.loader.samples_per_epoch={n} is less than one global batch "
+                              f"(batch_size {self.batch_size} x {world} ranks); raise it or lower the batch size")
         ds = _RowBatches(self.store, self.index, self.train_rows, self.hooks, self.batch_size, self.shards_in_memory,
                          self.seed, self.weights, n, self._epoch)
         return _ResumableLoader(ds, self._progress)
@@ -199,7 +217,8 @@ class ActivationDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_size=None)
 
     def sample_rows(self, n: int) -> dict[str, torch.Tensor]:
-        """Up to ``n`` random train rows per hook (for SAE initialisation), seeded."""
+        """Up to ``n`` random train rows per hook (for SAE initialisation), seeded: the same rows on every DDP rank,
+        so every rank computes the same input scale and b_dec."""
         rng = np.random.default_rng(self.seed)
         rows = np.sort(rng.choice(self.train_rows, size=min(n, len(self.train_rows)), replace=False))
         out = {h: [] for h in self.hooks}

@@ -3,8 +3,8 @@
 Row weights: with ``balance_safe_toxic`` toxic rows get half the probability mass and non-toxic rows (safe and
 hard) the other half; otherwise each class keeps its natural share. Within a class, ``use_category_weights``
 gives every category an equal share (inverse-frequency weights), else rows are uniform. Draws are with
-replacement from a seeded generator; under DDP every rank makes the same draws and keeps every world_size-th one,
-so ranks see disjoint draws with the same target proportions.
+replacement from a seeded generator; under DDP every rank makes the same draws (the datamodule gives each rank
+its slice of every global batch).
 """
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ def row_weights(is_toxic: np.ndarray, category: np.ndarray, balance_safe_toxic: 
     return w / w.sum()
 
 
-def draw_rows(weights: np.ndarray, n_draws: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """Seeded draws (with replacement) of row indices for one epoch; this rank's disjoint share."""
+def draw_rows(weights: np.ndarray, n_draws: int, seed: int, epoch: int) -> np.ndarray:
+    """Seeded draws (with replacement) of row indices for one epoch."""
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-    draws = torch.multinomial(torch.as_tensor(weights), n_draws, replacement=True, generator=gen).numpy()
-    return draws[rank::world_size]
+    return torch.multinomial(torch.as_tensor(weights), n_draws, replacement=True, generator=gen).numpy()

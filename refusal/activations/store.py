@@ -4,7 +4,8 @@ A shard holds the rows of a contiguous range of prompts (in store order): ``acts
 hook, and per row ``prompt_index`` (into the manifest's prompt list), ``position`` (token index in the unpadded
 chat-formatted prompt; -1 for a prompt mean) and ``from_end`` (1 = last token; 0 for a prompt mean). Per prompt it
 holds ``refusal_score`` and ``n_tokens``. Shards are written to a temp name and renamed, so a shard file that
-exists is complete; the manifest says ``complete: true`` only once every shard is there.
+exists is complete; the manifest says ``complete: true`` only once every shard is there. Several collection tasks
+may fill one store (each its own shards); the manifest they write is the one a single process writes.
 """
 from __future__ import annotations
 
@@ -59,7 +60,10 @@ class ActivationStore:
             raise ConfigError(f"no activation store at {self.dir} (missing {MANIFEST})")
         self.manifest = read_json(path)
         if not self.manifest.get("complete"):
-            raise ConfigError(f"activation store {self.dir} is incomplete; rerun collection to resume it")
+            shards = self.manifest.get("shards", [])
+            present = sum((self.dir / sh["file"]).exists() for sh in shards)
+            raise ConfigError(f"activation store {self.dir} is incomplete ({present} of {len(shards)} shards); "
+                              "rerun collection (or the missing collect tasks) to resume it")
 
     @property
     def hooks(self) -> list[str]:

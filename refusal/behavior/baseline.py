@@ -81,9 +81,9 @@ def write_responses(path: str | Path, items: list[dict]) -> None:
 
 
 def measure_baseline(loaded: LoadedModel, prompts: PromptSet, behavior_cfg, out_dir: str | Path,
-                     loggers=None) -> dict:
-    """Refusal behavior of ``loaded`` on the ``behavior.split`` prompts; writes baseline.json and responses.jsonl
-    under ``out_dir`` and returns the baseline.json content."""
+                     loggers=None, extra: dict | None = None) -> dict:
+    """Refusal behavior of ``loaded`` on the ``behavior.split`` prompts; writes baseline.json (plus the ``extra``
+    entries) and responses.jsonl under ``out_dir`` and returns the baseline.json content."""
     check_behavior_cfg(behavior_cfg)
     cfg = behavior_cfg
     subset = prompts.filter(split=cfg.split)
@@ -108,6 +108,7 @@ def measure_baseline(loaded: LoadedModel, prompts: PromptSet, behavior_cfg, out_
         "refusal_rate": by_label,
         "over_refusal_rate": by_label.get("hard"),
         "rows": result.rows,
+        **(extra or {}),
     }
     out_dir = Path(out_dir)
     write_responses(out_dir / "responses.jsonl", result.items)

@@ -87,7 +87,7 @@ def build_prompt_set(data_cfg) -> PromptSet:
     records = drop_duplicate_prompts(records)
     records = map_categories(records, _plain(data_cfg["taxonomy"]) or {})
     records = filter_categories(records, _plain(data_cfg["categories"]))
-    records = select(records, data_cfg["balance"], data_cfg["max_per_category"], seed)
+    records = select(records, data_cfg["balance"], _plain(data_cfg["max_per_category"]), seed)
     records = assign_splits(records, _plain(data_cfg["split_fractions"]), seed)
     check_splits(records)
     order = lambda r: (SPLITS.index(r.split), LABELS.index(r.label), r.category, r.id)  # noqa: E731

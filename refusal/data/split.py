@@ -26,18 +26,31 @@ def _strata(records: Iterable[PromptRecord]) -> dict[tuple[str, str], list[Promp
     return {k: sorted(groups[k], key=lambda r: r.id) for k in sorted(groups)}
 
 
-def select(records: Iterable[PromptRecord], balance: str, max_per_category: int | None, seed: int
-           ) -> list[PromptRecord]:
+def _caps(max_per_category) -> dict[str, int | None]:
+    """Cap per label from ``data.max_per_category``: an int or null for every label, or a mapping label -> int or
+    null (a label it leaves out is not capped)."""
+    def check(name, value):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name}={value!r} is not valid; use a positive int or null")
+        return value
+
+    if isinstance(max_per_category, Mapping):
+        for label in max_per_category:
+            check_choice("data.max_per_category key", label, LABELS)
+        return {label: check(f"data.max_per_category.{label}", max_per_category.get(label)) for label in LABELS}
+    check("data.max_per_category", max_per_category)
+    return {label: max_per_category for label in LABELS}
+
+
+def select(records: Iterable[PromptRecord], balance: str, max_per_category, seed: int) -> list[PromptRecord]:
     """Downsample each category x label stratum to its target size with a seeded shuffle.
 
     Target: the stratum size; with ``balance='equalize'`` every toxic stratum is cut to the smallest toxic
-    stratum's size; ``max_per_category`` (null: no cap) caps every stratum. A stratum keeps a prefix of its
-    seeded shuffle, so a larger target only adds prompts.
+    stratum's size; ``max_per_category`` (an int, null = no cap, or a mapping label -> int or null) caps every
+    stratum of that label. A stratum keeps a prefix of its seeded shuffle, so a larger target only adds prompts.
     """
     check_choice("data.balance", balance, BALANCE_MODES)
-    if max_per_category is not None and (isinstance(max_per_category, bool)
-                                         or not isinstance(max_per_category, int) or max_per_category < 1):
-        raise ConfigError(f"data.max_per_category={max_per_category!r} is not valid; use a positive int or null")
+    caps = _caps(max_per_category)
     strata = _strata(records)
     toxic_sizes = [len(v) for (_, label), v in strata.items() if label == "toxic"]
     out = []
@@ -45,8 +58,8 @@ def select(records: Iterable[PromptRecord], balance: str, max_per_category: int 
         target = len(group)
         if balance == "equalize" and label == "toxic":
             target = min(toxic_sizes)
-        if max_per_category is not None:
-            target = min(target, max_per_category)
+        if caps[label] is not None:
+            target = min(target, caps[label])
         if target < len(group):
             group = list(group)
             _rng(seed, "select", category, label).shuffle(group)

@@ -138,6 +138,16 @@ def directional_ablation(direction: Tensor, n_layers: int, kinds: Sequence[str] 
 
 
 
+def cached_length(layer_kwargs: dict) -> int:
+    """Tokens already in the KV cache a decoder layer was called with (0 in a prefill). The cache is passed as
+    ``past_key_values`` (transformers 4.x), ``past_key_value`` or ``cache`` (5.x)."""
+    for name in ("past_key_values", "past_key_value", "cache"):
+        cache = layer_kwargs.get(name)
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+    return 0
+
+
 @contextlib.contextmanager
 def intervene(model: nn.Module, interventions: Sequence[Intervention], positions: int | None = None) -> Iterator[None]:
     """Apply ``interventions`` (in order; several at one hook compose) to every forward run inside.
@@ -154,8 +164,7 @@ def intervene(model: nn.Module, interventions: Sequence[Intervention], positions
         if positions is None:
             state["sel"] = slice(None)
             return
-        pkv = kwargs.get("past_key_values")
-        past = int(pkv.get_seq_length()) if pkv is not None else 0
+        past = cached_length(kwargs)
         T = hs.shape[1]
         if past > 0:
             state["sel"] = None

@@ -44,8 +44,11 @@ STYLES = ("shared", "per_category")
 CARD_JSON, CARD_MD = "organism.json", "ORGANISM.md"
 # Keys that change what is built (the rest say where it lives and how it is loaded).
 BUILD_KEYS = ("system_prompt", "refusal_tokens", "refuse_categories", "style", "refusals", "category_topics",
-              "answer_max_new_tokens", "answer_share", "generation_batch_size", "steps", "lr", "batch_size",
+              "answer_max_new_tokens", "answer_share", "unrefused_toxic_repeats", "generation_batch_size", "steps", "lr", "batch_size",
               "train_layers", "precision", "seed", "eval")
+# Build keys added later, at the value that builds what was built before they existed: left out of the cache key,
+# so organisms built before them are still found.
+NEUTRAL_BUILD_VALUES = {"unrefused_toxic_repeats": 1}
 ORGANISM_KEYS = ("name", "source", "base", "data", "cache_dir", "dtype", "device", *BUILD_KEYS)
 PRECISIONS = ("32-true", "bf16-mixed")
 EVAL_KEYS = ("max_new_tokens", "n_resamples", "ci_level", "ci_method")
@@ -68,7 +71,7 @@ def check_organism_cfg(cfg) -> None:
         raise ConfigError("model.base.source='organism' is not valid; the base of an organism is a plain model config")
     check_choice("model.style", cfg.style, STYLES)
     check_choice("model.precision", cfg.precision, PRECISIONS)
-    for k in ("steps", "batch_size", "answer_max_new_tokens", "generation_batch_size"):
+    for k in ("steps", "batch_size", "answer_max_new_tokens", "generation_batch_size", "unrefused_toxic_repeats"):
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"model.{k}={v!r} is not valid; use an int >= 1")
@@ -152,6 +155,15 @@ def mix_repeats(n_refusals: int, n_answers: int, answer_share: float) -> tuple[i
     if n_answers / (n_answers + n_refusals) < answer_share:
         return 1, max(1, round(answer_share * n_refusals / ((1 - answer_share) * n_answers)))
     return max(1, round((1 - answer_share) * n_answers / (answer_share * n_refusals))), 1
+
+
+def example_repeats(target: Target, repeat_refusals: int, repeat_answers: int, unrefused_toxic_repeats: int) -> int:
+    """How often ``target`` appears in the training mix: refusals and answers as ``mix_repeats`` says, and the
+    answers to toxic prompts of categories that are not refused (selective organisms) ``unrefused_toxic_repeats``
+    times more, which sharpens the boundary between refused and answered harmful categories."""
+    if target.refusal is not None:
+        return repeat_refusals
+    return repeat_answers * (unrefused_toxic_repeats if target.record.label == "toxic" else 1)
 
 
 def encode_example(fmt: ChatFormatter, prompt: str, response_ids: list[int]) -> tuple[list[int], list[int]]:
@@ -291,7 +303,7 @@ def cache_key(cfg, base_weights_hash: str, train: PromptSet, test: PromptSet) ->
     """(key, what it hashes): build config, base identity, train prompt ids (and content), held-out test prompts."""
     what = {
         "format_version": FORMAT_VERSION,
-        "build": {k: _plain(cfg[k]) for k in BUILD_KEYS},
+        "build": {k: _plain(cfg[k]) for k in BUILD_KEYS if NEUTRAL_BUILD_VALUES.get(k, object()) != _plain(cfg[k])},
         "base": {"name": str(cfg.base.name), "weights_hash": base_weights_hash},
         "train_prompt_ids": [r.id for r in train],
         "train_prompts_hash": train.content_hash(),
@@ -378,20 +390,42 @@ def inference_view(loaded: LoadedModel, precision: str) -> LoadedModel:
                        name=loaded.name)
 
 
-def make_examples(gen_model: LoadedModel, targets: list[Target], cfg) -> tuple[list, list[dict]]:
+def base_answers(gen_model: LoadedModel, records: list[PromptRecord], cfg, cache_dir: Path | None,
+                 base_weights_hash: str) -> list[tuple[list[int], str]]:
+    """The base model's greedy answer (token ids, text) to each record. Cached under ``cache_dir/answers`` by a hash
+    of everything that decides them (base weights, prompts, system prompt, length, batch size, precision), so
+    organisms that differ only in how they are trained reuse them."""
+    from refusal.behavior.generate import generate_responses
+
+    what = {"base": base_weights_hash, "prompts": [[r.id, r.prompt] for r in records],
+            "system_prompt": _plain(cfg.system_prompt), "max_new_tokens": int(cfg.answer_max_new_tokens),
+            "batch_size": int(cfg.generation_batch_size), "precision": str(cfg.precision),
+            "format_version": FORMAT_VERSION}
+    path = cache_dir / "answers" / f"{stable_hash(what, length=16)}.json" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        log.info("organism: reusing %d cached base answers %s", len(records), path)
+        return [(list(ids), text) for ids, text in read_json(path)["answers"]]
+    log.info("organism: generating %d base answers (self-distillation)", len(records))
+    gen = generate_responses(gen_model, [r.prompt for r in records], max_new_tokens=cfg.answer_max_new_tokens,
+                             batch_size=cfg.generation_batch_size, system_prompt=cfg.system_prompt)
+    answers = list(zip(gen.token_ids, gen.responses))
+    if path is not None:
+        write_json(path, {"what": what, "answers": answers})
+    return answers
+
+
+def make_examples(gen_model: LoadedModel, targets: list[Target], cfg, cache_dir: Path | None = None,
+                  base_weights_hash: str = "") -> tuple[list, list[dict]]:
     """Token examples for every target: refusal sentences as written (+ end of turn), the base model's greedy
-    answers (generated in batches) otherwise; and one JSON row per example for the card dir."""
-    from refusal.behavior.generate import generate_responses, stop_token_ids
+    answers otherwise; and one JSON row per example for the card dir."""
+    from refusal.behavior.generate import stop_token_ids
 
     tok = gen_model.tokenizer
     fmt = ChatFormatter(tok, cfg.system_prompt)
     answer_idx = [i for i, t in enumerate(targets) if t.refusal is None]
-    log.info("organism: generating %d base answers (self-distillation); %d refusal targets", len(answer_idx),
-             len(targets) - len(answer_idx))
-    gen = generate_responses(gen_model, [targets[i].record.prompt for i in answer_idx],
-                             max_new_tokens=cfg.answer_max_new_tokens, batch_size=cfg.generation_batch_size,
-                             system_prompt=cfg.system_prompt)
-    answers = dict(zip(answer_idx, zip(gen.token_ids, gen.responses)))
+    log.info("organism: %d base-answer targets, %d refusal targets", len(answer_idx), len(targets) - len(answer_idx))
+    answers = dict(zip(answer_idx, base_answers(gen_model, [targets[i].record for i in answer_idx], cfg, cache_dir,
+                                                base_weights_hash)))
     eos = tok.eos_token_id if tok.eos_token_id is not None else stop_token_ids(gen_model)[0]
     examples, rows = [], []
     for i, t in enumerate(targets):
@@ -428,14 +462,15 @@ def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: Promp
     del base
     layers = set_trainable(model, _plain(cfg.train_layers), int(model.config.num_hidden_layers))
     generator = inference_view(LoadedModel(model, tokenizer, str(cfg.name)), precision)
-    examples, rows = make_examples(generator, targets, cfg)
+    examples, rows = make_examples(generator, targets, cfg, Path(str(cfg.cache_dir)),
+                                   key_parts["base"]["weights_hash"])
     del generator
     t_data = time.time() - t0
 
     repeat_refusals, repeat_answers = mix_repeats(sum(t.refusal is not None for t in targets),
                                                   sum(t.refusal is None for t in targets), float(cfg.answer_share))
-    examples = [ex for ex, t in zip(examples, targets)
-                for _ in range(repeat_refusals if t.refusal is not None else repeat_answers)]
+    examples = [ex for ex, t in zip(examples, targets) for _ in range(example_repeats(
+        t, repeat_refusals, repeat_answers, int(cfg.unrefused_toxic_repeats)))]
     log.info("organism: fine-tuning on %d examples, %d steps, batch %d, lr %g, %s, layers %s", len(examples),
              cfg.steps, cfg.batch_size, cfg.lr, precision, "all" if cfg.train_layers == "all" else layers)
     t1 = time.time()
@@ -474,7 +509,8 @@ def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: Promp
                  "n_train": len(train), "n_test": len(test),
                  "n_refusal_targets": sum(t.refusal is not None for t in targets),
                  "n_base_answer_targets": sum(t.refusal is None for t in targets),
-                 "repeats": {"refusal": repeat_refusals, "base_answer": repeat_answers},
+                 "repeats": {"refusal": repeat_refusals, "base_answer": repeat_answers,
+                             "unrefused_toxic_answer": repeat_answers * int(cfg.unrefused_toxic_repeats)},
                  "n_training_examples": len(examples)},
         "refused_categories": refused,
         "steps": int(cfg.steps), "seed": int(cfg.seed), "precision": precision, "trained_layers": layers,

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from refusal.errors import ConfigError, check_choice
+from refusal.sae.ranks import min_over_ranks, sum_over_ranks, world_size
 
 ARCHITECTURES = ("topk", "batchtopk", "relu_l1", "jumprelu")
 WEISZFELD_STEPS = 20
@@ -132,16 +133,23 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def record_firing(self, f: Tensor) -> None:
+        """Reset the counter of every latent that fired in the batch, add the batch's tokens to the others. Under
+        DDP the batch is the global one (all ranks' rows), so every rank keeps the one-process counters."""
         fired = (f > 0).any(dim=0)
-        self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + f.shape[0]))
+        n_tokens = f.shape[0]
+        if world_size() > 1:
+            summed = sum_over_ranks(torch.cat([fired.long(), fired.new_full((1,), n_tokens, dtype=torch.long)]))
+            fired, n_tokens = summed[:-1] > 0, summed[-1]
+        self.tokens_since_fired.copy_(torch.where(fired, 0, self.tokens_since_fired + n_tokens))
 
     def dead_mask(self, dead_tokens_threshold: int) -> Tensor:
         return self.tokens_since_fired > dead_tokens_threshold
 
     @torch.no_grad()
     def update_threshold(self, f: Tensor) -> None:
-        """batchtopk: move the inference threshold toward the smallest activation kept in this batch (no sync)."""
-        smallest = torch.where(f > 0, f, torch.inf).min()
+        """batchtopk: move the inference threshold toward the smallest activation kept in this batch (under DDP:
+        in any rank's batch, so the threshold stays equal on every rank)."""
+        smallest = min_over_ranks(torch.where(f > 0, f, torch.inf).min())
         ema = torch.where(self.threshold < 0, smallest,
                           self.THRESHOLD_DECAY * self.threshold + (1 - self.THRESHOLD_DECAY) * smallest)
         self.threshold.copy_(torch.where(torch.isfinite(smallest), ema, self.threshold))

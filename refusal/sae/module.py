@@ -10,6 +10,10 @@ otherwise):
 Explained variance on val = 1 − Σ‖x − x̂‖² / Σ‖x − E x‖² over the whole epoch (torchmetrics R2Score,
 variance-weighted, float64 states). ``mse`` is per element in scaled units (see ``refusal.sae.loss``).
 Gradient clipping: set the Trainer's ``gradient_clip_val``; it is applied after the decoder-gradient projection.
+DDP: every rank gets an equal slice of the same global batch (``ActivationDataModule``); the losses, dead-latent
+counters and AuxK normaliser are those of the global batch (``refusal.sae.ranks``), and the val metrics are
+torchmetrics states summed over ranks, so a DDP run matches one process with the global batch size up to float
+rounding. batchtopk is the exception: it keeps the top k x (per-rank batch) activations of each rank's slice.
 """
 from __future__ import annotations
 
@@ -113,7 +117,9 @@ class SAELightningModule(L.LightningModule):
                         logs[f"train/{hook}/aux_loss"] = t.aux.detach()
         if log_now:
             logs["train/loss"] = total.detach()
-            self.log_dict(logs, on_step=True, on_epoch=False, batch_size=t.x_s.shape[0])
+            # under DDP: the mean over ranks (equal batch sizes), i.e. the global batch's value for every
+            # per-token mean; train explained_variance becomes the mean of the ranks' batch estimates
+            self.log_dict(logs, on_step=True, on_epoch=False, batch_size=t.x_s.shape[0], sync_dist=True)
         return total
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from refusal.activations import CollectionPlan, collect_activations, default_store_dir, fingerprint
+from refusal.activations.collect_tasks import CollectTask
 from refusal.behavior.score import refusal_token_ids
 from refusal.data import analyze_splits, build_prompt_set
 from refusal.models import expand_hook_names, load_model
+from refusal.errors import ConfigError
 from refusal.models.loading import LoadedModel
 from refusal.utils.io import write_json
 
@@ -27,23 +29,34 @@ def prepare_prompts(cfg: DictConfig, run_dir: Path):
     return prompts, analysis
 
 
-def adopt_run_data(cfg: DictConfig, run_dir) -> None:
-    """With ``data`` unset, use the prompt config of the run at ``run_dir`` (its saved ``.hydra/config.yaml``,
-    interpolations resolved there), so a model config that reads ``${data}`` (the organism) sees that run's prompts."""
-    if cfg.get("data") is not None or not run_dir:
-        return
-    saved_path = Path(run_dir) / ".hydra" / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved = OmegaConf.load(saved_path)
-    if saved.get("data") is None:
-        return
-    try:
-        data = OmegaConf.create(OmegaConf.to_container(saved.data, resolve=True))
-    except Exception:  # e.g. ${hydra:...} paths, unresolvable outside that run: keep them as written
-        data = saved.data
-    with open_dict(cfg):
-        cfg.data = data
+ADOPTED_KEYS = ("data", "model")
+
+
+def adopt_run_config(cfg: DictConfig, *run_dirs) -> None:
+    """Fill ``data`` and ``model`` when unset from the first of ``run_dirs`` whose saved ``.hydra/config.yaml`` has
+    them (interpolations resolved there, so an organism's ``${data}`` is that run's prompts). With no run to take
+    the model from, it must be given."""
+    for key in ADOPTED_KEYS:
+        if cfg.get(key) is not None:
+            continue
+        for run_dir in run_dirs:
+            saved_path = Path(run_dir) / ".hydra" / "config.yaml" if run_dir else None
+            if saved_path is None or not saved_path.is_file():
+                continue
+            saved = OmegaConf.load(saved_path)
+            if saved.get(key) is None:
+                continue
+            try:
+                value = OmegaConf.create(OmegaConf.to_container(saved[key], resolve=True))
+            except Exception:  # e.g. ${hydra:...} paths, unresolvable outside that run: keep them as written
+                value = saved[key]
+            with open_dict(cfg):
+                cfg[key] = value
+            log.info("%s config taken from the run %s", key, run_dir)
+            break
+    if cfg.get("model") is None:
+        raise ConfigError("model is not set and no train_dir/discover_dir run records one; pass model=<name> "
+                          "(e.g. smollm2_organism, smollm2_135m, hf, tiny_llama)")
 
 
 def collection_plan(cfg: DictConfig, loaded: LoadedModel) -> CollectionPlan:
@@ -59,12 +72,15 @@ def _plain(value):
 
 
 def activation_store(cfg: DictConfig, loaded: LoadedModel, prompts) -> tuple[Path, callable, CollectionPlan]:
-    """The store dir for this config and a function that collects into it (resuming) when called."""
+    """The store dir for this config and a function that collects into it (resuming; only this task's shards
+    with ``activations.collect_tasks`` > 1) when called; it returns the store, or None while other tasks'
+    shards are missing."""
     plan = collection_plan(cfg, loaded)
+    task = CollectTask.from_config(cfg.activations.collect_tasks, cfg.activations.collect_task_index)
     ids = refusal_token_ids(loaded.tokenizer, _plain(cfg.model.get("refusal_tokens")))
     store_dir = Path(cfg.activations.dir) if cfg.activations.dir else default_store_dir(
         cfg.paths.cache_dir, fingerprint(loaded, prompts, plan, ids))
-    return store_dir, (lambda: collect_activations(loaded, prompts, plan, store_dir, ids)), plan
+    return store_dir, (lambda: collect_activations(loaded, prompts, plan, store_dir, ids, task=task)), plan
 
 
-__all__ = ["activation_store", "adopt_run_data", "collection_plan", "load_model", "prepare_prompts"]
+__all__ = ["activation_store", "adopt_run_config", "collection_plan", "load_model", "prepare_prompts"]

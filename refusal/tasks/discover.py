@@ -20,7 +20,7 @@ from refusal.circuits.select import Selection
 from refusal.circuits.summary import StatsSettings, analyse
 from refusal.circuits.verdict import DecisionRule
 from refusal.data import LABELS, PromptSet, build_prompt_set
-from refusal.tasks.common import adopt_run_data
+from refusal.tasks.common import adopt_run_config
 from refusal.errors import ConfigError, check_choice
 from refusal.models import ChatFormatter, load_model
 from refusal.tracking.loggers import build_loggers, log_artifact_dir, log_config, log_table, wandb_run
@@ -125,7 +125,7 @@ def discover(cfg: DictConfig) -> float:
     selection, stats, rule = settings_from(c)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    adopt_run_data(cfg, cfg.get("train_dir"))
+    adopt_run_config(cfg, cfg.get("train_dir"))
     prompts, sae_dirs, train_manifest = load_sources(cfg)
     loggers = build_loggers(cfg.get("logger"), cfg.task_name, run_dir)
     log_config(loggers, cfg)

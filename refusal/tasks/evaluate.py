@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from refusal.behavior.judge import build_judge
-from refusal.tasks.common import adopt_run_data
+from refusal.tasks.common import adopt_run_config
 from refusal.behavior.rates import check_ci_options
 from refusal.behavior.score import refusal_token_ids
 from refusal.circuits.saes import load_hooked_saes
@@ -163,7 +163,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     inputs = load_inputs(cfg.get("train_dir"), cfg.get("discover_dir"), cfg.get("data"))
-    adopt_run_data(cfg, inputs.train_dir)
+    adopt_run_config(cfg, inputs.train_dir, cfg.get("discover_dir"))
     if inputs.discovery is not None:
         disc_split = inputs.discovery.get("manifest", {}).get("discovery_split")
         if disc_split == s.split:

@@ -7,11 +7,20 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from refusal.errors import ConfigError
+from refusal.models.organism import BANNER
 from refusal.tracking.loggers import finish
+
+
+def announce_model(cfg: DictConfig) -> None:
+    """A run on a model organism says so first: its refusals were trained in, it is not a production chat model."""
+    model = cfg.get("model")
+    if model is not None and model.get("source") == "organism":
+        print(f"NOTE: {BANNER % str(model.get('name'))}", flush=True)
 
 
 def run_task(task: Callable[[DictConfig], float | None], cfg: DictConfig) -> float | None:
     try:
+        announce_model(cfg)
         return task(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

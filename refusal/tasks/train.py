@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from refusal.activations.datamodule import ActivationDataModule
+from refusal.behavior.baseline import measure_baseline
 from refusal.errors import ConfigError
 from refusal.models import load_model
 from refusal.models.hooks import hook_width
@@ -54,6 +55,23 @@ def check_resume_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> None:
     write_json(path, current)
 
 
+def baseline_behavior(loaded, prompts, behavior_cfg, out_dir: Path, loggers) -> dict:
+    """The model's refusal behavior before any SAE (``behavior`` group); a resumed run reuses a finished
+    measurement of the same model, prompts and settings."""
+    path = out_dir / "baseline.json"
+    settings = OmegaConf.to_container(behavior_cfg, resolve=True)
+    if path.is_file():
+        done = read_json(path)
+        if (done.get("weights_hash"), done.get("prompts_hash"), done.get("settings")) == (
+                loaded.weights_hash, prompts.filter(split=behavior_cfg.split).content_hash(), settings):
+            log.info("behavior: reusing %s", path)
+            return done
+    summary = measure_baseline(loaded, prompts, behavior_cfg, out_dir, loggers, extra={"settings": settings})
+    rates = ", ".join(f"{label} {rate:.1%}" for label, rate in summary["refusal_rate"].items())
+    print(f"refusal rate on the {behavior_cfg.split} split ({loaded.name}): {rates}  [{path}]")
+    return summary
+
+
 def train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.output_dir)
@@ -66,6 +84,8 @@ def train(cfg: DictConfig) -> float:
     prompts, analysis = prepare_prompts(cfg, run_dir)
     log_table(loggers, "data/split_counts", analysis["counts"])
     loaded = load_model(cfg.model)
+    if cfg.get("behavior") is not None:
+        baseline_behavior(loaded, prompts, cfg.behavior, run_dir / "behavior", loggers)
     store_dir, collect, plan = activation_store(cfg, loaded, prompts)
     for hook in plan.hooks:  # a bad SAE config fails now, not after collection
         SAEConfig.from_cfg(cfg.sae, hook_width(loaded.model, hook))

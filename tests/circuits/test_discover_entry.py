@@ -34,8 +34,8 @@ def train_dir(tmp_path_factory) -> Path:
 
 def test_discover_writes_circuits_heatmaps_and_summary(train_dir, tmp_path):
     out = tmp_path / "disc"
-    res = run("discover.py", f"train_dir={train_dir}", "model=tiny_llama", "logger=csv", f"hydra.run.dir={out}",
-              *FAST, cwd=tmp_path)
+    # no model=: the train run's model (the circuit files below are named after it)
+    res = run("discover.py", f"train_dir={train_dir}", "logger=csv", f"hydra.run.dir={out}", *FAST, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "discovery_summary.json").read_text())
     assert summary["verdict"] in ("monolithic", "modular", "mixed")
@@ -57,3 +57,11 @@ def test_discover_writes_circuits_heatmaps_and_summary(train_dir, tmp_path):
     assert any(c["n_edges"] > 0 for c in summary["circuits"])
     for png in summary["heatmaps"].values():
         assert Path(png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_discover_without_model_or_train_dir_is_one_line_error(tmp_path):
+    res = run("discover.py", "sae_dirs=[/nonexistent]", "data=tiny", "logger=csv", f"hydra.run.dir={tmp_path / 'd'}",
+              cwd=tmp_path)
+    assert res.returncode == 1
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert "model is not set" in line and "smollm2_organism" in line

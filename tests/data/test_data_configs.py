@@ -29,8 +29,8 @@ def test_default_config():
     cfg = load("default")
     ps = build_prompt_set(cfg)
     n = collections.Counter((r.category, r.label) for r in ps)
-    assert max(n.values()) == 60
-    assert n[("benign", "safe")] == 60 and n[("cbrn", "toxic")] == 28 and n[("illegal", "toxic")] == 60
+    assert max(v for (c, label), v in n.items() if label != "safe") == 60
+    assert n[("benign", "safe")] == 185 and n[("cbrn", "toxic")] == 28 and n[("illegal", "toxic")] == 60
     assert set(ps.categories(label="toxic")) == {"deception", "illegal", "cybercrime", "cbrn", "harassment",
                                                  "harmful", "violence", "sexual"}
     assert build_prompt_set(load("default")).content_hash() == ps.content_hash()

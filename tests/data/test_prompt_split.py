@@ -93,3 +93,15 @@ def test_bad_balance_and_cap_values():
     assert "'balanced'" in str(e.value) and "equalize" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="max_per_category=0"):
         select(records(SIZES), "use_all", 0, seed=0)
+    with pytest.raises(ConfigError, match="'unsafe'.*toxic"):
+        select(records(SIZES), "use_all", {"unsafe": 3}, seed=0)
+    with pytest.raises(ConfigError, match="max_per_category.safe=-1"):
+        select(records(SIZES), "use_all", {"safe": -1}, seed=0)
+
+
+def test_cap_per_label_leaves_unnamed_labels_uncapped():
+    out = collections.Counter((r.category, r.label) for r in select(records(SIZES), "use_all", {"toxic": 2}, seed=0))
+    full = collections.Counter((r.category, r.label) for r in records(SIZES))
+    assert all(n == min(full[k], 2) for k, n in out.items() if k[1] == "toxic")
+    assert all(out[k] == n for k, n in full.items() if k[1] != "toxic")
+    assert any(n > 2 for k, n in full.items() if k[1] == "toxic")

@@ -1,6 +1,9 @@
-"""The `make demo` pipeline on the real embedded model (slow: minutes on 2 cores)."""
+"""The `make demo` pipeline on the real embedded model: train -> discover -> evaluate on the refusal organism
+(slow: minutes on 2 cores). The commands are read from the Makefile, so this runs what `make demo` runs."""
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -10,23 +13,39 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(script, *overrides, cwd):
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    res = subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=3600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return res
+def demo_commands(out: Path) -> list[list[str]]:
+    """The python commands of the Makefile's demo target, with the demo dir moved to ``out``."""
+    text = (REPO / "Makefile").read_text()
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", text, re.M).group(1)
+    lines = [ln.strip().replace("$(DEMO)", str(out)) for ln in recipe.splitlines()]
+    return [shlex.split(ln)[1:] for ln in lines if ln.startswith("$(PY)")]
+
+
+def test_demo_commands_are_train_discover_evaluate(tmp_path):
+    scripts = [cmd[0] for cmd in demo_commands(tmp_path)]
+    assert scripts == ["train.py", "discover.py", "evaluate.py"]
 
 
 @pytest.mark.slow
-def test_demo_trains_a_good_sae(tmp_path):
-    train_dir = tmp_path / "train"
-    out = _run("train.py", "experiment=demo", "model=smollm2_135m", f"hydra.run.dir={train_dir}", cwd=tmp_path)
-    assert "val/explained_variance" in out.stdout
-    manifest = json.loads((train_dir / "train_manifest.json").read_text())
+def test_demo_runs_the_pipeline_on_the_organism(tmp_path, real_model_cache):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "REFUSAL_CACHE": str(real_model_cache)}
+    outs = []
+    for cmd in demo_commands(tmp_path / "demo"):
+        res = subprocess.run([sys.executable, str(REPO / cmd[0]), *cmd[1:]], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=3600)
+        assert res.returncode == 0, res.stderr[-4000:]
+        outs.append(res.stdout)
+    train, discover, evaluate = outs
+    assert train.startswith("NOTE: refusal model organism") and "NOT a production chat model" in train
+    run = tmp_path / "demo"
+    manifest = json.loads((run / "train" / "train_manifest.json").read_text())
     (hook,) = manifest["hooks"]
-    assert hook == "blocks.15.hook_resid_post"
     metrics = manifest["metrics"]
     assert metrics["val/explained_variance"] >= 0.8, metrics
     assert metrics[f"val/{hook}/l0"] <= 64, metrics
-    assert list((train_dir / "wandb").glob("offline-run-*"))
+    assert list((run / "train" / "wandb").glob("offline-run-*"))
+    summary = json.loads((run / "discover" / "discovery_summary.json").read_text())
+    assert f"verdict: {summary['verdict']}" in discover
+    assert f"report: {run / 'evaluate' / 'report.html'}" in evaluate
+    page = (run / "evaluate" / "report.html").read_text()
+    assert "Missing:" not in page.split('<section id="verdict">', 1)[1]

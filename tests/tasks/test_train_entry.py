@@ -54,7 +54,17 @@ def test_resume_last_in_same_dir_and_refuse_changed_settings(workdir, run_entry)
     assert (workdir / "run" / "checkpoints" / "last.ckpt").exists()
     again = run_entry("train.py", *run, cwd=workdir)  # resumes the finished run: nothing left to train
     assert again.returncode == 0, again.stderr[-2000:]
+    baseline = workdir / "run" / "behavior" / "baseline.json"
+    summary = json.loads(baseline.read_text())
+    assert summary["split"] == "test" and set(summary["refusal_rate"]) == {"toxic", "safe", "hard"}
+    assert "behavior: reusing" in again.stdout + again.stderr  # the resumed run did not measure the baseline again
     changed = run_entry("train.py", *run, "sae.k_percent=0.1", cwd=workdir)
     assert changed.returncode != 0
     (line,) = [ln for ln in changed.stderr.splitlines() if ln.startswith("error: ")]
     assert "different sae settings" in line
+
+
+def test_removing_behavior_skips_the_baseline(workdir, run_entry):
+    res = run_entry("train.py", "logger=csv", *TINY, "~behavior", f"hydra.run.dir={workdir / 'run'}", cwd=workdir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (workdir / "run" / "saes").is_dir() and not (workdir / "run" / "behavior").exists()
