@@ -15,7 +15,7 @@ CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 def behavior_cfg(*overrides):
     with initialize_config_dir(CONF, version_base="1.3"):
-        cfg = compose("train", overrides=["model=tiny_llama", "+behavior=default", "behavior.max_new_tokens=6",
+        cfg = compose("train", overrides=["model=tiny_llama", "behavior.max_new_tokens=6",
                                           "behavior.n_resamples=200", *overrides])
     return cfg.behavior
 
