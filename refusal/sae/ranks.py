@@ -11,21 +11,21 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def sum_over_ranks(t: Tensor) -> Tensor:
-    """Element-wise sum of ``t`` over ranks (a new tensor; ``t`` itself when not distributed)."""
+def _reduce(t: Tensor, op) -> Tensor:
+    """Element-wise ``op`` of ``t`` over ranks (a new tensor; ``t`` itself when not distributed)."""
     if world_size() == 1:
         return t
     out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=op)
     return out
+
+
+def sum_over_ranks(t: Tensor) -> Tensor:
+    return _reduce(t, dist.ReduceOp.SUM)
 
 
 def min_over_ranks(t: Tensor) -> Tensor:
-    if world_size() == 1:
-        return t
-    out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MIN)
-    return out
+    return _reduce(t, dist.ReduceOp.MIN)
 
 
 __all__ = ["min_over_ranks", "sum_over_ranks", "world_size"]
