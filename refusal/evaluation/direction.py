@@ -3,8 +3,8 @@
 1. Candidates: r[l, p] = mean(toxic) − mean(safe) of the residual stream at the input of layer l
    (``blocks.{l}.hook_resid_pre``) and post-instruction position p (aligned from the end of the prompt), on the
    ``candidate_split`` prompts (label toxic vs label safe).
-2. Selection on the ``selection_split`` (at most ``n_selection_prompts`` per label): drop candidates with
-   l ≥ max_layer_fraction · n_layers and zero ones (at layer 0 the post-instruction tokens, the same template
+2. Selection on the ``selection_split`` (at most ``n_selection_prompts`` per label): score the candidates of
+   ``candidate_layers`` (a layer spec; all by default); drop candidates with l ≥ max_layer_fraction · n_layers and zero ones (at layer 0 the post-instruction tokens, the same template
    tokens in every prompt, have identical embeddings); for the rest measure the mean refusal score on toxic prompts with r ablated
    everywhere (x ← x − (x·r̂)r̂ at ``ablation_hooks`` of every layer, every position), the KL divergence of the
    next-token distribution on safe prompts under that ablation, and the mean refusal score on safe prompts with
@@ -32,7 +32,7 @@ from refusal.circuits.plots import heatmap
 from refusal.errors import ConfigError
 from refusal.evaluation.interventions import ARDITI_KINDS, ActAdd, directional_ablation, intervene
 from refusal.evaluation.measure import kl_per_prompt, last_logits
-from refusal.models.hooks import capture_activations, run_until_stop
+from refusal.models.hooks import capture_activations, parse_layers, run_until_stop
 from refusal.utils.io import atomic_path, stable_hash
 
 
@@ -46,6 +46,7 @@ class DirectionSettings:
     max_layer_fraction: float = 0.8
     induce_min_score: float = 0.0
     actadd_coeff: float = 1.0
+    candidate_layers: object = "all"  # layer spec: the layers whose candidates are scored (before max_layer_fraction)
 
 
 @torch.inference_mode()
@@ -84,7 +85,7 @@ def select_direction(ctx, candidates: Tensor, toxic: list[str], safe: list[str],
     base_safe, safe_logits = _mean_score(ctx, safe)
     rows = []
     tiny = 1e-6 * float(candidates.norm(dim=-1).max())
-    for layer in range(n_layers):
+    for layer in parse_layers(s.candidate_layers, n_layers):
         if not layer < s.max_layer_fraction * n_layers:
             continue
         for p in range(n_pos):
@@ -101,8 +102,8 @@ def select_direction(ctx, candidates: Tensor, toxic: list[str], safe: list[str],
                          "induce_score": induce, "norm": float(r.norm()),
                          "passes": kl <= s.max_kl and induce > s.induce_min_score})
     if not rows:
-        raise ConfigError(f"evaluation.direction.max_layer_fraction={s.max_layer_fraction} leaves no layer with a "
-                          "non-zero difference-in-means candidate")
+        raise ConfigError(f"evaluation.direction.candidate_layers={s.candidate_layers!r} with max_layer_fraction="
+                          f"{s.max_layer_fraction} leaves no layer with a non-zero difference-in-means candidate")
     passing = [r for r in rows if r["passes"]]
     low_kl = [r for r in rows if r["kl_safe"] <= s.max_kl]
     pool, fallback = ((passing, None) if passing else (low_kl, "induce_min_score relaxed") if low_kl

@@ -31,31 +31,34 @@ from refusal.circuits.select import Selection, select_nodes
 from refusal.evaluation.inputs import mean_ie
 from refusal.evaluation.nodes import NodeAblator, circuit_ie, counts_per_hook, random_matched, seeded_generator
 from refusal.evaluation.plots import faithfulness_plot
+from refusal.evaluation.prefix import PrefixCachedLogits, first_layer
 from refusal.models.chat import ChatFormatter
+from refusal.models.hooks import decoder_layers
 
 
 class AblationMetric:
-    """m(kept nodes): the mean metric over fixed prompts with every node not in ``keep`` ablated."""
+    """m(kept nodes): the mean metric over fixed prompts with every node not in ``keep`` ablated. Values are
+    remembered per mask, so a mask met again (the full circuit at threshold 0, a random control that cannot differ
+    from its circuit) costs no forward."""
 
     def __init__(self, model: nn.Module, formatter: ChatFormatter, ablator: NodeAblator, prompts: list[str],
                  metric: Callable[[Tensor], Tensor], batch_size: int):
         self.model, self.ablator, self.metric = model, ablator, metric
-        device = next(model.parameters()).device
-        self.batches = [formatter.encode(prompts[i:i + batch_size]).to(device)
-                        for i in range(0, len(prompts), batch_size)]
+        start = first_layer(ablator.space.hooks, len(decoder_layers(model)))
+        self.logits = PrefixCachedLogits(model, formatter, prompts, batch_size, start)
         self.n_prompts = len(prompts)
+        self._values: dict[bytes, float] = {}
 
     @torch.inference_mode()
     def per_prompt(self, keep: Tensor) -> Tensor:
-        vals = []
         with self.ablator.ablated(self.model, ~keep):
-            for enc in self.batches:
-                logits = self.model(**enc.model_inputs(), use_cache=False, logits_to_keep=1).logits[:, -1]
-                vals.append(self.metric(logits).double().cpu())
-        return torch.cat(vals)
+            return self.metric(self.logits()).double()
 
     def __call__(self, keep: Tensor) -> float:
-        return float(self.per_prompt(keep).mean())
+        key = keep.to(device="cpu", dtype=torch.bool).numpy().tobytes()
+        if key not in self._values:
+            self._values[key] = float(self.per_prompt(keep).mean())
+        return self._values[key]
 
 
 def ratio(value: float, empty: float, full: float) -> float:

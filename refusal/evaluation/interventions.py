@@ -183,10 +183,13 @@ def intervene(model: nn.Module, interventions: Sequence[Intervention], positions
             return torch.cat([x[:, :sel.start], iv.edit(x[:, sel]), x[:, sel.stop:]], dim=1)
         return fn
 
-    handles = [layers[0].register_forward_pre_hook(track, with_kwargs=True)]
+    specs = [parse_hook_name(iv.hook, len(layers)) for iv in interventions]
+    # The first intervened layer reads the forward's length and cache (a forward may skip earlier layers:
+    # refusal.evaluation.prefix).
+    first = min((spec.layer for spec in specs), default=0)
+    handles = [layers[first].register_forward_pre_hook(track, with_kwargs=True)]
     try:
-        for iv in interventions:
-            spec = parse_hook_name(iv.hook, len(layers))
+        for iv, spec in zip(interventions, specs):
             handles.append(register_edit(layers[spec.layer], spec, wrap(iv)))
         yield
     finally:

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from refusal.behavior.score import refusal_score
 from refusal.circuits.circuit import COMBINED
 from refusal.evaluation.decision import TransferRule, transfer_statistics
 from refusal.evaluation.nodes import features_only, random_matched, seeded_generator
 from refusal.evaluation.plots import matrix_plot
+from refusal.evaluation.prefix import PrefixCachedLogits, first_layer
 
 SAFE_COLUMNS = ("safe", "hard")
 
@@ -59,12 +61,18 @@ def run_transfer(ctx, setup, s: TransferSettings, plot_dir: Path) -> dict:
     base_refused = np.array([ctx.baseline_items[r.id]["refused"] for r in records], dtype=float) if s.generate else None
     rows = categories + ([COMBINED] if COMBINED in setup.masks else [])
 
+    start = first_layer(setup.space.hooks, ctx.loaded.n_layers)
+    logits = PrefixCachedLogits(ctx.model, ctx.formatter, [r.prompt for r in records], ctx.batch_size, start)
+
+    def scores() -> np.ndarray:
+        return refusal_score(logits(), ctx.refusal_ids).numpy()
+
     drops, rand_drops, refused, sizes = {}, {}, {}, {}
     for row in rows:
         mask = setup.masks[row] if s.include_error_nodes else features_only(setup.space, setup.masks[row])
         sizes[row] = int(mask.sum())
         with setup.ablator.ablated(ctx.model, mask):
-            drops[row] = base - ctx.scores(records)
+            drops[row] = base - scores()
             if s.generate:
                 items = ctx.generate(records, name=f"transfer_{row}")
                 refused[row] = np.array([it["refused"] for it in items], dtype=float)
@@ -72,7 +80,7 @@ def run_transfer(ctx, setup, s: TransferSettings, plot_dir: Path) -> dict:
         for k in range(s.n_random):
             rmask = random_matched(setup.space, mask, seeded_generator(ctx.seed, "transfer", row, k))
             with setup.ablator.ablated(ctx.model, rmask):
-                acc += base - ctx.scores(records)
+                acc += base - scores()
         rand_drops[row] = acc / s.n_random if s.n_random else None
 
     cells = []

@@ -29,7 +29,8 @@ from refusal.evaluation.sae_quality import sae_quality
 from refusal.evaluation.sections import build_report
 from refusal.evaluation.transfer import TransferSettings, run_transfer
 from refusal.models import ChatFormatter, load_model
-from refusal.models.hooks import HOOK_KINDS
+from refusal.models.chat import POSITION_MODES
+from refusal.models.hooks import HOOK_KINDS, parse_layers
 from refusal.tracking.loggers import build_loggers, log_config, log_table, wandb_run
 from refusal.tracking.report import log_report, write_report
 from refusal.utils.io import write_json
@@ -45,6 +46,15 @@ def _plain(value):
 def _int(name: str, value, lo: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ConfigError(f"evaluation.{name}={value!r} is not valid; use an int >= {lo}")
+    return value
+
+
+def _layer_spec(name: str, value):
+    value = _plain(value)
+    try:
+        parse_layers(value, 10**6)  # the form; the range is checked against the loaded model
+    except (ConfigError, TypeError, ValueError):
+        raise ConfigError(f"evaluation.{name}={value!r} is not valid; use all, mid, an int, a list or 'a-b'") from None
     return value
 
 
@@ -120,7 +130,8 @@ def settings_from(e: DictConfig) -> EvalSettings:
                                     _int("direction.n_selection_prompts", d.n_selection_prompts, 1),
                                     hooks or ARDITI_KINDS, _number("direction.max_kl", d.max_kl), frac,
                                     _number("direction.induce_min_score", d.induce_min_score, -np.inf),
-                                    _number("direction.actadd_coeff", d.actadd_coeff, -np.inf)))
+                                    _number("direction.actadd_coeff", d.actadd_coeff, -np.inf),
+                                    _layer_spec("direction.candidate_layers", d.candidate_layers)))
 
 
 def _missing_reasons(s: EvalSettings, inputs: RunInputs) -> dict[str, dict | None]:
@@ -147,6 +158,17 @@ def _check_model(loaded, inputs: RunInputs) -> None:
     if want and want != loaded.weights_hash:
         raise ConfigError(f"the discover run used model weights {want} but the loaded model has {loaded.weights_hash}; "
                           "pass the discover run's model config")
+
+
+def trained_positions(train_dir) -> str:
+    """The token positions the train run's SAEs were trained on (its ``activations.positions``; ``all`` when the
+    SAEs come from elsewhere)."""
+    saved = Path(train_dir) / ".hydra" / "config.yaml" if train_dir else None
+    if saved is None or not saved.is_file():
+        return "all"
+    positions = OmegaConf.select(OmegaConf.load(saved), "activations.positions", default="all")
+    check_choice("the train run's activations.positions", positions, POSITION_MODES)
+    return positions
 
 
 def _sae_prompts(ctx: EvalContext, n: int, seed: int) -> list[str]:
@@ -220,8 +242,9 @@ def _run_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: d
     if results["sae_quality"] is None:
         log.info("evaluate: SAE quality")
         saes = load_hooked_saes(inputs.sae_dirs, loaded)
+        positions = trained_positions(inputs.train_dir)
         rows = sae_quality(ctx.model, ctx.formatter, {h: x.sae for h, x in saes.items()},
-                           _sae_prompts(ctx, s.sae_max_prompts, ctx.seed), s.batch_size)
+                           _sae_prompts(ctx, s.sae_max_prompts, ctx.seed), s.batch_size, positions)
         results["sae_quality"] = {"status": "done", "split": s.split, "rows": rows}
     if results["faithfulness"] is None or results["transfer"] is None:
         setup = build_circuit_setup(inputs, loaded, ctx.formatter, s.ablation, s.batch_size)

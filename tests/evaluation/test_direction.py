@@ -78,3 +78,12 @@ def test_kl_filter_is_applied(ctx, texts, candidates):
     assert not out["filters_passed"] and out["fallback"] == "induce_min_score relaxed"
     assert out["selected"]["kl_safe"] <= mid
     assert out["selected"]["ablation_score"] == min(r["ablation_score"] for r in out["candidates"] if r["kl_safe"] <= mid)
+
+
+def test_candidate_layers_restricts_the_scored_layers(ctx, texts, candidates):
+    s = DirectionSettings(max_layer_fraction=1.0, max_kl=10.0, induce_min_score=-100.0, candidate_layers=[1, 3])
+    out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], s)
+    assert {r["layer"] for r in out["candidates"]} == {1, 3}
+    s = DirectionSettings(max_layer_fraction=0.5, candidate_layers="3")
+    with pytest.raises(Exception, match="candidate_layers='3'"):
+        select_direction(ctx, candidates, texts["toxic"], texts["safe"], s)

@@ -38,6 +38,7 @@ def test_defaults_are_valid():
     ("evaluation.direction.ablation_hooks=[hook_resid_mid]", "hook_resid_mid"),
     ("evaluation.direction.max_layer_fraction=0", "evaluation.direction.max_layer_fraction=0"),
     ("evaluation.direction.selection_split=dev", "evaluation.direction.selection_split='dev'"),
+    ("evaluation.direction.candidate_layers=top", "evaluation.direction.candidate_layers='top'"),
     ("evaluation.max_new_tokens=0", "evaluation.max_new_tokens=0"),
 ])
 def test_bad_values_are_named(override, needle):
