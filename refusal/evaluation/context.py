@@ -12,10 +12,8 @@ from refusal.behavior.baseline import write_responses
 from refusal.behavior.generate import generate_responses
 from refusal.behavior.judge import Judge
 from refusal.behavior.rates import mean_interval, rate_interval, summarize
-from refusal.behavior.score import refusal_score
 from refusal.data.records import PromptRecord, PromptSet
 from refusal.errors import ConfigError
-from refusal.evaluation.measure import last_logits
 from refusal.models.chat import ChatFormatter
 from refusal.models.loading import LoadedModel
 from refusal.utils.io import stable_hash
@@ -47,13 +45,6 @@ class EvalContext:
     def model(self):
         return self.loaded.model
 
-    def scores(self, records: list[PromptRecord]) -> np.ndarray:
-        """[n] refusal score per prompt from a forward pass (run inside an intervention to measure it)."""
-        if not records:
-            return np.zeros(0)
-        logits = last_logits(self.model, self.formatter, [r.prompt for r in records], self.batch_size)
-        return refusal_score(logits, self.refusal_ids).numpy()
-
     def generate(self, records: list[PromptRecord], name: str | None = None) -> list[dict]:
         """Greedy responses, judged: one item per record (id, category, label, prompt, response, refused,
         refusal_score). With ``name``, also written to ``responses/<name>.jsonl``."""
@@ -79,12 +70,6 @@ class EvalContext:
         """{prompt id: judged item} for every evaluation prompt, without any intervention."""
         items = self.generate(list(self.prompts), name="baseline")
         return {it["id"]: it for it in items}
-
-    @cached_property
-    def baseline_scores(self) -> dict[str, float]:
-        """{prompt id: forward-pass refusal score} without intervention (the reference of every score drop)."""
-        records = list(self.prompts)
-        return dict(zip([r.id for r in records], self.scores(records).tolist()))
 
     def summarize(self, items: list[dict]) -> list[dict]:
         b = self.boot

@@ -4,8 +4,9 @@
    (``blocks.{l}.hook_resid_pre``) and post-instruction position p (aligned from the end of the prompt), on the
    ``candidate_split`` prompts (label toxic vs label safe).
 2. Selection on the ``selection_split`` (at most ``n_selection_prompts`` per label): score the candidates of
-   ``candidate_layers`` (a layer spec; all by default); drop candidates with l ≥ max_layer_fraction · n_layers and zero ones (at layer 0 the post-instruction tokens, the same template
-   tokens in every prompt, have identical embeddings); for the rest measure the mean refusal score on toxic prompts with r ablated
+   ``candidate_layers`` (a layer spec; all by default); drop candidates with l ≥ max_layer_fraction · n_layers
+   and zero ones (at layer 0 the post-instruction tokens, the same template tokens in every prompt, have
+   identical embeddings); for the rest measure the mean refusal score on toxic prompts with r ablated
    everywhere (x ← x − (x·r̂)r̂ at ``ablation_hooks`` of every layer, every position), the KL divergence of the
    next-token distribution on safe prompts under that ablation, and the mean refusal score on safe prompts with
    r added at layer l (x ← x + actadd_coeff·r at resid_pre, every position). Keep candidates with KL ≤ max_kl and

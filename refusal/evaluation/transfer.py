@@ -57,7 +57,6 @@ def run_transfer(ctx, setup, s: TransferSettings, plot_dir: Path) -> dict:
     names = list(cols)
     records = [r for c in names for r in cols[c]]
     col_index = np.concatenate([np.full(len(cols[c]), j) for j, c in enumerate(names)])
-    base = np.array([ctx.baseline_scores[r.id] for r in records])
     base_refused = np.array([ctx.baseline_items[r.id]["refused"] for r in records], dtype=float) if s.generate else None
     rows = categories + ([COMBINED] if COMBINED in setup.masks else [])
 
@@ -66,6 +65,8 @@ def run_transfer(ctx, setup, s: TransferSettings, plot_dir: Path) -> dict:
 
     def scores() -> np.ndarray:
         return refusal_score(logits(), ctx.refusal_ids).numpy()
+
+    base = scores()  # no intervention: the reference of every drop, through the same forward as the ablated runs
 
     drops, rand_drops, refused, sizes = {}, {}, {}, {}
     for row in rows:
