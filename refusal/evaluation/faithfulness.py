@@ -38,8 +38,8 @@ from refusal.models.hooks import decoder_layers
 
 class AblationMetric:
     """m(kept nodes): the mean metric over fixed prompts with every node not in ``keep`` ablated. Values are
-    remembered per mask, so a mask met again (the full circuit at threshold 0, a random control that cannot differ
-    from its circuit) costs no forward."""
+    remembered per mask, so a mask met again (a circuit's own nodes equal to a sweep point, as with the discover
+    run's node_threshold among the thresholds) costs no forward."""
 
     def __init__(self, model: nn.Module, formatter: ChatFormatter, ablator: NodeAblator, prompts: list[str],
                  metric: Callable[[Tensor], Tensor], batch_size: int):
