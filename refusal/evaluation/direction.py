@@ -2,11 +2,11 @@
 
 1. Candidates: r[l, p] = mean(toxic) − mean(safe) of the residual stream at the input of layer l
    (``blocks.{l}.hook_resid_pre``) and post-instruction position p (aligned from the end of the prompt), on the
-   ``candidate_split`` prompts (label toxic vs label safe).
-2. Selection on the ``selection_split`` (at most ``n_selection_prompts`` per label): score the candidates of
-   ``candidate_layers`` (a layer spec; all by default); drop candidates with l ≥ max_layer_fraction · n_layers
-   and zero ones (at layer 0 the post-instruction tokens, the same template tokens in every prompt, have
-   identical embeddings); for the rest measure the mean refusal score on toxic prompts with r ablated
+   ``candidate_split`` prompts (label toxic vs label safe), for the scored layers only: those of
+   ``candidate_layers`` (a layer spec; all by default) below max_layer_fraction · n_layers.
+2. Selection on the ``selection_split`` (at most ``n_selection_prompts`` per label): drop zero candidates (at
+   layer 0 the post-instruction tokens, the same template tokens in every prompt, have identical embeddings);
+   for the rest measure the mean refusal score on toxic prompts with r ablated
    everywhere (x ← x − (x·r̂)r̂ at ``ablation_hooks`` of every layer, every position), the KL divergence of the
    next-token distribution on safe prompts under that ablation, and the mean refusal score on safe prompts with
    r added at layer l (x ← x + actadd_coeff·r at resid_pre, every position). Keep candidates with KL ≤ max_kl and
@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from refusal.evaluation.measure import kl_per_prompt, last_logits
 from refusal.models.hooks import capture_activations, parse_layers, run_until_stop
 from refusal.utils.io import atomic_path, stable_hash
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DirectionSettings:
@@ -79,18 +81,29 @@ def _mean_score(ctx, prompts: list[str]) -> tuple[float, Tensor]:
     return float(refusal_score(logits, ctx.refusal_ids).mean()), logits
 
 
-def select_direction(ctx, candidates: Tensor, toxic: list[str], safe: list[str], s: DirectionSettings) -> dict:
-    """Score every candidate on the selection prompts and pick one (see the module doc)."""
-    n_layers, n_pos = candidates.shape[:2]
+def scored_layers(s: DirectionSettings, n_layers: int) -> list[int]:
+    """The layers whose candidates are computed and scored: ``candidate_layers`` below max_layer_fraction · n_layers."""
+    layers = [layer for layer in parse_layers(s.candidate_layers, n_layers) if layer < s.max_layer_fraction * n_layers]
+    if not layers:
+        raise ConfigError(f"evaluation.direction.candidate_layers={s.candidate_layers!r} with max_layer_fraction="
+                          f"{s.max_layer_fraction} leaves no layer below {s.max_layer_fraction} * {n_layers}")
+    return layers
+
+
+def select_direction(ctx, candidates: dict[int, Tensor], toxic: list[str], safe: list[str],
+                     s: DirectionSettings) -> dict:
+    """Score the candidates ({layer: [n_pos, d]}) of the scored layers on the selection prompts and pick one (see
+    the module doc)."""
+    n_layers = ctx.loaded.n_layers
+    layers = scored_layers(s, n_layers)
     base_toxic, _ = _mean_score(ctx, toxic)
     base_safe, safe_logits = _mean_score(ctx, safe)
     rows = []
-    tiny = 1e-6 * float(candidates.norm(dim=-1).max())
-    for layer in parse_layers(s.candidate_layers, n_layers):
-        if not layer < s.max_layer_fraction * n_layers:
-            continue
+    tiny = 1e-6 * max(float(candidates[layer].norm(dim=-1).max()) for layer in layers)
+    for layer in layers:
+        n_pos = candidates[layer].shape[0]
         for p in range(n_pos):
-            r = candidates[layer, p].float()
+            r = candidates[layer][p].float()
             if float(r.norm()) <= tiny:  # e.g. layer 0: the same template tokens in every prompt
                 continue
             with intervene(ctx.model, directional_ablation(r, n_layers, s.ablation_hooks)):
@@ -104,7 +117,8 @@ def select_direction(ctx, candidates: Tensor, toxic: list[str], safe: list[str],
                          "passes": kl <= s.max_kl and induce > s.induce_min_score})
     if not rows:
         raise ConfigError(f"evaluation.direction.candidate_layers={s.candidate_layers!r} with max_layer_fraction="
-                          f"{s.max_layer_fraction} leaves no layer with a non-zero difference-in-means candidate")
+                          f"{s.max_layer_fraction} leaves no layer with a non-zero difference-in-means candidate "
+                          f"(scored layers: {layers})")
     passing = [r for r in rows if r["passes"]]
     low_kl = [r for r in rows if r["kl_safe"] <= s.max_kl]
     pool, fallback = ((passing, None) if passing else (low_kl, "induce_min_score relaxed") if low_kl
@@ -133,22 +147,35 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
                               "held-out one (train or val)")
     n_layers = ctx.loaded.n_layers
     n_pos = ctx.formatter.n_post_instruction
+    layers = scored_layers(s, n_layers)
     cand = train_prompts.filter(split=s.candidate_split)
-    tox_c = [r.prompt for r in cand.filter(label="toxic")]
     safe_c = [r.prompt for r in cand.filter(label="safe")]
-    layers = list(range(n_layers))
+    cats = cand.categories(label="toxic")
+    tox_by_cat = {c: [r.prompt for r in cand.filter(label="toxic", category=c)] for c in cats}
+    if not safe_c or not cats:
+        raise ConfigError(f"difference-in-means needs toxic and safe prompts in the {s.candidate_split} split")
+    log.info("direction: difference-in-means at layers %s from %d toxic and %d safe %s prompts", layers,
+             sum(map(len, tox_by_cat.values())), len(safe_c), s.candidate_split)
     safe_mean = tail_means(ctx.model, ctx.formatter, safe_c, layers, n_pos, ctx.batch_size)
-    candidates = tail_means(ctx.model, ctx.formatter, tox_c, layers, n_pos, ctx.batch_size) - safe_mean
+    cat_means = {c: tail_means(ctx.model, ctx.formatter, p, layers, n_pos, ctx.batch_size) for c, p in tox_by_cat.items()}
+    n_tox = sum(len(p) for p in tox_by_cat.values())
+    tox_mean = sum(len(tox_by_cat[c]) * m for c, m in cat_means.items()) / n_tox
+    stacked = tox_mean - safe_mean  # [len(layers), n_pos, d]
+    candidates = {layer: stacked[i] for i, layer in enumerate(layers)}
 
     sel = train_prompts.filter(split=s.selection_split)
     tox_s = [r.prompt for r in _subset(list(sel.filter(label="toxic")), s.n_selection_prompts, ctx.seed, "toxic")]
     safe_s = [r.prompt for r in _subset(list(sel.filter(label="safe")), s.n_selection_prompts, ctx.seed, "safe")]
     if not tox_s or not safe_s:
         raise ConfigError(f"the {s.selection_split} split needs toxic and safe prompts to select a refusal direction")
+    log.info("direction: scoring %d candidates on %d toxic and %d safe %s prompts", len(layers) * n_pos,
+             len(tox_s), len(safe_s), s.selection_split)
     selection = select_direction(ctx, candidates, tox_s, safe_s, s)
     best = selection["selected"]
     layer, pos = best["layer"], best["position"] + n_pos
-    r = candidates[layer, pos].float()
+    r = candidates[layer][pos].float()
+    log.info("direction: selected layer %d position %d; generating under ablation and actadd", layer,
+             best["position"])
 
     ev = ctx.prompts
     toxic, hard, safe = (list(ev.filter(label=lb)) for lb in ("toxic", "hard", "safe"))
@@ -161,19 +188,18 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
     base_safe_logits = last_logits(ctx.model, ctx.formatter, [x.prompt for x in safe], ctx.batch_size)
     kl = kl_per_prompt(base_safe_logits, ablated_safe_logits).numpy() if safe else np.zeros(0)
 
-    cats = [c for c in cand.categories(label="toxic")]
-    per_cat = torch.stack([
-        tail_means(ctx.model, ctx.formatter, [x.prompt for x in cand.filter(label="toxic", category=c)], [layer],
-                   n_pos, ctx.batch_size)[0, pos] - safe_mean[layer, pos] for c in cats]) if cats else torch.zeros(0)
-    cos = _cosines(per_cat) if cats else np.zeros((0, 0))
-    with_global = _cosines(torch.cat([r.double()[None], per_cat]))[0, 1:] if cats else np.zeros(0)
+    li = layers.index(layer)
+    per_cat = torch.stack([cat_means[c][li, pos] - safe_mean[li, pos] for c in cats])
+    cos = _cosines(per_cat)
+    with_global = _cosines(torch.cat([r.double()[None], per_cat]))[0, 1:]
 
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "direction.safetensors") as tmp:
-        save_file({"direction": r.contiguous(), "candidates": candidates.float().contiguous(),
+        save_file({"direction": r.contiguous(), "candidates": stacked.float().contiguous(),
+                   "candidate_layers": torch.tensor(layers, dtype=torch.int64),
                    "per_category": per_cat.float().contiguous()}, str(tmp))
     plot = str(heatmap(cos, cats, f"cosine of per-category refusal directions (layer {layer}, pos {best['position']})",
-                       out_dir / "direction_cosine.png", vmin=-1.0)) if len(cats) >= 1 else None
+                       out_dir / "direction_cosine.png", vmin=-1.0))
     kl_lo, kl_hi = ctx.mean_ci(kl, "direction", "kl") if len(kl) else (None, None)
     return {
         "selected": best, "filters_passed": selection["filters_passed"], "fallback": selection["fallback"],

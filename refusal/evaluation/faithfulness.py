@@ -100,7 +100,8 @@ def faithfulness_curve(m: Callable[[Tensor], float], space: NodeSpace, ie: Tenso
                        thresholds: list[float], threshold_mode: str, n_random: int, seed: int, name: str,
                        discovered: Tensor | None = None) -> dict:
     """Curve points (node count, faithfulness, completeness, random controls) for one circuit's mean IE ``ie``;
-    ``discovered``: the circuit's own node mask, scored as a separate point."""
+    ``discovered``: the circuit's own node mask, scored as a separate point (the sweep point itself, random
+    controls included, when a threshold selects the same nodes)."""
     n = space.n_nodes
     full, empty = m(torch.ones(n, dtype=torch.bool)), m(torch.zeros(n, dtype=torch.bool))
 
@@ -115,9 +116,13 @@ def faithfulness_curve(m: Callable[[Tensor], float], space: NodeSpace, ie: Tenso
 
     masks = sweep_masks(space, ie, effect, thresholds, threshold_mode)
     points = [{"threshold": t, **point(mask, t)} for t, mask in masks]
+    own = None
+    if discovered is not None:  # the sweep point with the same nodes (random controls included), else its own
+        same = [p for p, (_, mask) in zip(points, masks) if torch.equal(mask.cpu(), discovered.cpu().bool())]
+        own = {k: v for k, v in same[0].items() if k != "threshold"} if same else point(discovered, "discovered")
     points.sort(key=lambda p: p["n_nodes"])
     return {"m_full": full, "m_empty": empty, "effect": effect, "n_prompts": getattr(m, "n_prompts", None),
-            "points": points, "discovered": None if discovered is None else point(discovered, "discovered")}
+            "points": points, "discovered": own}
 
 
 def run_faithfulness(ctx, setup, inputs, thresholds: list[float], n_random: int, plot_path: Path) -> dict:

@@ -1,5 +1,6 @@
 """Forward-only measurements on chat-formatted prompts: logits at the first response position (the last prompt
-token, left padding handled by the formatter), a metric of them, and the KL divergence between two runs."""
+token, left padding handled by the formatter), a metric of them, and the KL divergence between two runs. Prompts
+are batched by length (less padding) and the results come back in the prompts' order."""
 from __future__ import annotations
 
 from typing import Callable
@@ -11,17 +12,31 @@ from torch import Tensor, nn
 from refusal.models.chat import ChatFormatter
 
 
+def by_length(prompts: list[str]) -> list[int]:
+    """Prompt indices ordered by text length (ties by index): consecutive batches then hold similar lengths."""
+    return sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+
+
+def in_order(rows: Tensor, order: list[int]) -> Tensor:
+    """``rows`` computed in ``order`` (rows[k] belongs to prompt order[k]), put back in the prompts' order."""
+    out = torch.empty_like(rows)
+    out[torch.as_tensor(order, dtype=torch.long)] = rows
+    return out
+
+
 @torch.inference_mode()
 def last_logits(model: nn.Module, formatter: ChatFormatter, prompts: list[str], batch_size: int) -> Tensor:
     """[n, vocab] float32 logits at the last prompt token of each prompt (run inside an ``intervene`` block to
     measure an intervention)."""
     device = next(model.parameters()).device
+    order = by_length(prompts)
+    ordered = [prompts[i] for i in order]
     out = []
-    for start in range(0, len(prompts), batch_size):
-        enc = formatter.encode(prompts[start:start + batch_size]).to(device)
+    for start in range(0, len(ordered), batch_size):
+        enc = formatter.encode(ordered[start:start + batch_size]).to(device)
         logits = model(**enc.model_inputs(), use_cache=False, logits_to_keep=1).logits[:, -1]
         out.append(logits.float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    return in_order(torch.cat(out), order) if out else torch.empty(0)
 
 
 def metric_values(model: nn.Module, formatter: ChatFormatter, prompts: list[str], metric: Callable[[Tensor], Tensor],

@@ -13,6 +13,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from refusal.evaluation.measure import by_length, in_order
 from refusal.models.chat import ChatFormatter, EncodedBatch
 from refusal.models.hooks import capture_activations, decoder_layers, parse_hook_name, run_until_stop
 
@@ -33,15 +34,18 @@ def without_first_layers(model: nn.Module, start: int):
 
 class PrefixCachedLogits:
     """Logits at the last prompt token of fixed ``prompts``, computed from the residual stream entering decoder
-    layer ``start`` (cached at construction). Run it inside interventions at layers >= ``start`` only."""
+    layer ``start`` (cached at construction). Run it inside interventions at layers >= ``start`` only. Batches hold
+    prompts of similar length (less padding); the logits come back in the prompts' order."""
 
     def __init__(self, model: nn.Module, formatter: ChatFormatter, prompts: list[str], batch_size: int, start: int):
         self.model = model
         device = next(model.parameters()).device
         self.batches: list[tuple[EncodedBatch, Tensor | None]] = []
         self.start = max(0, int(start))
-        for i in range(0, len(prompts), batch_size):
-            enc = formatter.encode(prompts[i:i + batch_size]).to(device)
+        self.order = by_length(prompts)
+        ordered = [prompts[i] for i in self.order]
+        for i in range(0, len(ordered), batch_size):
+            enc = formatter.encode(ordered[i:i + batch_size]).to(device)
             self.batches.append((enc, self._resid(enc) if self.start else None))
         if self.start and self.batches and not self._check():
             log.warning("prefix cache: %s does not reproduce its forward from layer %d; using full forwards",
@@ -74,7 +78,7 @@ class PrefixCachedLogits:
     def __call__(self) -> Tensor:
         """[n, vocab] float32 logits (run inside an ``intervene`` block to measure an intervention)."""
         out = [self._run(enc, resid) for enc, resid in self.batches]
-        return torch.cat(out) if out else torch.empty(0)
+        return in_order(torch.cat(out), self.order) if out else torch.empty(0)
 
 
 def first_layer(hooks, n_layers: int) -> int:

@@ -38,8 +38,9 @@ def test_tail_means_by_hand(ctx, texts):
 @pytest.fixture(scope="module")
 def candidates(ctx, texts):
     layers = list(range(ctx.loaded.n_layers))
-    return (tail_means(ctx.model, ctx.formatter, texts["toxic"], layers, 2, 4)
+    diff = (tail_means(ctx.model, ctx.formatter, texts["toxic"], layers, 2, 4)
             - tail_means(ctx.model, ctx.formatter, texts["safe"], layers, 2, 4))
+    return dict(enumerate(diff))
 
 
 def test_selection_respects_the_layer_cut_and_picks_the_lowest_ablation_score(ctx, texts, candidates):
@@ -87,3 +88,34 @@ def test_candidate_layers_restricts_the_scored_layers(ctx, texts, candidates):
     s = DirectionSettings(max_layer_fraction=0.5, candidate_layers="3")
     with pytest.raises(Exception, match="candidate_layers='3'"):
         select_direction(ctx, candidates, texts["toxic"], texts["safe"], s)
+
+
+def test_run_direction_computes_candidates_only_at_the_scored_layers(loaded, texts, tmp_path):
+    from safetensors.torch import load_file
+
+    from refusal.data import PromptSet
+    from refusal.data.records import PromptRecord
+    from refusal.evaluation.direction import run_direction
+
+    cats = ["cyber", "cyber", "fraud", "fraud"]
+    recs = [PromptRecord(f"{split}-{label}-{i}", f"{text} ({split})", cats[i] if label == "toxic" else "benign", label,
+                         "test", split)
+            for split in ("train", "val", "test") for label in ("toxic", "safe") for i, text in enumerate(texts[label])]
+    prompts = PromptSet(recs)
+    fmt = ChatFormatter(loaded.tokenizer)
+    ev = prompts.filter(split="test")
+    ctx = EvalContext(loaded, fmt, ev, SubstringJudge(), refusal_token_ids(loaded.tokenizer), batch_size=3,
+                      max_new_tokens=2, boot=Bootstrap(100), seed=0, out_dir=tmp_path)
+    s = DirectionSettings(candidate_layers=[1, 2, 3], max_layer_fraction=0.7, max_kl=10.0, induce_min_score=-100.0)
+    out = run_direction(ctx, prompts, s, tmp_path, "test")
+    saved = load_file(str(tmp_path / "direction.safetensors"))
+    assert saved["candidate_layers"].tolist() == [1, 2]  # 3 is not below 0.7 * 4
+    tr = prompts.filter(split="train")
+    want = (tail_means(loaded.model, fmt, [r.prompt for r in tr.filter(label="toxic")], [1, 2], fmt.n_post_instruction, 4)
+            - tail_means(loaded.model, fmt, [r.prompt for r in tr.filter(label="safe")], [1, 2], fmt.n_post_instruction, 4))
+    torch.testing.assert_close(saved["candidates"], want.float(), atol=1e-5, rtol=1e-5)
+    sel = out["selected"]
+    torch.testing.assert_close(saved["direction"], want[[1, 2].index(sel["layer"]), sel["position"]].float(),
+                               atol=1e-5, rtol=1e-5)
+    assert out["per_category"]["categories"] == ["cyber", "fraud"]
+    assert {r["layer"] for r in out["selection"]["candidates"]} <= {1, 2}

@@ -100,6 +100,10 @@ def test_curve_sweeps_thresholds_with_random_controls(setup):
     for p in pts:
         assert p["random"]["n"] == 2 and p["random"]["faithfulness"]["mean"] is not None
     assert curve["discovered"]["n_nodes"] == int((ie.abs() >= 0.5).sum())
+    at_half = next(p for p in pts if p["threshold"] == 0.5)  # the sweep selects the discovered nodes at 0.5
+    assert curve["discovered"] == {k: v for k, v in at_half.items() if k != "threshold"}
+    other = faithfulness_curve(s["m"], space, ie, 1.0, [0.9, 0.0], "absolute", 2, 0, "x", discovered=ie.abs() >= 0.5)
+    assert other["discovered"]["n_nodes"] == at_half["n_nodes"] and other["discovered"]["random"]["n"] == 2
     again = faithfulness_curve(s["m"], space, ie, 1.0, [0.9, 0.5, 0.0], "absolute", 2, 0, "x")
     assert again["points"] == pts  # same seed, same result
 

@@ -14,6 +14,15 @@ def prompts(texts):
     return texts["toxic"] + texts["safe"]
 
 
+def test_rows_come_back_in_the_prompts_order(loaded, prompts):
+    """Batches are formed by length; each row must still be its own prompt's logits (one unpadded forward each)."""
+    fmt = ChatFormatter(loaded.tokenizer)
+    assert sorted(prompts, key=len) != prompts  # the batching reorders these prompts
+    alone = torch.cat([last_logits(loaded.model, fmt, [p], 1) for p in prompts])
+    torch.testing.assert_close(last_logits(loaded.model, fmt, prompts, 3), alone, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(PrefixCachedLogits(loaded.model, fmt, prompts, 3, 2)(), alone, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("start", [1, 2, 3])
 def test_no_intervention_matches_the_full_forward(loaded, prompts, start):
     fmt = ChatFormatter(loaded.tokenizer)
