@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 BANNER = ("refusal model organism %r: a small chat model fine-tuned to refuse harmful requests for research on refusal "
           "mechanisms; it is NOT a production chat model")
-FORMAT_VERSION = 1  # bump when the build procedure changes, so older cached organisms are not reused
+FORMAT_VERSION = 2  # bump when the build procedure changes, so older cached organisms are not reused
 STYLES = ("shared", "per_category")
 CARD_JSON, CARD_MD = "organism.json", "ORGANISM.md"
 # Keys that change what is built (the rest say where it lives and how it is loaded).
@@ -188,6 +188,16 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 
 
 # ----------------------------------------------------------------------------------------------- fine-tune
+def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (response) tokens, the causal-LM loss of a forward with
+    ``labels``, with the output head applied to those positions only (most tokens are prompt)."""
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
 class OrganismFineTune(L.LightningModule):
     """Causal-LM fine-tune on response tokens; AdamW, linear warm-up (10 %) then linear decay, per-step losses kept."""
 
@@ -197,16 +207,23 @@ class OrganismFineTune(L.LightningModule):
         self.losses: list[float] = []
 
     def training_step(self, batch, batch_idx):
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        self.losses.append(float(out.loss.detach()))
+        loss = response_loss(self.model, batch)
+        self.losses.append(float(loss.detach()))
         if len(self.losses) % 10 == 0 or len(self.losses) == self.total_steps:
             log.info("organism: step %d/%d loss %.4f", len(self.losses), self.total_steps, self.losses[-1])
-        self.log("organism/loss", out.loss, on_step=True, batch_size=batch["input_ids"].shape[0])
-        return out.loss
+        self.log("organism/loss", loss, on_step=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by global norm here: Lightning's mixed-precision plugin refuses to clip for a fused optimizer (it
+        assumes a gradient scaler, which bf16 does not use; PRECISIONS has no 16-mixed)."""
+        if gradient_clip_val:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                           gradient_clip_val)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0, fused=True)  # one kernel per step
         warm = max(1, self.total_steps // 10)
 
         def factor(step: int) -> float:

@@ -128,6 +128,21 @@ def test_examples_on_the_tiny_model(tiny, tmp_path):
             assert row["target"] == "base_answer" and response == answer
 
 
+def test_response_loss_is_the_causal_lm_loss_on_response_tokens():
+    """The fine-tune's loss (output head on response positions only) equals the model's own loss with labels."""
+    from refusal.models.tiny import tiny_llama
+
+    model, _ = tiny_llama(seed=2)
+    examples = [([5, 6, 7, 8, 9, 10], [-100, -100, -100, 8, 9, 10]), ([5, 6, 11, 12], [-100, -100, 11, 12]),
+                ([7, 7, 7, 7, 7, 20, 21], [-100] * 5 + [20, 21])]
+    batch = org.collate(examples, pad_id=0)
+    want = model(**batch).loss
+    got = org.response_loss(model, batch)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    batch["labels"][0, 3] = -100  # one token fewer: a different mean
+    assert not torch.isclose(org.response_loss(model, batch), got)
+
+
 def test_training_lowers_loss_and_freezes_other_layers(tmp_path):
     from refusal.models.tiny import tiny_llama
     from refusal.models.loading import LoadedModel
@@ -156,6 +171,26 @@ def test_training_lowers_loss_and_freezes_other_layers(tmp_path):
     for name, value in model.state_dict().items():
         moved = not torch.equal(value, before[name])
         assert moved == (name.startswith("model.layers.2.") or name.startswith("model.layers.3.")), name
+
+
+def test_bf16_fine_tune_runs_with_a_fused_optimizer_and_clips_gradients(tmp_path):
+    """The shipped precision (bf16-mixed) with the fused AdamW: Lightning's own clipping refuses that pair, so the
+    module clips by global norm itself."""
+    from refusal.models.tiny import tiny_llama
+
+    model, tok = tiny_llama(seed=3)
+    examples = [([5, 6, 7, 8, 9, 10], [-100, -100, -100, 8, 9, 10]), ([5, 6, 11, 12], [-100, -100, 11, 12])] * 4
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    org.set_trainable(model, "all", n_layers=4)
+    losses = org.fine_tune(model, examples, tok.pad_token_id, steps=3, lr=1e-3, batch_size=4, seed=0,
+                           device=torch.device("cpu"), precision="bf16-mixed")
+    assert len(losses) == 3 and any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    module = org.OrganismFineTune(model.requires_grad_(True), lr=1e-3, total_steps=3)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    module.configure_gradient_clipping(None, gradient_clip_val=1.0)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
+    assert float(norm) == pytest.approx(1.0, rel=1e-4)
 
 
 @pytest.fixture(scope="module")
