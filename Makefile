@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/attribution.py
 	$(PY) bench/sae_vs_saelens.py
 	$(PY) bench/stream_memory.py
+	$(PY) bench/organism_step.py
 
 clean:
 	rm -rf outputs multirun .cache

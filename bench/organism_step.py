@@ -1,0 +1,80 @@
+"""Organism fine-tune step: the build's step (output head on response positions only, fused AdamW, clipping by
+global norm) ÷ the plain step (the model's own loss with ``labels``, which applies the head to every position,
+and the for-loop AdamW), same batch, same precision.
+
+python bench/organism_step.py [--model smollm2|tiny] [--batch-size 8] [--prompt-tokens 50] [--response-tokens 30]
+                              [--precision bf16|fp32] [--repeats 5]
+
+The batch mimics the organism's: a chat-formatted prompt (no loss) followed by a response (loss). Goal: ratio < 1.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from refusal.models import load_model
+from refusal.models.organism import response_loss, trainable_copy
+
+MODELS = {"smollm2": "conf/model/smollm2_135m.yaml", "tiny": "conf/model/tiny_llama.yaml"}
+
+
+def step_time(model, batch, loss_fn, fused: bool, bf16: bool, repeats: int) -> float:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0, fused=fused)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=sorted(MODELS), default="smollm2")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--prompt-tokens", type=int, default=50)
+    ap.add_argument("--response-tokens", type=int, default=30)
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    base = trainable_copy(load_model(OmegaConf.load(MODELS[args.model])).model, torch.device("cpu"))
+    vocab = base.config.vocab_size
+    T = args.prompt_tokens + args.response_tokens
+    ids = torch.randint(0, vocab, (args.batch_size, T))
+    labels = ids.clone()
+    labels[:, : args.prompt_tokens] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    bf16 = args.precision == "bf16"
+
+    def plain(m, b):
+        return m(**b).loss
+
+    times = {}
+    for name, fn, fused in (("plain", plain, False), ("build", response_loss, True)):
+        model = copy.deepcopy(base).train().requires_grad_(True)
+        times[name] = step_time(model, batch, fn, fused, bf16, args.repeats)
+    print(f"model {args.model}, batch {args.batch_size} x ({args.prompt_tokens} prompt + {args.response_tokens} "
+          f"response) tokens, {args.precision}, best of {args.repeats}")
+    print(f"plain step (head on every position, for-loop AdamW): {times['plain']:.3f} s")
+    print(f"build step (head on response positions, fused AdamW): {times['build']:.3f} s")
+    print(f"ratio build / plain: {times['build'] / times['plain']:.2f}  (goal < 1)")
+
+
+if __name__ == "__main__":
+    main()
