@@ -12,7 +12,7 @@ from transformers import GenerationConfig
 
 from refusal.behavior.score import refusal_score
 from refusal.errors import ConfigError
-from refusal.models.chat import ChatFormatter
+from refusal.models.chat import ChatFormatter, by_length
 from refusal.models.loading import LoadedModel
 
 
@@ -71,7 +71,7 @@ def generate_responses(
     n = len(prompts)
     responses, token_ids, finished = [""] * n, [[] for _ in range(n)], [False] * n
     scores = [float("nan")] * n
-    order = sorted(range(n), key=lambda i: (len(prompts[i]), i))
+    order = by_length(prompts)
     device = loaded.device
     try:
         for start in range(0, n, batch_size):

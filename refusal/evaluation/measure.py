@@ -9,12 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from refusal.models.chat import ChatFormatter
-
-
-def by_length(prompts: list[str]) -> list[int]:
-    """Prompt indices ordered by text length (ties by index): consecutive batches then hold similar lengths."""
-    return sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+from refusal.models.chat import ChatFormatter, by_length
 
 
 def in_order(rows: Tensor, order: list[int]) -> Tensor:

@@ -16,6 +16,11 @@ POSITION_MODES = ("last", "post_instruction", "prompt_mean", "all")
 _SENTINEL = "\x07REFUSAL_CIRCUITS_SENTINEL\x07"
 
 
+def by_length(prompts: list[str]) -> list[int]:
+    """Prompt indices ordered by text length (ties by index): consecutive batches then hold similar lengths."""
+    return sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+
+
 @dataclass
 class EncodedBatch:
     input_ids: torch.Tensor  # [B, T] left-padded
