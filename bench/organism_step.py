@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 from omegaconf import OmegaConf
 
 from refusal.models import load_model
+from attribution import best_of  # bench/attribution.py: warm-up, then the fastest of ``repeats`` runs
 from refusal.models.organism import response_loss, trainable_copy
 
 MODELS = {"smollm2": "conf/model/smollm2_135m.yaml", "tiny": "conf/model/tiny_llama.yaml"}
@@ -34,13 +34,7 @@ def step_time(model, batch, loss_fn, fused: bool, bf16: bool, repeats: int) -> f
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return best_of(step, repeats)
 
 
 def main() -> None:

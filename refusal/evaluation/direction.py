@@ -39,6 +39,7 @@ from refusal.utils.io import atomic_path, stable_hash
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class DirectionSettings:
     candidate_split: str = "train"
@@ -154,11 +155,11 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
     tox_by_cat = {c: [r.prompt for r in cand.filter(label="toxic", category=c)] for c in cats}
     if not safe_c or not cats:
         raise ConfigError(f"difference-in-means needs toxic and safe prompts in the {s.candidate_split} split")
-    log.info("direction: difference-in-means at layers %s from %d toxic and %d safe %s prompts", layers,
-             sum(map(len, tox_by_cat.values())), len(safe_c), s.candidate_split)
+    n_tox = sum(len(p) for p in tox_by_cat.values())
+    log.info("direction: difference-in-means at layers %s from %d toxic and %d safe %s prompts", layers, n_tox,
+             len(safe_c), s.candidate_split)
     safe_mean = tail_means(ctx.model, ctx.formatter, safe_c, layers, n_pos, ctx.batch_size)
     cat_means = {c: tail_means(ctx.model, ctx.formatter, p, layers, n_pos, ctx.batch_size) for c, p in tox_by_cat.items()}
-    n_tox = sum(len(p) for p in tox_by_cat.values())
     tox_mean = sum(len(tox_by_cat[c]) * m for c, m in cat_means.items()) / n_tox
     stacked = tox_mean - safe_mean  # [len(layers), n_pos, d]
     candidates = {layer: stacked[i] for i, layer in enumerate(layers)}
