@@ -17,14 +17,14 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from refusal.circuits.attribution import _atp
-from refusal.circuits.metric import build_metric
-from refusal.circuits.model import CircuitModel
-from refusal.circuits.patch import mean_values
-from refusal.circuits.splice import HookedSAE
+from refusal.circuit.attribution import _atp
+from refusal.circuit.metric import build_metric
+from refusal.circuit.model import CircuitModel
+from refusal.circuit.patch import mean_values
+from refusal.circuit.splice import HookedSAE
 from refusal.data import build_prompt_set
-from refusal.models import ChatFormatter, expand_hook_names, load_model
-from refusal.models.hooks import hook_width
+from refusal.model import ChatFormatter, expand_hook_names, load_model
+from refusal.model.hooks import hook_width
 from refusal.sae.model import SparseAutoencoder
 
 MODELS = {"smollm2": "conf/model/smollm2_135m.yaml", "tiny": "conf/model/tiny_llama.yaml"}

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from refusal.activations import CollectionPlan, collect_activations
 from refusal.behavior.score import refusal_token_ids
 from refusal.data import build_prompt_set
-from refusal.models import ChatFormatter, expand_hook_names, load_model
+from refusal.model import ChatFormatter, expand_hook_names, load_model
 
 MODELS = {
     "smollm2": "conf/model/smollm2_135m.yaml",

@@ -15,9 +15,9 @@ import copy
 import torch
 from omegaconf import OmegaConf
 
-from refusal.models import load_model
+from refusal.model import load_model
 from attribution import best_of  # bench/attribution.py: warm-up, then the fastest of ``repeats`` runs
-from refusal.models.organism import response_loss, trainable_copy
+from refusal.model.organism import response_loss, trainable_copy
 
 MODELS = {"smollm2": "conf/model/smollm2_135m.yaml", "tiny": "conf/model/tiny_llama.yaml"}
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
+import refusal.schemas  # noqa: F401  (config schemas for tests that compose configs)
 from refusal.data import PromptRecord, PromptSet
-from refusal.models.loading import LoadedModel
-from refusal.models.tiny import tiny_llama
+from refusal.model.loading import LoadedModel
+from refusal.model.tiny import tiny_llama
 
 WORDS = "alpha beta gamma delta river stone cloud paper lamp orbit".split()
 

@@ -16,9 +16,9 @@ from refusal.activations.store import (
     MANIFEST, ActivationStore, check_fingerprint, shard_name, write_manifest, write_shard)
 from refusal.behavior.score import refusal_score
 from refusal.errors import check_choice
-from refusal.models.chat import POSITION_MODES, ChatFormatter, EncodedBatch
-from refusal.models.hooks import capture_activations, parse_hook_name, run_until_stop
-from refusal.models.loading import LoadedModel
+from refusal.model.chat import POSITION_MODES, ChatFormatter, EncodedBatch
+from refusal.model.hooks import capture_activations, parse_hook_name, run_until_stop
+from refusal.model.loading import LoadedModel
 from refusal.utils.io import stable_hash
 
 log = logging.getLogger(__name__)

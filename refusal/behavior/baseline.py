@@ -19,8 +19,8 @@ from refusal.behavior.rates import check_ci_options, rates_by_label, summarize
 from refusal.behavior.score import refusal_token_ids
 from refusal.data.records import SPLITS, PromptSet
 from refusal.errors import ConfigError, check_choice
-from refusal.models.loading import LoadedModel
-from refusal.tracking.loggers import log_table
+from refusal.model.loading import LoadedModel
+from refusal.logger.loggers import log_table
 from refusal.utils.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)

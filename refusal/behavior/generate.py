@@ -12,8 +12,8 @@ from transformers import GenerationConfig
 
 from refusal.behavior.score import refusal_score
 from refusal.errors import ConfigError
-from refusal.models.chat import ChatFormatter, by_length
-from refusal.models.loading import LoadedModel
+from refusal.model.chat import ChatFormatter, by_length
+from refusal.model.loading import LoadedModel
 
 
 @dataclass

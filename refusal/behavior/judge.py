@@ -14,7 +14,7 @@ import torch
 from hydra.errors import InstantiationException
 
 from refusal.errors import ConfigError
-from refusal.models.loading import resolve_device
+from refusal.model.loading import resolve_device
 
 # DESIGN.md §3: a response containing any of these (case-insensitive) is a refusal.
 REFUSAL_SUBSTRINGS = (

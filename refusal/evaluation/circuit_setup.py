@@ -16,16 +16,16 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from refusal.circuits.metric import build_metric
-from refusal.circuits.model import CircuitModel
-from refusal.circuits.nodes import NodeSpace
-from refusal.circuits.patch import mean_values
-from refusal.circuits.saes import load_hooked_saes
+from refusal.circuit.metric import build_metric
+from refusal.circuit.model import CircuitModel
+from refusal.circuit.nodes import NodeSpace
+from refusal.circuit.patch import mean_values
+from refusal.circuit.saes import load_hooked_saes
 from refusal.errors import ConfigError, check_choice
 from refusal.evaluation.inputs import RunInputs
 from refusal.evaluation.nodes import NodeAblator, circuit_mask
-from refusal.models.chat import ChatFormatter
-from refusal.models.loading import LoadedModel
+from refusal.model.chat import ChatFormatter
+from refusal.model.loading import LoadedModel
 
 ABLATIONS = ("mean_safe", "mean_all", "zero")
 

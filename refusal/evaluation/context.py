@@ -14,8 +14,8 @@ from refusal.behavior.judge import Judge
 from refusal.behavior.rates import mean_interval, rate_interval, summarize
 from refusal.data.records import PromptRecord, PromptSet
 from refusal.errors import ConfigError
-from refusal.models.chat import ChatFormatter
-from refusal.models.loading import LoadedModel
+from refusal.model.chat import ChatFormatter
+from refusal.model.loading import LoadedModel
 from refusal.utils.io import stable_hash
 
 

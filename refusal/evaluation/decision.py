@@ -17,7 +17,7 @@ d[A, i] over B's prompts.
 Tests: permutation p-value of S (prompts' category labels permuted, group sizes kept, N random relabelings,
 p = (1 + #{S_null ≥ S_obs}) / (1 + N); written here because scipy.stats.permutation_test refuses groups of one
 prompt, which small held-out splits have); percentile bootstrap CIs of S, ρ and beats-random (prompts resampled
-within each category; refusal.circuits.stats.bootstrap). The same statistics are reported for the generated
+within each category; refusal.circuit.stats.bootstrap). The same statistics are reported for the generated
 refusal rate (drop = refused_base − refused_ablated), the decision uses the score.
 
 Transfer rule (:class:`TransferRule`):
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from refusal.circuits.stats import bootstrap
+from refusal.circuit.stats import bootstrap
 from refusal.errors import ConfigError
 
 TRANSFER_VERDICTS = ("modular", "monolithic", "mixed", "inconclusive")

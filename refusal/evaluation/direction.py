@@ -30,11 +30,11 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from refusal.behavior.score import refusal_score
-from refusal.circuits.plots import heatmap
+from refusal.circuit.plots import heatmap
 from refusal.errors import ConfigError
 from refusal.evaluation.interventions import ARDITI_KINDS, ActAdd, directional_ablation, intervene
 from refusal.evaluation.measure import kl_per_prompt, last_logits
-from refusal.models.hooks import capture_activations, parse_layers, run_until_stop
+from refusal.model.hooks import capture_activations, parse_layers, run_until_stop
 from refusal.utils.io import atomic_path, stable_hash
 
 log = logging.getLogger(__name__)

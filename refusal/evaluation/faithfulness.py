@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from refusal.circuits.circuit import COMBINED
-from refusal.circuits.nodes import NodeSpace
-from refusal.circuits.select import Selection, select_nodes
+from refusal.circuit.circuit import COMBINED
+from refusal.circuit.nodes import NodeSpace
+from refusal.circuit.select import Selection, select_nodes
 from refusal.evaluation.inputs import mean_ie
 from refusal.evaluation.nodes import NodeAblator, circuit_ie, counts_per_hook, random_matched, seeded_generator
 from refusal.evaluation.plots import faithfulness_plot
 from refusal.evaluation.prefix import PrefixCachedLogits, first_layer
-from refusal.models.chat import ChatFormatter
-from refusal.models.hooks import decoder_layers
+from refusal.model.chat import ChatFormatter
+from refusal.model.hooks import decoder_layers
 
 
 class AblationMetric:

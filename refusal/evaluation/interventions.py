@@ -1,7 +1,7 @@
 """Interventions on a running model, as context managers that work for plain forwards and for ``model.generate``
 with the KV cache.
 
-Each intervention edits the activation at one hook point (TransformerLens names, refusal.models.hooks):
+Each intervention edits the activation at one hook point (TransformerLens names, refusal.model.hooks):
 
 - :class:`FeatureEdit` — SAE features at a hook, with the SAE error term kept: f = encode(x), f' = f with the chosen
   features changed, x ← x + (f' − f) W_dec (so only the chosen features change; x − decode(f) stays as it was).
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from refusal.errors import check_choice
-from refusal.models.hooks import HOOK_KINDS, HookSpec, decoder_layers, parse_hook_name, register_edit
+from refusal.model.hooks import HOOK_KINDS, HookSpec, decoder_layers, parse_hook_name, register_edit
 from refusal.sae.model import SparseAutoencoder
 
 FEATURE_MODES = ("mean", "zero", "clamp", "scale")

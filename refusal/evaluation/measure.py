@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from refusal.models.chat import ChatFormatter, by_length
+from refusal.model.chat import ChatFormatter, by_length
 
 
 def in_order(rows: Tensor, order: list[int]) -> Tensor:

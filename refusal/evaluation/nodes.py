@@ -1,7 +1,7 @@
 """Circuit nodes as boolean masks over a discovery run's NodeSpace, their ablation, and random circuits of matched
 size.
 
-A mask is a bool tensor [n_nodes] in NodeSpace layout (refusal.circuits.nodes: hooks in model order; per hook the
+A mask is a bool tensor [n_nodes] in NodeSpace layout (refusal.circuit.nodes: hooks in model order; per hook the
 features then the error node; with ``aggregation: none`` one entry per node position, position fastest). Ablating
 a node sets it to its ablation value at the node positions (the last ``n_positions`` prompt tokens) through a
 :class:`~refusal.evaluation.interventions.FeatureEdit`: the other nodes of the hook keep their (recomputed) values, so
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from refusal.circuits.nodes import ERROR, NodeSpace
+from refusal.circuit.nodes import ERROR, NodeSpace
 from refusal.errors import ConfigError
 from refusal.evaluation.interventions import FeatureEdit, intervene
 from refusal.sae.model import SparseAutoencoder

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from refusal.evaluation.measure import in_order
-from refusal.models.chat import ChatFormatter, EncodedBatch, by_length
-from refusal.models.hooks import capture_activations, decoder_layers, parse_hook_name, run_until_stop
+from refusal.model.chat import ChatFormatter, EncodedBatch, by_length
+from refusal.model.hooks import capture_activations, decoder_layers, parse_hook_name, run_until_stop
 
 log = logging.getLogger(__name__)
 

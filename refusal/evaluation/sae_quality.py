@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from refusal.evaluation.interventions import Reconstruct, ZeroAblate, intervene
-from refusal.models.hooks import capture_activations
+from refusal.model.hooks import capture_activations
 from refusal.sae.model import SparseAutoencoder
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from refusal.tracking.report import Image, Report, Section, Table, Text, fmt
+from refusal.evaluation.report import Image, Report, Section, Table, Text, fmt
 
 SECTIONS = (("data", "Data summary"), ("baseline", "Baseline refusal per category"), ("sae_quality", "SAE quality"),
             ("circuits", "Circuits and similarity"), ("statistics", "Statistics"),

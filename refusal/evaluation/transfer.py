@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from refusal.behavior.score import refusal_score
-from refusal.circuits.circuit import COMBINED
+from refusal.circuit.circuit import COMBINED
 from refusal.evaluation.decision import TransferRule, transfer_statistics
 from refusal.evaluation.nodes import features_only, random_matched, seeded_generator
 from refusal.evaluation.plots import matrix_plot

@@ -10,9 +10,9 @@ from refusal.activations import CollectionPlan, collect_activations, default_sto
 from refusal.activations.collect_tasks import CollectTask
 from refusal.behavior.score import refusal_token_ids
 from refusal.data import analyze_splits, build_prompt_set
-from refusal.models import expand_hook_names, load_model
+from refusal.model import expand_hook_names, load_model
 from refusal.errors import ConfigError
-from refusal.models.loading import LoadedModel
+from refusal.model.loading import LoadedModel
 from refusal.utils.io import write_json
 
 log = logging.getLogger(__name__)

@@ -10,20 +10,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-from refusal.circuits.attribution import node_space
-from refusal.circuits.circuit import COMBINED, write_circuit
-from refusal.circuits.discovery import attribute_group, make_circuit
-from refusal.circuits.metric import build_metric
-from refusal.circuits.model import CircuitModel
-from refusal.circuits.saes import load_hooked_saes
-from refusal.circuits.select import Selection
-from refusal.circuits.summary import StatsSettings, analyse
-from refusal.circuits.verdict import DecisionRule
+from refusal.circuit.attribution import node_space
+from refusal.circuit.circuit import COMBINED, write_circuit
+from refusal.circuit.discovery import attribute_group, make_circuit
+from refusal.circuit.metric import build_metric
+from refusal.circuit.model import CircuitModel
+from refusal.circuit.saes import load_hooked_saes
+from refusal.circuit.select import Selection
+from refusal.circuit.summary import StatsSettings, analyse
+from refusal.circuit.verdict import DecisionRule
 from refusal.data import LABELS, PromptSet, build_prompt_set
 from refusal.tasks.common import adopt_run_config
 from refusal.errors import ConfigError, check_choice
-from refusal.models import ChatFormatter, load_model
-from refusal.tracking.loggers import build_loggers, log_artifact_dir, log_config, log_table, wandb_run
+from refusal.model import ChatFormatter, load_model
+from refusal.logger.loggers import build_loggers, log_artifact_dir, log_config, log_table, wandb_run
 from refusal.utils.io import atomic_path, read_json, stable_hash, write_json
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from refusal.behavior.judge import build_judge
 from refusal.tasks.common import adopt_run_config
 from refusal.behavior.rates import check_ci_options
 from refusal.behavior.score import refusal_token_ids
-from refusal.circuits.saes import load_hooked_saes
+from refusal.circuit.saes import load_hooked_saes
 from refusal.data.records import SPLITS
 from refusal.errors import ConfigError, check_choice
 from refusal.evaluation.circuit_setup import ABLATIONS, build_circuit_setup
@@ -28,11 +28,11 @@ from refusal.evaluation.interventions import ARDITI_KINDS
 from refusal.evaluation.sae_quality import sae_quality
 from refusal.evaluation.sections import build_report
 from refusal.evaluation.transfer import TransferSettings, run_transfer
-from refusal.models import ChatFormatter, load_model
-from refusal.models.chat import POSITION_MODES
-from refusal.models.hooks import HOOK_KINDS, parse_layers
-from refusal.tracking.loggers import build_loggers, log_config, log_table, wandb_run
-from refusal.tracking.report import log_report, write_report
+from refusal.model import ChatFormatter, load_model
+from refusal.model.chat import POSITION_MODES
+from refusal.model.hooks import HOOK_KINDS, parse_layers
+from refusal.logger.loggers import build_loggers, log_config, log_table, wandb_run
+from refusal.evaluation.report import log_report, write_report
 from refusal.utils.io import write_json
 
 log = logging.getLogger(__name__)

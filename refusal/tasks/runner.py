@@ -6,9 +6,10 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
+import refusal.schemas  # noqa: F401  (config schemas, before Hydra composes)
 from refusal.errors import ConfigError
-from refusal.models.organism import BANNER
-from refusal.tracking.loggers import finish
+from refusal.model.organism import BANNER
+from refusal.logger.loggers import finish
 
 
 def announce_model(cfg: DictConfig) -> None:

@@ -13,12 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 from refusal.activations.datamodule import ActivationDataModule
 from refusal.behavior.baseline import measure_baseline
 from refusal.errors import ConfigError
-from refusal.models import load_model
-from refusal.models.hooks import hook_width
+from refusal.model import load_model
+from refusal.model.hooks import hook_width
 from refusal.sae.config import SAEConfig
 from refusal.sae.module import SAELightningModule
 from refusal.tasks.common import activation_store, prepare_prompts
-from refusal.tracking.loggers import build_loggers, log_artifact_dir, log_config, log_table
+from refusal.logger.loggers import build_loggers, log_artifact_dir, log_config, log_table
 from refusal.utils.io import read_json, stable_hash, write_json
 
 log = logging.getLogger(__name__)

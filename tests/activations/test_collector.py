@@ -5,7 +5,7 @@ import refusal.activations.collector as collector
 from refusal.activations import ActivationStore, CollectionPlan, collect_activations
 from refusal.behavior.score import refusal_score, refusal_token_ids
 from refusal.errors import ConfigError
-from refusal.models.chat import ChatFormatter
+from refusal.model.chat import ChatFormatter
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
 

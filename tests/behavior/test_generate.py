@@ -2,7 +2,7 @@
 import torch
 
 from refusal.behavior.generate import generate_responses, stop_token_ids
-from refusal.models.loading import LoadedModel
+from refusal.model.loading import LoadedModel
 
 PROMPTS = ["hi", "tell me about rivers and stones", "x", "what is a lamp?"]
 

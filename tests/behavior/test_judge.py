@@ -9,7 +9,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from refusal.behavior.judge import REFUSAL_SUBSTRINGS, ClassifierJudge, SubstringJudge, build_judge
 from refusal.errors import ConfigError
-from refusal.models.tiny import byte_tokenizer
+from refusal.model.tiny import byte_tokenizer
 
 JUDGE_CONF = Path(__file__).resolve().parents[2] / "conf" / "behavior" / "judge"
 

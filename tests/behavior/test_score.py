@@ -5,7 +5,7 @@ import torch
 
 from refusal.behavior.generate import generate_responses
 from refusal.behavior.score import refusal_score, refusal_token_ids
-from refusal.models.chat import ChatFormatter
+from refusal.model.chat import ChatFormatter
 
 
 def by_hand(logits: list[float], ids: list[int]) -> float:

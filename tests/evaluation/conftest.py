@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refusal.models.loading import LoadedModel
-from refusal.models.tiny import tiny_llama
+from refusal.model.loading import LoadedModel
+from refusal.model.tiny import tiny_llama
 from refusal.sae.model import SparseAutoencoder
 
 

@@ -9,8 +9,8 @@ from refusal.behavior.judge import SubstringJudge
 from refusal.behavior.score import refusal_token_ids
 from refusal.evaluation.context import Bootstrap, EvalContext
 from refusal.evaluation.direction import DirectionSettings, select_direction, tail_means
-from refusal.models.chat import ChatFormatter
-from refusal.models.hooks import capture_activations
+from refusal.model.chat import ChatFormatter
+from refusal.model.hooks import capture_activations
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from refusal.behavior.score import refusal_score, refusal_token_ids
-from refusal.circuits.nodes import NodeSpace
+from refusal.circuit.nodes import NodeSpace
 from refusal.evaluation.faithfulness import AblationMetric, faithfulness_curve, ratio, score_circuit, sweep_masks
 from refusal.evaluation.interventions import intervene
 from refusal.evaluation.measure import metric_values
 from refusal.evaluation.nodes import (NodeAblator, circuit_mask, counts_per_hook, node_index, random_matched,
                                       seeded_generator)
-from refusal.models.chat import ChatFormatter
-from refusal.models.hooks import capture_activations
+from refusal.model.chat import ChatFormatter
+from refusal.model.hooks import capture_activations
 
 HOOKS = ("blocks.1.hook_resid_post", "blocks.2.hook_resid_post")
 D_SAE = 24

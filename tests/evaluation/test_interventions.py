@@ -5,8 +5,8 @@ import torch
 
 from refusal.evaluation.interventions import (ActAdd, DirectionalAblation, FeatureEdit, Reconstruct, ZeroAblate,
                                               directional_ablation, intervene)
-from refusal.models.chat import ChatFormatter
-from refusal.models.hooks import capture_activations
+from refusal.model.chat import ChatFormatter
+from refusal.model.hooks import capture_activations
 
 HOOK = "blocks.1.hook_resid_post"
 

@@ -6,7 +6,7 @@ import torch
 from refusal.evaluation.interventions import ActAdd, FeatureEdit, intervene
 from refusal.evaluation.measure import last_logits
 from refusal.evaluation.prefix import PrefixCachedLogits, first_layer
-from refusal.models.chat import ChatFormatter
+from refusal.model.chat import ChatFormatter
 
 
 @pytest.fixture(scope="module")

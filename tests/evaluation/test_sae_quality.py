@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from refusal.evaluation.sae_quality import sae_quality, selected_tokens
-from refusal.models.chat import ChatFormatter
-from refusal.models.hooks import capture_activations
+from refusal.model.chat import ChatFormatter
+from refusal.model.hooks import capture_activations
 
 HOOK = "blocks.1.hook_resid_post"
 

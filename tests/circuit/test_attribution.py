@@ -6,11 +6,11 @@ from circuits_testlib import HOOKS, SAFE, TOXIC, make_cm
 from scipy.stats import mannwhitneyu, spearmanr
 
 from refusal.behavior.score import refusal_token_ids
-from refusal.circuits.attribution import attribute, node_space
-from refusal.circuits.patch import PatchSource
-from refusal.circuits.splice import HookedSAE
+from refusal.circuit.attribution import attribute, node_space
+from refusal.circuit.patch import PatchSource
+from refusal.circuit.splice import HookedSAE
 from refusal.errors import ConfigError
-from refusal.models.tiny import tiny_llama
+from refusal.model.tiny import tiny_llama
 from refusal.sae.model import SparseAutoencoder
 
 PLANTED = [0, 1, 2, 3]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from refusal.circuits.nodes import NodeSpace
+from refusal.circuit.nodes import NodeSpace
 from refusal.utils.io import write_json
 
 SIG_DIGITS = 8

@@ -15,9 +15,9 @@ import logging
 
 import torch
 
-from refusal.circuits.model import CircuitModel
-from refusal.circuits.nodes import NodeSpace, aggregate
-from refusal.circuits.patch import PatchSource
+from refusal.circuit.model import CircuitModel
+from refusal.circuit.nodes import NodeSpace, aggregate
+from refusal.circuit.patch import PatchSource
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from refusal.circuits.select import Selection, select_nodes
+from refusal.circuit.select import Selection, select_nodes
 from refusal.errors import ConfigError
 
 IE = torch.tensor([0.5, -0.4, 0.05, 0.0, 0.3, -0.2, 0.1, 0.01, 0.02, -0.6])

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from refusal.data import PromptRecord, build_prompt_set
 from refusal.errors import ConfigError
-from refusal.models import organism as org
-from refusal.models.loading import load_model
+from refusal.model import organism as org
+from refusal.model.loading import load_model
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 CATEGORIES = ("cybercrime", "violence", "illegal")
@@ -130,7 +130,7 @@ def test_examples_on_the_tiny_model(tiny, tmp_path):
 
 def test_response_loss_is_the_causal_lm_loss_on_response_tokens():
     """The fine-tune's loss (output head on response positions only) equals the model's own loss with labels."""
-    from refusal.models.tiny import tiny_llama
+    from refusal.model.tiny import tiny_llama
 
     model, _ = tiny_llama(seed=2)
     examples = [([5, 6, 7, 8, 9, 10], [-100, -100, -100, 8, 9, 10]), ([5, 6, 11, 12], [-100, -100, 11, 12]),
@@ -144,8 +144,8 @@ def test_response_loss_is_the_causal_lm_loss_on_response_tokens():
 
 
 def test_training_lowers_loss_and_freezes_other_layers(tmp_path):
-    from refusal.models.tiny import tiny_llama
-    from refusal.models.loading import LoadedModel
+    from refusal.model.tiny import tiny_llama
+    from refusal.model.loading import LoadedModel
 
     model, tok = tiny_llama(seed=1)
     tok.padding_side = "left"
@@ -176,7 +176,7 @@ def test_training_lowers_loss_and_freezes_other_layers(tmp_path):
 def test_bf16_fine_tune_runs_with_a_fused_optimizer_and_clips_gradients(tmp_path):
     """The shipped precision (bf16-mixed) with the fused AdamW: Lightning's own clipping refuses that pair, so the
     module clips by global norm itself."""
-    from refusal.models.tiny import tiny_llama
+    from refusal.model.tiny import tiny_llama
 
     model, tok = tiny_llama(seed=3)
     examples = [([5, 6, 7, 8, 9, 10], [-100, -100, -100, 8, 9, 10]), ([5, 6, 11, 12], [-100, -100, 11, 12])] * 4
@@ -202,7 +202,7 @@ def built(tmp_path_factory):
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logger = logging.getLogger("refusal.models.organism")
+    logger = logging.getLogger("refusal.model.organism")
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)

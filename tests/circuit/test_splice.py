@@ -3,8 +3,8 @@ import pytest
 import torch
 from circuits_testlib import HOOKS, SAFE, TOXIC, make_cm
 
-from refusal.circuits.splice import run_model, splice
-from refusal.models.hooks import HOOK_KINDS
+from refusal.circuit.splice import run_model, splice
+from refusal.model.hooks import HOOK_KINDS
 
 
 def _plain_logits(cm, enc):
@@ -57,8 +57,8 @@ def test_read_gradient_equals_unspliced_gradient(cm):
         leaf = x[:, -P:].detach().requires_grad_(True)
         store["x"] = leaf
         return torch.cat([x[:, :-P], leaf], 1)
-    from refusal.models.hooks import register_edit
-    from refusal.models.hooks import HookSpec, decoder_layers
+    from refusal.model.hooks import register_edit
+    from refusal.model.hooks import HookSpec, decoder_layers
     handle = register_edit(decoder_layers(cm.model)[1], HookSpec(1, HOOK_KINDS.index("hook_resid_post")), grab)
     try:
         m = cm.metric(run_model(cm.model, enc.model_inputs()))
@@ -74,7 +74,7 @@ def test_every_hook_kind_splices_unchanged(frozen_tiny, kind):
     hook = f"blocks.2.{kind}"
     from circuits_testlib import random_sae
 
-    from refusal.circuits.splice import HookedSAE
+    from refusal.circuit.splice import HookedSAE
     d_in = 128 if kind == "mlp.hook_post" else 64
     cm = make_cm(model, tok, hooks=(hook,), saes={hook: HookedSAE(hook, random_sae(d_in, 16, 0))})
     enc = cm.encode(TOXIC[:3])

@@ -1,6 +1,6 @@
 import torch
 
-from refusal.models.chat import ChatFormatter
+from refusal.model.chat import ChatFormatter
 
 
 def test_user_text_and_post_instruction_located(tiny):

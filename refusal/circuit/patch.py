@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from refusal.circuits.model import CircuitModel, Values
+from refusal.circuit.model import CircuitModel, Values
 from refusal.errors import ConfigError, check_choice
 
 PATCHES = ("mean_safe", "zero", "paired")

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refusal.circuits.metric import build_metric
-from refusal.circuits.model import CircuitModel
-from refusal.circuits.splice import HookedSAE
-from refusal.models.chat import ChatFormatter
-from refusal.models.tiny import tiny_llama
+from refusal.circuit.metric import build_metric
+from refusal.circuit.model import CircuitModel
+from refusal.circuit.splice import HookedSAE
+from refusal.model.chat import ChatFormatter
+from refusal.model.tiny import tiny_llama
 from refusal.sae.model import SparseAutoencoder
 
 HOOKS = ("blocks.1.hook_resid_post", "blocks.2.hook_resid_post")

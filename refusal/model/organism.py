@@ -30,9 +30,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from refusal.data.records import PromptRecord, PromptSet
 from refusal.errors import ConfigError, check_choice
-from refusal.models.chat import ChatFormatter
-from refusal.models.hooks import decoder_layers, parse_layers
-from refusal.models.loading import DTYPES, LoadedModel, _gguf_in, find_package_dir, resolve_device
+from refusal.model.chat import ChatFormatter
+from refusal.model.hooks import decoder_layers, parse_layers
+from refusal.model.loading import DTYPES, LoadedModel, _gguf_in, find_package_dir, resolve_device
 from refusal.utils.io import read_json, stable_hash, write_json
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ def fine_tune(model, examples: list[tuple[list[int], list[int]]], pad_id: int, *
 def base_identity(base_cfg) -> tuple[str, LoadedModel | None]:
     """(weights hash of the base, the loaded base if it had to be loaded to know it). File-backed bases are hashed
     from their files, without loading the model."""
-    from refusal.models.loading import load_model
+    from refusal.model.loading import load_model
 
     source, path = base_cfg.get("source"), base_cfg.get("path")
     files: list[Path] = []
@@ -595,7 +595,7 @@ def organism_dir(cfg) -> Path:
 
 def load_organism(cfg) -> LoadedModel:
     """Build the organism the ``model`` config describes (first use) or load it from the cache (seconds)."""
-    from refusal.models.loading import load_model
+    from refusal.model.loading import load_model
 
     log.info(BANNER, str(cfg.get("name")))
     key, key_parts, train, test, base = resolve(cfg)

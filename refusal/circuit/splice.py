@@ -25,7 +25,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from refusal.models.hooks import HOOK_KINDS, HookSpec, StopForward, decoder_layers, parse_hook_name, register_edit
+from refusal.model.hooks import HOOK_KINDS, HookSpec, StopForward, decoder_layers, parse_hook_name, register_edit
 from refusal.sae.model import SparseAutoencoder
 
 MODES = ("read", "set", "capture", "observe", "relay")

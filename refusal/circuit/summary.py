@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refusal.circuits.circuit import Circuit, rnd
-from refusal.circuits.compare import SIMILARITIES, mean_offdiag, shared_core, similarities
-from refusal.circuits.discovery import PromptGroup, circuit_from_rows
-from refusal.circuits.nodes import NodeSpace
-from refusal.circuits.plots import heatmap
-from refusal.circuits.select import Selection
-from refusal.circuits.stats import bootstrap, global_test, pairwise_tests
-from refusal.circuits.verdict import DecisionRule
+from refusal.circuit.circuit import Circuit, rnd
+from refusal.circuit.compare import SIMILARITIES, mean_offdiag, shared_core, similarities
+from refusal.circuit.discovery import PromptGroup, circuit_from_rows
+from refusal.circuit.nodes import NodeSpace
+from refusal.circuit.plots import heatmap
+from refusal.circuit.select import Selection
+from refusal.circuit.stats import bootstrap, global_test, pairwise_tests
+from refusal.circuit.verdict import DecisionRule
 from refusal.errors import ConfigError
 
 

@@ -2,14 +2,14 @@
 attribution (attribution, patch, metric), edges, node selection (select), circuits as JSON (circuit, discovery),
 comparison across categories (compare), permutation tests and bootstrap (stats), the verdict (verdict),
 heatmaps (plots) and the discovery summary (summary)."""
-from refusal.circuits.attribution import METHODS, Attributions, attribute, node_space
-from refusal.circuits.circuit import Circuit, circuit_filename
-from refusal.circuits.model import CircuitModel
-from refusal.circuits.nodes import AGGREGATIONS, POSITIONS, NodeSpace
-from refusal.circuits.patch import PATCHES, PatchSource
-from refusal.circuits.select import Selection
-from refusal.circuits.splice import HookedSAE, splice
-from refusal.circuits.verdict import DecisionRule
+from refusal.circuit.attribution import METHODS, Attributions, attribute, node_space
+from refusal.circuit.circuit import Circuit, circuit_filename
+from refusal.circuit.model import CircuitModel
+from refusal.circuit.nodes import AGGREGATIONS, POSITIONS, NodeSpace
+from refusal.circuit.patch import PATCHES, PatchSource
+from refusal.circuit.select import Selection
+from refusal.circuit.splice import HookedSAE, splice
+from refusal.circuit.verdict import DecisionRule
 
 __all__ = ["AGGREGATIONS", "Attributions", "Circuit", "CircuitModel", "DecisionRule", "HookedSAE", "METHODS",
            "NodeSpace", "PATCHES", "POSITIONS", "PatchSource", "Selection", "attribute", "circuit_filename",

@@ -5,13 +5,13 @@ from dataclasses import dataclass
 
 import torch
 
-from refusal.circuits.attribution import Attributions, attribute
-from refusal.circuits.circuit import Circuit
-from refusal.circuits.edges import compute_edges
-from refusal.circuits.model import CircuitModel
-from refusal.circuits.nodes import NodeSpace
-from refusal.circuits.patch import PatchSource
-from refusal.circuits.select import Selection, select_edges, select_nodes
+from refusal.circuit.attribution import Attributions, attribute
+from refusal.circuit.circuit import Circuit
+from refusal.circuit.edges import compute_edges
+from refusal.circuit.model import CircuitModel
+from refusal.circuit.nodes import NodeSpace
+from refusal.circuit.patch import PatchSource
+from refusal.circuit.select import Selection, select_edges, select_nodes
 from refusal.data import PromptRecord
 
 

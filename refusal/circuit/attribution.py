@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-from refusal.circuits.model import CircuitModel, Values
-from refusal.circuits.nodes import NodeSpace, aggregate
-from refusal.circuits.patch import PatchSource
+from refusal.circuit.model import CircuitModel, Values
+from refusal.circuit.nodes import NodeSpace, aggregate
+from refusal.circuit.patch import PatchSource
 from refusal.errors import ConfigError, check_choice
-from refusal.models.chat import EncodedBatch
+from refusal.model.chat import EncodedBatch
 
 METHODS = ("atp", "ig", "exact", "stats")
 EXACT_ROWS = 64  # prompts × patched nodes per forward of the exact method

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from refusal.errors import ConfigError
-from refusal.models.chat import ChatFormatter
-from refusal.models.hooks import capture_activations, expand_hook_names, parse_hook_name, parse_layers, run_until_stop
+from refusal.model.chat import ChatFormatter
+from refusal.model.hooks import capture_activations, expand_hook_names, parse_hook_name, parse_layers, run_until_stop
 
 
 def test_layer_specs():

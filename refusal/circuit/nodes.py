@@ -17,7 +17,7 @@ from functools import cached_property
 import torch
 
 from refusal.errors import ConfigError, check_choice
-from refusal.models.chat import EncodedBatch
+from refusal.model.chat import EncodedBatch
 
 POSITIONS = ("post_instruction", "last")
 AGGREGATIONS = ("sum", "mean", "max", "none")

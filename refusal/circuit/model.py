@@ -7,10 +7,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from refusal.circuits.nodes import node_position_count
-from refusal.circuits.splice import HookedSAE, run_model, splice
+from refusal.circuit.nodes import node_position_count
+from refusal.circuit.splice import HookedSAE, run_model, splice
 from refusal.errors import ConfigError
-from refusal.models.chat import ChatFormatter, EncodedBatch
+from refusal.model.chat import ChatFormatter, EncodedBatch
 
 Values = dict[str, tuple[torch.Tensor, torch.Tensor]]
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 from circuits_testlib import SAFE, TOXIC
 
-from refusal.circuits.attribution import attribute, node_space
-from refusal.circuits.edges import compute_edges
-from refusal.circuits.patch import PatchSource
-from refusal.circuits.select import Selection, select_edges
+from refusal.circuit.attribution import attribute, node_space
+from refusal.circuit.edges import compute_edges
+from refusal.circuit.patch import PatchSource
+from refusal.circuit.select import Selection, select_edges
 
 
 @pytest.mark.parametrize("aggregation", ["sum", "mean"])

@@ -5,19 +5,19 @@ import pytest
 import torch
 from circuits_testlib import SAFE, TOXIC, make_cm, random_sae
 
-from refusal.circuits.attribution import Attributions, node_space
-from refusal.circuits.circuit import Circuit, circuit_filename, write_circuit
-from refusal.circuits.discovery import PromptGroup, attribute_group, circuit_from_rows, make_circuit
-from refusal.circuits.nodes import NodeSpace
-from refusal.circuits.saes import load_hooked_saes
-from refusal.circuits.select import Selection
-from refusal.circuits.splice import HookedSAE
-from refusal.circuits.summary import StatsSettings, analyse
-from refusal.circuits.verdict import DecisionRule
+from refusal.circuit.attribution import Attributions, node_space
+from refusal.circuit.circuit import Circuit, circuit_filename, write_circuit
+from refusal.circuit.discovery import PromptGroup, attribute_group, circuit_from_rows, make_circuit
+from refusal.circuit.nodes import NodeSpace
+from refusal.circuit.saes import load_hooked_saes
+from refusal.circuit.select import Selection
+from refusal.circuit.splice import HookedSAE
+from refusal.circuit.summary import StatsSettings, analyse
+from refusal.circuit.verdict import DecisionRule
 from refusal.data import PromptRecord
 from refusal.errors import ConfigError
-from refusal.models.loading import LoadedModel
-from refusal.models.tiny import tiny_llama
+from refusal.model.loading import LoadedModel
+from refusal.model.tiny import tiny_llama
 from refusal.sae.io import save_saelens
 
 HOOKS = ("blocks.1.hook_resid_post", "blocks.2.hook_resid_post")

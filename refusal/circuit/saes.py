@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from refusal.circuits.splice import HookedSAE
+from refusal.circuit.splice import HookedSAE
 from refusal.errors import ConfigError
-from refusal.models.hooks import hook_width, parse_hook_name
-from refusal.models.loading import LoadedModel
+from refusal.model.hooks import hook_width, parse_hook_name
+from refusal.model.loading import LoadedModel
 from refusal.sae.io import WEIGHTS_FILE, load_saelens
 from refusal.utils.io import file_hash
 

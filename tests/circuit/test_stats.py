@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from refusal.circuits.compare import shared_core, similarities
-from refusal.circuits.stats import bootstrap, global_test, pairwise_tests
-from refusal.circuits.verdict import DecisionRule
+from refusal.circuit.compare import shared_core, similarities
+from refusal.circuit.stats import bootstrap, global_test, pairwise_tests
+from refusal.circuit.verdict import DecisionRule
 
 N_FEATURES, N_PER_CAT, N_CATS = 40, 8, 3
 

@@ -92,7 +92,7 @@ def load_model(cfg) -> LoadedModel:
     source = cfg.source
     check_choice("model.source", source, SOURCES)
     if source == "organism":  # a fine-tuned refusal organism: built on first use, then loaded from its cache
-        from refusal.models.organism import load_organism
+        from refusal.model.organism import load_organism
 
         return load_organism(cfg)
     dtype_name = cfg.get("dtype", "float32")
@@ -102,7 +102,7 @@ def load_model(cfg) -> LoadedModel:
     weight_files: list[Path] = []
 
     if source == "tiny":
-        from refusal.models.tiny import tiny_llama
+        from refusal.model.tiny import tiny_llama
 
         t = cfg.tiny
         model, tokenizer = tiny_llama(t.n_layers, t.d_model, t.n_heads, t.d_mlp, seed=cfg.get("seed", 0))

@@ -1,0 +1,9 @@
+"""Registers the schema of every config group in Hydra's ConfigStore (see refusal/config.py). Imported by the entry
+points (through refusal.tasks.runner) and by the tests before any config is composed."""
+import importlib
+
+# one module per package that owns a config group; each registers its schema(s) when imported
+SCHEMA_MODULES: tuple[str, ...] = ()
+
+for _module in SCHEMA_MODULES:
+    importlib.import_module(_module)
