@@ -8,7 +8,7 @@ IE of a node = m(clean) − m(clean with that node set to its patch value), esti
   each node × position; a node whose patch value equals its clean value is 0 without a run); ground truth for
   small node sets, refused above ``exact_max_nodes``;
 - ``stats``: not an effect — the contrastive activation difference a_clean − a_patch of each feature (the norm
-  of the difference for error nodes); the older system's ranking, kept as a baseline.
+  of the difference for error nodes); the older system's ranking, kept as a reference method to compare with.
 Results are per prompt ([n_prompts, n_nodes], aggregated over positions as configured) so that statistics can
 regroup prompts without another model pass.
 """

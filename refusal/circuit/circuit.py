@@ -14,7 +14,6 @@ from refusal.circuit.nodes import NodeSpace
 from refusal.utils.io import write_json
 
 SIG_DIGITS = 8
-KINDS = ("toxic", "safe")
 COMBINED = "all"  # category name of the circuit over every toxic prompt
 
 

@@ -1,5 +1,6 @@
-"""The decision rule that turns the statistics into a verdict: monolithic | modular | mixed.
+"""The decision rules that turn statistics into verdicts, and the final verdict that combines them.
 
+Discovery rule (:class:`DecisionRule`, on the similarity statistics of refusal.circuit.summary):
     modular     the global permutation test rejects (p ≤ alpha)
                 AND at least ``modular_min_pair_fraction`` of category pairs differ (BH-adjusted p ≤ alpha)
                 AND the shared core carries < ``modular_max_core_mass`` of the circuits' feature |IE| mass
@@ -19,19 +20,39 @@ needs positive evidence: a core carrying at least half of every circuit's mass o
 and 0.5 is deliberately "mixed". The comparison and the tests use the SAE features only; when the error nodes
 (what the SAEs fail to reconstruct) carry most of the effect (> 0.5), the features are not where the mechanism
 is visible, and neither structural verdict is supported.
+
+Transfer rule (:class:`TransferRule`, on the transfer-matrix statistics of refusal.evaluation.transfer):
+    inconclusive  mean own-category drop ≤ 0, or the beats-random CI does not lie above 0
+    modular       p(S) ≤ alpha and ρ ≤ modular_max_transfer
+    monolithic    p(S) > alpha and ρ ≥ monolithic_min_transfer
+    mixed         otherwise
+
+Combined verdict (:func:`combine`): the causal transfer verdict and the discovery (similarity) verdict agree →
+that verdict; transfer modular/monolithic and discovery mixed → the transfer verdict (the causal test is the more
+direct one); they contradict (modular vs monolithic) or transfer is mixed → mixed; transfer missing or
+inconclusive → the discovery verdict, flagged as correlational only; neither → none.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
+from refusal.config import number
 from refusal.errors import ConfigError
 
-VERDICTS = ("monolithic", "modular", "mixed")
 RULE = ("modular if global p <= alpha and the fraction of category pairs with BH-adjusted p <= alpha is >= "
         "modular_min_pair_fraction and mean core mass < modular_max_core_mass and mean error mass <= "
         "max_error_mass; monolithic if global p > alpha and mean core mass >= monolithic_min_core_mass and mean "
         "error mass <= max_error_mass; otherwise mixed")
+TRANSFER_RULE = ("inconclusive if the mean own-category score drop <= 0 or the beats-random CI is not above 0; "
+                 "modular if p(S) <= alpha and transfer ratio <= modular_max_transfer; monolithic if p(S) > alpha and "
+                 "transfer ratio >= monolithic_min_transfer; otherwise mixed")
+
+
+def _check_fractions(rule, prefix: str) -> None:
+    """Every threshold of a rule is a number in [0, 1]."""
+    for name, v in asdict(rule).items():
+        number(f"{prefix}.{name}", v, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -43,9 +64,7 @@ class DecisionRule:
     max_error_mass: float = 0.5
 
     def __post_init__(self):
-        for name, v in asdict(self).items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise ConfigError(f"circuit.statistics.{name}={v!r} is not valid; use a number in [0, 1]")
+        _check_fractions(self, "circuit.statistics")
 
     def decide(self, global_p: float, pair_differs: list[bool], core_mass: float, error_mass: float) -> dict:
         rejects = global_p <= self.alpha
@@ -63,3 +82,49 @@ class DecisionRule:
                 "evidence": {"global_p": global_p, "global_rejects": rejects, "pair_fraction_differ": pair_fraction,
                              "mean_core_mass": core_mass if core_known else None,
                              "mean_error_mass": None if math.isnan(error_mass) else error_mass}}
+
+
+@dataclass(frozen=True)
+class TransferRule:
+    alpha: float = 0.05
+    modular_max_transfer: float = 0.5
+    monolithic_min_transfer: float = 0.8
+
+    def __post_init__(self):
+        _check_fractions(self, "evaluation.transfer")
+        if self.modular_max_transfer > self.monolithic_min_transfer:
+            raise ConfigError(f"evaluation.transfer.modular_max_transfer={self.modular_max_transfer} is above "
+                              f"monolithic_min_transfer={self.monolithic_min_transfer}; it must not be")
+
+    def decide(self, stats: dict) -> dict:
+        diag, rho, p = stats["mean_diagonal"], stats["transfer_ratio"], stats["p_value"]
+        beat = stats.get("ci", {}).get("beats_random")
+        beats_random = None if beat is None else bool(beat["low"] > 0)
+        if not diag > 0 or beats_random is False:
+            verdict = "inconclusive"
+        elif p <= self.alpha and rho <= self.modular_max_transfer:
+            verdict = "modular"
+        elif p > self.alpha and rho >= self.monolithic_min_transfer:
+            verdict = "monolithic"
+        else:
+            verdict = "mixed"
+        return {"verdict": verdict, "rule": TRANSFER_RULE, "thresholds": asdict(self),
+                "evidence": {"specificity": stats["specificity"], "p_value": p, "transfer_ratio": rho,
+                             "mean_diagonal": diag, "beats_random": beats_random}}
+
+
+def combine(discovery: str | None, transfer: str | None) -> dict:
+    """The final verdict from the discovery verdict (similarity statistics) and the transfer verdict (causal)."""
+    decisive = ("modular", "monolithic")
+    if transfer in (None, "inconclusive"):
+        if discovery is None:
+            return {"verdict": None, "basis": "no evidence: neither discovery nor transfer results"}
+        why = "transfer was not run" if transfer is None else "the transfer test was inconclusive"
+        return {"verdict": discovery, "basis": f"discovery statistics only (correlational; {why})"}
+    if discovery is None:
+        return {"verdict": transfer, "basis": "transfer test only (no discovery verdict)"}
+    if transfer == discovery:
+        return {"verdict": transfer, "basis": "discovery and transfer agree"}
+    if transfer in decisive and discovery == "mixed":
+        return {"verdict": transfer, "basis": "causal transfer test decides where discovery was mixed"}
+    return {"verdict": "mixed", "basis": f"discovery says {discovery}, transfer says {transfer}"}

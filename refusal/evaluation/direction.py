@@ -1,4 +1,5 @@
-"""The refusal-direction baseline (Arditi et al. 2024): one direction in the residual stream that mediates refusal.
+"""The refusal direction (Arditi et al. 2024), a reference method to compare the circuits with: one direction in the
+residual stream that mediates refusal.
 
 1. Candidates: r[l, p] = mean(toxic) − mean(safe) of the residual stream at the input of layer l
    (``blocks.{l}.hook_resid_pre``) and post-instruction position p (aligned from the end of the prompt), on the
@@ -139,36 +140,64 @@ def _rate_rows(ctx, items: list[dict], condition: str) -> list[dict]:
     return [{"condition": condition, **row} for row in ctx.summarize(items)] if items else []
 
 
+def _candidates(ctx, prompts, s: DirectionSettings, layers: list[int]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(difference-in-means candidates [len(layers), n_pos, d], mean safe activation, {category: mean toxic
+    activation}) on the ``candidate_split`` prompts."""
+    n_pos = ctx.formatter.n_post_instruction
+    cand = prompts.filter(split=s.candidate_split)
+    safe = [r.prompt for r in cand.filter(label="safe")]
+    tox_by_cat = {c: [r.prompt for r in cand.filter(label="toxic", category=c)] for c in cand.categories(label="toxic")}
+    if not safe or not tox_by_cat:
+        raise ConfigError(f"difference-in-means needs toxic and safe prompts in the {s.candidate_split} split")
+    n_tox = sum(len(p) for p in tox_by_cat.values())
+    log.info("direction: difference-in-means at layers %s from %d toxic and %d safe %s prompts", layers, n_tox,
+             len(safe), s.candidate_split)
+    safe_mean = tail_means(ctx.model, ctx.formatter, safe, layers, n_pos, ctx.batch_size)
+    cat_means = {c: tail_means(ctx.model, ctx.formatter, p, layers, n_pos, ctx.batch_size) for c, p in tox_by_cat.items()}
+    tox_mean = sum(len(tox_by_cat[c]) * m for c, m in cat_means.items()) / n_tox
+    return tox_mean - safe_mean, safe_mean, cat_means
+
+
+def _selection_prompts(ctx, prompts, s: DirectionSettings) -> tuple[list[str], list[str]]:
+    """(toxic, safe) prompts of the ``selection_split``, at most ``n_selection_prompts`` each, seeded."""
+    sel = prompts.filter(split=s.selection_split)
+    toxic, safe = ([r.prompt for r in _subset(list(sel.filter(label=label)), s.n_selection_prompts, ctx.seed, label)]
+                   for label in ("toxic", "safe"))
+    if not toxic or not safe:
+        raise ConfigError(f"the {s.selection_split} split needs toxic and safe prompts to select a refusal direction")
+    return toxic, safe
+
+
+def _held_out(ctx, r: Tensor, layer: int, s: DirectionSettings) -> dict:
+    """Refusal rates under ablation and actadd on the evaluation split, and the KL on its safe prompts."""
+    toxic, hard, safe = (list(ctx.prompts.filter(label=lb)) for lb in ("toxic", "hard", "safe"))
+    base = ctx.baseline_items
+    with intervene(ctx.model, directional_ablation(r, ctx.loaded.n_layers, s.ablation_hooks)):
+        ablated = ctx.generate(toxic + hard + safe, name="direction_ablation")
+        ablated_safe_logits = last_logits(ctx.model, ctx.formatter, [x.prompt for x in safe], ctx.batch_size)
+    with intervene(ctx.model, [ActAdd(f"blocks.{layer}.hook_resid_pre", r, s.actadd_coeff)]):
+        added = ctx.generate(safe + hard, name="direction_actadd")
+    base_safe_logits = last_logits(ctx.model, ctx.formatter, [x.prompt for x in safe], ctx.batch_size)
+    kl = kl_per_prompt(base_safe_logits, ablated_safe_logits).numpy() if safe else np.zeros(0)
+    kl_lo, kl_hi = ctx.mean_ci(kl, "direction", "kl") if len(kl) else (None, None)
+    kl_mean = float(kl.mean()) if len(kl) else None
+    return {"kl_safe": {"mean": kl_mean, "ci_low": kl_lo, "ci_high": kl_hi, "n": len(kl)},
+            "rates": (_rate_rows(ctx, [base[x.id] for x in toxic + hard + safe], "baseline")
+                      + _rate_rows(ctx, ablated, "ablation") + _rate_rows(ctx, added, "actadd"))}
+
+
 def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_split: str) -> dict:
-    """The whole baseline on ``train_prompts`` (the full prompt set: the candidate and selection splits are read
+    """The whole method on ``train_prompts`` (the full prompt set: the candidate and selection splits are read
     from it) and ``ctx.prompts`` (the evaluation split)."""
     for name in ("candidate_split", "selection_split"):
         if getattr(s, name) == eval_split:
             raise ConfigError(f"evaluation.direction.{name}={getattr(s, name)!r} is the evaluation split; choose a "
                               "held-out one (train or val)")
-    n_layers = ctx.loaded.n_layers
     n_pos = ctx.formatter.n_post_instruction
-    layers = scored_layers(s, n_layers)
-    cand = train_prompts.filter(split=s.candidate_split)
-    safe_c = [r.prompt for r in cand.filter(label="safe")]
-    cats = cand.categories(label="toxic")
-    tox_by_cat = {c: [r.prompt for r in cand.filter(label="toxic", category=c)] for c in cats}
-    if not safe_c or not cats:
-        raise ConfigError(f"difference-in-means needs toxic and safe prompts in the {s.candidate_split} split")
-    n_tox = sum(len(p) for p in tox_by_cat.values())
-    log.info("direction: difference-in-means at layers %s from %d toxic and %d safe %s prompts", layers, n_tox,
-             len(safe_c), s.candidate_split)
-    safe_mean = tail_means(ctx.model, ctx.formatter, safe_c, layers, n_pos, ctx.batch_size)
-    cat_means = {c: tail_means(ctx.model, ctx.formatter, p, layers, n_pos, ctx.batch_size) for c, p in tox_by_cat.items()}
-    tox_mean = sum(len(tox_by_cat[c]) * m for c, m in cat_means.items()) / n_tox
-    stacked = tox_mean - safe_mean  # [len(layers), n_pos, d]
+    layers = scored_layers(s, ctx.loaded.n_layers)
+    stacked, safe_mean, cat_means = _candidates(ctx, train_prompts, s, layers)
     candidates = {layer: stacked[i] for i, layer in enumerate(layers)}
-
-    sel = train_prompts.filter(split=s.selection_split)
-    tox_s = [r.prompt for r in _subset(list(sel.filter(label="toxic")), s.n_selection_prompts, ctx.seed, "toxic")]
-    safe_s = [r.prompt for r in _subset(list(sel.filter(label="safe")), s.n_selection_prompts, ctx.seed, "safe")]
-    if not tox_s or not safe_s:
-        raise ConfigError(f"the {s.selection_split} split needs toxic and safe prompts to select a refusal direction")
+    tox_s, safe_s = _selection_prompts(ctx, train_prompts, s)
     log.info("direction: scoring %d candidates on %d toxic and %d safe %s prompts", len(layers) * n_pos,
              len(tox_s), len(safe_s), s.selection_split)
     selection = select_direction(ctx, candidates, tox_s, safe_s, s)
@@ -177,23 +206,12 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
     r = candidates[layer][pos].float()
     log.info("direction: selected layer %d position %d; generating under ablation and actadd", layer,
              best["position"])
+    held_out = _held_out(ctx, r, layer, s)
 
-    ev = ctx.prompts
-    toxic, hard, safe = (list(ev.filter(label=lb)) for lb in ("toxic", "hard", "safe"))
-    base = ctx.baseline_items
-    with intervene(ctx.model, directional_ablation(r, n_layers, s.ablation_hooks)):
-        ablated = ctx.generate(toxic + hard + safe, name="direction_ablation")
-        ablated_safe_logits = last_logits(ctx.model, ctx.formatter, [x.prompt for x in safe], ctx.batch_size)
-    with intervene(ctx.model, [ActAdd(f"blocks.{layer}.hook_resid_pre", r, s.actadd_coeff)]):
-        added = ctx.generate(safe + hard, name="direction_actadd")
-    base_safe_logits = last_logits(ctx.model, ctx.formatter, [x.prompt for x in safe], ctx.batch_size)
-    kl = kl_per_prompt(base_safe_logits, ablated_safe_logits).numpy() if safe else np.zeros(0)
-
-    li = layers.index(layer)
+    li, cats = layers.index(layer), list(cat_means)
     per_cat = torch.stack([cat_means[c][li, pos] - safe_mean[li, pos] for c in cats])
     cos = _cosines(per_cat)
     with_global = _cosines(torch.cat([r.double()[None], per_cat]))[0, 1:]
-
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "direction.safetensors") as tmp:
         save_file({"direction": r.contiguous(), "candidates": stacked.float().contiguous(),
@@ -201,14 +219,9 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
                    "per_category": per_cat.float().contiguous()}, str(tmp))
     plot = str(heatmap(cos, cats, f"cosine of per-category refusal directions (layer {layer}, pos {best['position']})",
                        out_dir / "direction_cosine.png", vmin=-1.0))
-    kl_lo, kl_hi = ctx.mean_ci(kl, "direction", "kl") if len(kl) else (None, None)
     return {
         "selected": best, "filters_passed": selection["filters_passed"], "fallback": selection["fallback"],
-        "selection": selection,
-        "n_candidates": len(selection["candidates"]), "settings": asdict(s),
-        "kl_safe": {"mean": float(kl.mean()) if len(kl) else None, "ci_low": kl_lo, "ci_high": kl_hi, "n": len(kl)},
-        "rates": (_rate_rows(ctx, [base[x.id] for x in toxic + hard + safe], "baseline")
-                  + _rate_rows(ctx, ablated, "ablation") + _rate_rows(ctx, added, "actadd")),
+        "selection": selection, "n_candidates": len(selection["candidates"]), "settings": asdict(s), **held_out,
         "per_category": {"categories": cats, "cosine": cos.tolist(), "cosine_with_selected": with_global.tolist()},
         "plot": plot,
     }

@@ -30,7 +30,7 @@ from refusal.circuit.nodes import NodeSpace
 from refusal.circuit.select import Selection, select_nodes
 from refusal.evaluation.inputs import mean_ie
 from refusal.evaluation.nodes import NodeAblator, circuit_ie, counts_per_hook, random_matched, seeded_generator
-from refusal.evaluation.plots import faithfulness_plot
+from refusal.circuit.plots import faithfulness_plot
 from refusal.evaluation.prefix import PrefixCachedLogits, first_layer
 from refusal.model.chat import ChatFormatter
 from refusal.model.hooks import decoder_layers

@@ -1,9 +1,7 @@
 """Forward-only measurements on chat-formatted prompts: logits at the first response position (the last prompt
-token, left padding handled by the formatter), a metric of them, and the KL divergence between two runs. Prompts
-are batched by length (less padding) and the results come back in the prompts' order."""
+token, left padding handled by the formatter) and the KL divergence between two runs. Prompts are batched by
+length (less padding) and the results come back in the prompts' order."""
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +30,6 @@ def last_logits(model: nn.Module, formatter: ChatFormatter, prompts: list[str], 
         logits = model(**enc.model_inputs(), use_cache=False, logits_to_keep=1).logits[:, -1]
         out.append(logits.float().cpu())
     return in_order(torch.cat(out), order) if out else torch.empty(0)
-
-
-def metric_values(model: nn.Module, formatter: ChatFormatter, prompts: list[str], metric: Callable[[Tensor], Tensor],
-                  batch_size: int) -> Tensor:
-    """[n] float64 metric (e.g. the refusal score) per prompt."""
-    if not prompts:
-        return torch.empty(0, dtype=torch.float64)
-    return metric(last_logits(model, formatter, prompts, batch_size)).double()
 
 
 def kl_per_prompt(base_logits: Tensor, new_logits: Tensor) -> Tensor:

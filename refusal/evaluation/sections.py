@@ -16,7 +16,7 @@ from refusal.evaluation.report import Image, Report, Section, Table, Text, fmt
 SECTIONS = (("data", "Data summary"), ("baseline", "Baseline refusal per category"), ("sae_quality", "SAE quality"),
             ("circuits", "Circuits and similarity"), ("statistics", "Statistics"),
             ("faithfulness", "Faithfulness and completeness"), ("transfer", "Transfer matrix"),
-            ("direction", "Refusal direction baseline"), ("verdict", "Verdict"))
+            ("direction", "Refusal direction (reference method)"), ("verdict", "Verdict"))
 TITLES = dict(SECTIONS)
 
 

@@ -1,5 +1,5 @@
 """evaluate.py's task: a train and/or discover run dir -> baseline behavior, SAE quality, faithfulness and
-completeness curves, the cross-category transfer matrix, the refusal-direction baseline, the verdict, and
+completeness curves, the cross-category transfer matrix, the refusal direction (a reference method), the verdict, and
 report.md / report.html (every stage's JSON next to them). A stage whose inputs are absent is reported missing."""
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from refusal.tasks.common import adopt_run_config
 from refusal.behavior.rates import check_ci_options
 from refusal.behavior.score import refusal_token_ids
 from refusal.circuit.saes import load_hooked_saes
+from refusal.circuit.verdict import TransferRule, combine
 from refusal.data.records import SPLITS
 from refusal.errors import ConfigError, check_choice
 from refusal.evaluation.circuit_setup import ABLATIONS, build_circuit_setup
 from refusal.evaluation.context import Bootstrap, EvalContext
-from refusal.evaluation.decision import TransferRule, clean, combine
 from refusal.evaluation.direction import DirectionSettings, run_direction
 from refusal.evaluation.faithfulness import run_faithfulness
 from refusal.evaluation.inputs import RunInputs, load_inputs
@@ -33,7 +33,7 @@ from refusal.model.chat import POSITION_MODES
 from refusal.model.hooks import HOOK_KINDS, parse_layers
 from refusal.logger.loggers import build_loggers, log_config, log_table, wandb_run
 from refusal.evaluation.report import log_report, write_report
-from refusal.utils.io import write_json
+from refusal.utils.io import json_safe, write_json
 
 log = logging.getLogger(__name__)
 STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction")
@@ -211,16 +211,16 @@ def evaluate(cfg: DictConfig) -> float | None:
 
     log.info("evaluate: report")
     for stage, res in results.items():
-        write_json(run_dir / f"{stage}.json", clean(res))
+        write_json(run_dir / f"{stage}.json", json_safe(res))
     transfer = results["transfer"] if results["transfer"] and "decision" in results["transfer"] else None
     verdict = combine(inputs.discovery.get("verdict") if inputs.discovery else None,
                       transfer["decision"]["verdict"] if transfer else None)
-    write_json(run_dir / "verdict.json", clean(verdict))
+    write_json(run_dir / "verdict.json", json_safe(verdict))
     meta = {"model": model_name, "train_dir": str(inputs.train_dir) if inputs.train_dir else None,
             "discover_dir": str(inputs.discover_dir) if inputs.discover_dir else None, "evaluation split": s.split,
             "stages": ", ".join(f"{k}: {(v or {}).get('status', 'done')}" for k, v in results.items()),
             "seed": int(cfg.seed)}
-    report = build_report(clean({"meta": meta, "data_analysis": inputs.data_analysis,
+    report = build_report(json_safe({"meta": meta, "data_analysis": inputs.data_analysis,
                                  "train_manifest": inputs.train_manifest, "discovery": inputs.discovery,
                                  "discover_dir": str(inputs.discover_dir) if inputs.discover_dir else None,
                                  **results, "verdict": verdict}))

@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -36,6 +38,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically, keys sorted so equal objects give byte-identical files."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN/inf -> None and numpy scalars -> Python, dicts and lists walked (valid, portable JSON)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    return obj
 
 
 def read_json(path: str | os.PathLike) -> Any:

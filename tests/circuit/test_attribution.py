@@ -68,8 +68,8 @@ def test_planted_features_rank_first(planted, method, patch):
     assert auroc(score, positive) >= 0.95
 
 
-def test_stats_baseline_does_not_know_the_mechanism(planted):
-    """The activation-difference baseline ranks by |Δf| only; the planted features are not singled out."""
+def test_stats_reference_does_not_know_the_mechanism(planted):
+    """The activation-difference reference method ranks by |Δf| only; the planted features are not singled out."""
     src = PatchSource("mean_safe", planted, SAFE)
     a = attribute(planted, TOXIC, src, "stats", "sum")
     atp = attribute(planted, TOXIC, src, "atp", "sum")

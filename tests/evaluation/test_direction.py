@@ -1,4 +1,4 @@
-"""Refusal-direction baseline on the tiny model: difference-in-means candidates by hand, the selection filters
+"""The refusal direction on the tiny model: difference-in-means candidates by hand, the selection filters
 (layer cut, KL, induced refusal) and the fallback when nothing passes."""
 from pathlib import Path
 

@@ -8,7 +8,7 @@ from refusal.behavior.score import refusal_score, refusal_token_ids
 from refusal.circuit.nodes import NodeSpace
 from refusal.evaluation.faithfulness import AblationMetric, faithfulness_curve, ratio, score_circuit, sweep_masks
 from refusal.evaluation.interventions import intervene
-from refusal.evaluation.measure import metric_values
+from refusal.evaluation.measure import last_logits
 from refusal.evaluation.nodes import (NodeAblator, circuit_mask, counts_per_hook, node_index, random_matched,
                                       seeded_generator)
 from refusal.model.chat import ChatFormatter
@@ -43,7 +43,7 @@ def setup(loaded, random_sae, texts):
 def test_full_model_is_the_unablated_model(setup, loaded, texts):
     s = setup
     full = s["m"].per_prompt(torch.ones(s["space"].n_nodes, dtype=torch.bool))
-    plain = metric_values(loaded.model, s["fmt"], texts["toxic"], s["metric"], batch_size=4)
+    plain = s["metric"](last_logits(loaded.model, s["fmt"], texts["toxic"], batch_size=4)).double()
     torch.testing.assert_close(full, plain, atol=1e-6, rtol=1e-6)
 
 
@@ -60,7 +60,7 @@ def test_empty_circuit_is_the_mean_activation(setup, loaded, texts):
         def edit(self, a):
             return s["means"][last].expand_as(a)
     with intervene(loaded.model, [SetToMean()], positions=P):
-        expected = metric_values(loaded.model, s["fmt"], texts["toxic"], s["metric"], batch_size=4)
+        expected = s["metric"](last_logits(loaded.model, s["fmt"], texts["toxic"], batch_size=4)).double()
     torch.testing.assert_close(empty, expected, atol=1e-5, rtol=1e-5)
     assert (empty - s["m"].per_prompt(torch.ones(s["space"].n_nodes, dtype=torch.bool))).abs().max() > 1e-4
 

@@ -1,11 +1,11 @@
 """The transfer-matrix statistic and rule on synthetic per-prompt drops: block-diagonal evidence is modular with a
-small p-value, uniform evidence is monolithic, circuits no better than random ones are inconclusive; and the
-combined verdict."""
+small p-value, uniform evidence is monolithic, circuits no better than random ones are inconclusive."""
 import numpy as np
 import pytest
 
 from refusal.errors import ConfigError
-from refusal.evaluation.decision import TransferRule, cell_means, combine, specificity, transfer_statistics
+from refusal.circuit.verdict import TransferRule
+from refusal.evaluation.transfer import cell_means, specificity, transfer_statistics
 
 C, N = 4, 8  # categories, prompts per category
 
@@ -68,21 +68,6 @@ def test_statistic_is_seeded():
 def test_needs_two_categories_with_prompts():
     with pytest.raises(ConfigError, match="2 categories"):
         transfer_statistics(np.ones((1, 3)), np.zeros(3, dtype=int), None, 10, 10, 0.95, 0)
-
-
-def test_rule_thresholds_are_checked():
-    with pytest.raises(ConfigError, match="modular_max_transfer"):
-        TransferRule(modular_max_transfer=0.9, monolithic_min_transfer=0.5)
-    with pytest.raises(ConfigError, match="alpha"):
-        TransferRule(alpha=2)
-
-
-@pytest.mark.parametrize("discovery,transfer,expected", [
-    ("modular", "modular", "modular"), ("mixed", "monolithic", "monolithic"), ("modular", "monolithic", "mixed"),
-    ("monolithic", "mixed", "mixed"), ("modular", "inconclusive", "modular"), ("modular", None, "modular"),
-    (None, "modular", "modular"), (None, None, None)])
-def test_combined_verdict(discovery, transfer, expected):
-    assert combine(discovery, transfer)["verdict"] == expected
 
 
 def test_specificity_ignores_row_and_column_effects():
