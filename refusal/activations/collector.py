@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from refusal.activations.collect_tasks import CollectTask
 from refusal.activations.store import (
-    MANIFEST, ActivationStore, check_fingerprint, shard_name, write_manifest, write_shard)
+    ActivationStore, check_fingerprint, damaged_shards, file_record, known_record, record_path, shard_damage,
+    shard_name, write_manifest, write_shard)
 from refusal.behavior.score import refusal_score
 from refusal.errors import check_choice
 from refusal.model.chat import POSITION_MODES, ChatFormatter, EncodedBatch
@@ -102,19 +103,21 @@ def collect_activations(
     progress: bool = True,
     task: CollectTask = CollectTask(),
 ) -> ActivationStore | None:
-    """Collect ``task``'s shards into ``store_dir`` (resuming: complete shards are kept). If every shard is then
-    present, mark the store complete and return it; else (other tasks still collecting) return None."""
+    """Collect ``task``'s shards into ``store_dir`` (resuming: complete shards whose size and hash match their
+    records are kept, damaged ones collected again). If every shard is then present, mark the store complete and
+    return it; else (other tasks still collecting) return None."""
     store_dir = Path(store_dir)
-    model, n_layers = loaded.model, loaded.n_layers
-    specs = [parse_hook_name(h, n_layers) for h in plan.hooks]
-    deepest = max(s.layer for s in specs)
+    deepest = max(parse_hook_name(h, loaded.n_layers).layer for h in plan.hooks)
     # The score needs the final layer. One full pass that yields both is cheaper than an early-stopped pass
     # plus a second full one, so early stopping applies when no score is recorded.
-    stop = plan.stop_early and not plan.record_refusal_score and deepest < n_layers - 1
+    stop = plan.stop_early and not plan.record_refusal_score and deepest < loaded.n_layers - 1
     fp = fingerprint(loaded, prompts, plan, refusal_ids)
     existing = check_fingerprint(store_dir, fp)
     if existing and existing.get("complete"):
-        return ActivationStore(store_dir)
+        damaged = damaged_shards(store_dir, existing)
+        if not damaged:
+            return ActivationStore(store_dir)
+        _reopen(store_dir, existing, damaged)
 
     records = list(prompts)
     order = store_order([r.id for r in records], plan.seed)
@@ -127,61 +130,105 @@ def collect_activations(
         "d_model_by_hook": {},
         "positions": plan.positions,
         "dtype": plan.dtype,
-        "model": {"name": loaded.name, "weights_hash": loaded.weights_hash, "n_layers": n_layers},
+        "model": {"name": loaded.name, "weights_hash": loaded.weights_hash, "n_layers": loaded.n_layers},
         "refusal_token_ids": refusal_ids,
         "prompts": [{"id": r.id, "category": r.category, "label": r.label, "split": r.split, "source": r.source} for r in records],
         "shards": [{"file": shard_name(i), "prompt_range": [a, b]} for i, (a, b) in enumerate(shards)],
     }
     store_dir.mkdir(parents=True, exist_ok=True)
-    if not (store_dir / MANIFEST).exists():  # an existing one has the same fingerprint, hence the same content
+    if existing is None:  # an existing one has the same fingerprint, hence the same content
         write_manifest(store_dir, manifest)
+    entries = (existing or manifest)["shards"]  # with the records of a completed store's intact shards
 
-    fmt = ChatFormatter(loaded.tokenizer, plan.system_prompt, plan.max_length)
-    out_dtype = STORE_DTYPES[plan.dtype]
-    device = loaded.device
     mine = task.shard_range(len(shards))
     bar = tqdm(total=sum(b - a for a, b in shards[mine.start : mine.stop]), desc="collect", unit="prompt",
                disable=not progress)
+    collected = []
     for i in mine:
-        a, b = shards[i]
         path = store_dir / shard_name(i)
-        if path.exists():
-            bar.update(b - a)
+        if path.exists() and _intact(path, entries[i]):
+            bar.update(shards[i][1] - shards[i][0])
             continue
-        # within a shard, batch prompts of similar length to waste little on padding
-        local = sorted(range(a, b), key=lambda j: (len(records[j].prompt), j))
-        acts = {h: [] for h in plan.hooks}
-        meta = {"prompt_index": [], "position": [], "from_end": []}
-        scores = torch.zeros(b - a, dtype=torch.float64)
-        n_tokens = torch.zeros(b - a, dtype=torch.int32)
-        for s in range(0, len(local), plan.batch_size):
-            idx = local[s : s + plan.batch_size]
-            enc = fmt.encode([records[j].prompt for j in idx]).to(device)
-            with capture_activations(model, plan.hooks, stop_early=stop) as cache:
-                out = run_until_stop(lambda: model(**enc.model_inputs(), logits_to_keep=1))
-            if plan.record_refusal_score:
-                scores[[j - a for j in idx]] = refusal_score(out.logits[:, -1], refusal_ids).cpu()
-            n_tokens[[j - a for j in idx]] = enc.n_tokens.to(torch.int32).cpu()
-            batch_acts, batch_meta = _rows_for_batch(enc, cache, plan, idx)
-            for h in plan.hooks:
-                acts[h].extend(t.to("cpu", out_dtype) for t in batch_acts[h])
-            for k in meta:
-                meta[k].extend(t.cpu() for t in batch_meta[k])
-            bar.update(len(idx))
-        tensors = {f"acts.{h}": torch.cat(acts[h]) for h in plan.hooks}
-        tensors.update({k: torch.cat(v) for k, v in meta.items()})
-        tensors.update({"refusal_score": scores, "n_tokens": n_tokens})
-        write_shard(path, tensors)
+        write_shard(path, _collect_shard(loaded, plan, refusal_ids, records, shards[i], stop, bar))
+        collected.append(i)
     bar.close()
+    log.info("collect task %d/%d: collected %d of its %d shards, kept %d already complete", task.index,
+             task.count, len(collected), len(mine), len(mine) - len(collected))
     missing = [i for i in range(len(shards)) if not (store_dir / shard_name(i)).exists()]
     if missing:  # another task is still collecting these; whichever finishes last completes the store
         log.info("collect task %d/%d done; %d of %d shards still missing in %s", task.index, task.count,
                  len(missing), len(shards), store_dir)
         return None
-    manifest["d_model_by_hook"] = _hook_widths(store_dir, plan.hooks)
+    _complete(store_dir, manifest, entries)
+    return ActivationStore(store_dir)
+
+
+def _intact(path: Path, entry: dict) -> bool:
+    """Whether a shard left by an earlier run matches its record (size, header and hash); if not it is removed."""
+    problem = shard_damage(path, known_record(path, entry), full=True)
+    if problem is not None:
+        log.warning("activation store %s: %s is damaged (%s); collecting it again", path.parent, path.name, problem)
+        path.unlink()
+    return problem is None
+
+
+def _reopen(store_dir: Path, manifest: dict, damaged: dict[int, str]) -> None:
+    """Mark a complete store with damaged shards incomplete and remove those shards, so they are collected again."""
+    entries = [dict(e) for e in manifest["shards"]]
+    for i, problem in damaged.items():
+        log.warning("activation store %s: %s is damaged (%s); collecting it again", store_dir, entries[i]["file"],
+                    problem)
+        (store_dir / entries[i]["file"]).unlink(missing_ok=True)
+        record_path(store_dir / entries[i]["file"]).unlink(missing_ok=True)
+        entries[i] = {k: entries[i][k] for k in ("file", "prompt_range")}
+    manifest.update(complete=False, shards=entries)
+    write_manifest(store_dir, manifest)
+
+
+def _complete(store_dir: Path, manifest: dict, entries: list[dict]) -> None:
+    """Write the complete manifest with every shard's record, then remove the shards' side files."""
+    paths = [store_dir / e["file"] for e in manifest["shards"]]
+    manifest["shards"] = [{**e, **(known_record(p, old) or file_record(p))}
+                          for e, old, p in zip(manifest["shards"], entries, paths)]
+    manifest["d_model_by_hook"] = _hook_widths(store_dir, manifest["hooks"])
     manifest["complete"] = True
     write_manifest(store_dir, manifest)
-    return ActivationStore(store_dir)
+    for p in paths:
+        record_path(p).unlink(missing_ok=True)
+
+
+def _collect_shard(loaded: LoadedModel, plan: CollectionPlan, refusal_ids: list[int], records: list, span, stop: bool,
+                   bar) -> dict[str, torch.Tensor]:
+    """The tensors of the shard holding the prompts ``records[a:b]`` (``span``); ``stop``: stop each forward after
+    the deepest hook."""
+    a, b = span
+    model = loaded.model
+    fmt = ChatFormatter(loaded.tokenizer, plan.system_prompt, plan.max_length)
+    out_dtype = STORE_DTYPES[plan.dtype]
+    # within a shard, batch prompts of similar length to waste little on padding
+    local = sorted(range(a, b), key=lambda j: (len(records[j].prompt), j))
+    acts = {h: [] for h in plan.hooks}
+    meta = {"prompt_index": [], "position": [], "from_end": []}
+    scores = torch.zeros(b - a, dtype=torch.float64)
+    n_tokens = torch.zeros(b - a, dtype=torch.int32)
+    for s in range(0, len(local), plan.batch_size):
+        idx = local[s : s + plan.batch_size]
+        enc = fmt.encode([records[j].prompt for j in idx]).to(loaded.device)
+        with capture_activations(model, plan.hooks, stop_early=stop) as cache:
+            out = run_until_stop(lambda: model(**enc.model_inputs(), logits_to_keep=1))
+        if plan.record_refusal_score:
+            scores[[j - a for j in idx]] = refusal_score(out.logits[:, -1], refusal_ids).cpu()
+        n_tokens[[j - a for j in idx]] = enc.n_tokens.to(torch.int32).cpu()
+        batch_acts, batch_meta = _rows_for_batch(enc, cache, plan, idx)
+        for h in plan.hooks:
+            acts[h].extend(t.to("cpu", out_dtype) for t in batch_acts[h])
+        for k in meta:
+            meta[k].extend(t.cpu() for t in batch_meta[k])
+        bar.update(len(idx))
+    tensors = {f"acts.{h}": torch.cat(acts[h]) for h in plan.hooks}
+    tensors.update({k: torch.cat(v) for k, v in meta.items()})
+    tensors.update({"refusal_score": scores, "n_tokens": n_tokens})
+    return tensors
 
 
 def _hook_widths(store_dir: Path, hooks: list[str]) -> dict[str, int]:
