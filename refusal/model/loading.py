@@ -78,6 +78,23 @@ def _gguf_in(directory: Path, gguf_file: str | None) -> Path:
     return found[0]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_dir(directory: Path) -> list[Path]:
+    """The weight files of a local Hugging Face model dir; a one-line ConfigError naming what it lacks (config.json,
+    weights, tokenizer files) when it cannot be a complete model."""
+    weights = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    missing = [] if (directory / "config.json").is_file() else ["config.json"]
+    if not weights:
+        missing.append("weights (*.safetensors or *.bin)")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        missing.append(f"tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+    if missing:
+        raise ConfigError(f"model.path={str(directory)!r} is not a complete model dir: it lacks {'; '.join(missing)}")
+    return weights
+
+
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -127,7 +144,7 @@ def load_model(cfg) -> LoadedModel:
             path = str(directory)
         else:  # hf: a local dir or a name already in the local HF cache; never the hub
             if Path(path).is_dir():
-                weight_files = sorted(Path(path).glob("*.safetensors")) or sorted(Path(path).glob("*.bin"))
+                weight_files = check_model_dir(Path(path))
             kwargs["local_files_only"] = True
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
