@@ -34,9 +34,17 @@ def test_tasks_in_any_order_give_the_one_process_store(tiny, prompts, tmp_path):
     assert _files(split) == _files(tmp_path / "single")  # same shards, byte for byte, and the same manifest
 
 
+def _shard_stats(store_dir: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(store_dir.glob("shard_*.safetensors"))}
+
+
 def test_a_rerun_in_one_process_finishes_what_tasks_left(tiny, prompts, tmp_path):
     assert _collect(tiny, prompts, tmp_path / "s", CollectTask(0, 2)) is None
+    first = _shard_stats(tmp_path / "s")
+    assert len(first) == 3
     assert _collect(tiny, prompts, tmp_path / "s") is not None
+    after = _shard_stats(tmp_path / "s")
+    assert {k: after[k] for k in first} == first  # task 0's shards were kept, not collected again
     _collect(tiny, prompts, tmp_path / "ref")
     assert _files(tmp_path / "s") == _files(tmp_path / "ref")
 

@@ -58,8 +58,9 @@ def test_killed_collection_resumes_to_identical_store(tiny, prompts, tmp_path, m
     def dying_write(path, tensors):
         if len(written) == 2:
             raise KeyboardInterrupt("killed")
-        real_write(path, tensors)
+        record = real_write(path, tensors)
         written.append(path)
+        return record
 
     monkeypatch.setattr(collector, "write_shard", dying_write)
     with pytest.raises(KeyboardInterrupt):
@@ -68,8 +69,10 @@ def test_killed_collection_resumes_to_identical_store(tiny, prompts, tmp_path, m
         ActivationStore(tmp_path / "run")
     assert not list((tmp_path / "run").glob(".*tmp"))  # nothing half-written left behind
     monkeypatch.setattr(collector, "write_shard", real_write)
+    kept = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in written}
     again = _collect(tiny, prompts, tmp_path / "run")
     assert again.n_shards == ref.n_shards > 2
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in written} == kept  # finished shards not rewritten
     for h in HOOKS:
         assert torch.equal(again.load_hook(h)[0], ref.load_hook(h)[0])
     assert torch.equal(again.per_prompt["refusal_score"], ref.per_prompt["refusal_score"])

@@ -52,8 +52,11 @@ def test_resume_last_in_same_dir_and_refuse_changed_settings(workdir, run_entry)
     first = run_entry("train.py", *run, cwd=workdir)
     assert first.returncode == 0, first.stderr[-2000:]
     assert (workdir / "run" / "checkpoints" / "last.ckpt").exists()
+    shards = sorted((workdir / "cache" / "activations").glob("*/shard_*.safetensors"))
+    stats = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in shards]
     again = run_entry("train.py", *run, cwd=workdir)  # resumes the finished run: nothing left to train
     assert again.returncode == 0, again.stderr[-2000:]
+    assert shards and [(p.stat().st_ino, p.stat().st_mtime_ns) for p in shards] == stats  # the store was reused
     baseline = workdir / "run" / "behavior" / "baseline.json"
     summary = json.loads(baseline.read_text())
     assert summary["split"] == "test" and set(summary["refusal_rate"]) == {"toxic", "safe", "hard"}
