@@ -2,7 +2,8 @@
 
 Installs ``slurm-wlm`` and ``munge`` with apt when missing (CI runs as root). Everything SLURM writes lives in a
 temp dir (config, state, spool, PID files, free ports); clients find it through ``SLURM_CONF``. The daemons are
-stopped afterwards by the PIDs in their PID files. Skips, with the reason, only without root or without apt.
+stopped afterwards by the PIDs in their PID files. Skips, with the reason, only without root or without apt
+(see :mod:`slurm_install`; under CI a failed install fails).
 """
 from __future__ import annotations
 
@@ -15,30 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from slurm_install import require_slurm, sh as _sh
 
 MUNGE_PID = Path("/run/munge/munged.pid")
-
-
-def _sh(*cmd: str, timeout: int = 60, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def _install() -> str | None:
-    """None when slurmctld, slurmd and munged are present (installing them if needed), else the skip reason."""
-    if all(shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in ("slurmctld", "slurmd", "munged")):
-        return None
-    if os.geteuid() != 0:
-        return "the slurm tests need root to install and run slurm-wlm/munge (not root here)"
-    if shutil.which("apt-get") is None:
-        return "the slurm tests need apt-get to install slurm-wlm and munge (no apt-get here)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    res = _sh("apt-get", "install", "-y", "-qq", "slurm-wlm", "munge", timeout=600, env=env)
-    if res.returncode != 0:  # stale package lists: refresh once
-        _sh("apt-get", "update", "-qq", timeout=300, env=env)
-        res = _sh("apt-get", "install", "-y", "-qq", "slurm-wlm", "munge", timeout=600, env=env)
-    if res.returncode != 0:
-        return f"apt-get install slurm-wlm munge failed (apt unavailable?): {res.stderr.strip()[-300:]}"
-    return None
 
 
 def _alive(pid_file: Path) -> int | None:
@@ -121,9 +101,7 @@ def _stop(pid_file: Path) -> None:
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """Yields the environment (a dict) under which sbatch/squeue/scontrol and submitit reach the cluster."""
-    reason = _install()
-    if reason:
-        pytest.skip(reason)
+    require_slurm()
     if os.geteuid() != 0:
         pytest.skip("the slurm tests need root to run slurmctld/slurmd as SlurmUser=root (not root here)")
     root = Path(tmp_path_factory.mktemp("slurm"))
