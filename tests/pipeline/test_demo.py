@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+VERDICTS = ("modular", "monolithic", "mixed", "inconclusive")
 
 
 def demo_commands(out: Path) -> list[list[str]]:
@@ -19,6 +20,43 @@ def demo_commands(out: Path) -> list[list[str]]:
     recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", text, re.M).group(1)
     lines = [ln.strip().replace("$(DEMO)", str(out)) for ln in recipe.splitlines()]
     return [shlex.split(ln)[1:] for ln in lines if ln.startswith("$(PY)")]
+
+
+def report_problems(page: str, verdict: str | None) -> list[str]:
+    """What is wrong with an evaluation report page: any section marked missing, and a verdict section whose
+    verdict line is absent or differs from the run's ``verdict`` (one of VERDICTS)."""
+    sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page, re.S))
+    problems = [f"section {key!r} is marked missing" for key, body in sections.items() if "Missing:" in body]
+    if verdict not in VERDICTS:
+        problems.append(f"the run's verdict {verdict!r} is not one of {VERDICTS}")
+    if f"<b>Verdict: {verdict}</b>" not in sections.get("verdict", ""):
+        problems.append(f"the verdict section does not say 'Verdict: {verdict}'")
+    return problems
+
+
+PAGE = """<h1>refusal-circuits evaluation report</h1>
+<section id="data"><h2>1. Data summary</h2>
+<p>42 prompts</p>
+</section>
+<section id="transfer"><h2>2. Transfer matrix</h2>
+<p class="missing"><b>Missing:</b> no circuits to ablate</p>
+</section>
+<section id="verdict"><h2>3. Verdict</h2>
+<p><b>Verdict: modular</b></p>
+<p>Basis: discovery and transfer agree</p>
+</section>
+"""
+
+
+def test_report_problems_names_every_missing_section_and_the_verdict():
+    assert report_problems(PAGE, "modular") == ["section 'transfer' is marked missing"]
+    complete = PAGE.replace('<p class="missing"><b>Missing:</b> no circuits to ablate</p>', "<table></table>")
+    assert report_problems(complete, "modular") == []
+    assert report_problems(complete, "monolithic") == ["the verdict section does not say 'Verdict: monolithic'"]
+    assert report_problems(complete, None) == ["the run's verdict None is not one of " + str(VERDICTS),
+                                               "the verdict section does not say 'Verdict: None'"]
+    no_verdict = complete.replace("<p><b>Verdict: modular</b></p>", "")
+    assert report_problems(no_verdict, "modular") == ["the verdict section does not say 'Verdict: modular'"]
 
 
 def test_demo_commands_are_train_discover_evaluate(tmp_path):
@@ -47,5 +85,6 @@ def test_demo_runs_the_pipeline_on_the_organism(tmp_path, real_model_cache):
     summary = json.loads((run / "discover" / "discovery_summary.json").read_text())
     assert f"verdict: {summary['verdict']}" in discover
     assert f"report: {run / 'evaluate' / 'report.html'}" in evaluate
-    page = (run / "evaluate" / "report.html").read_text()
-    assert "Missing:" not in page.split('<section id="verdict">', 1)[1]
+    verdict = json.loads((run / "evaluate" / "verdict.json").read_text())["verdict"]
+    assert f"verdict: {verdict} (" in evaluate
+    assert report_problems((run / "evaluate" / "report.html").read_text(), verdict) == []
