@@ -24,11 +24,13 @@ def train_dir(tmp_path_factory) -> Path:
     return fake_train_dir(tmp_path_factory.mktemp("fake_train"))
 
 
-def fake_train_dir(d: Path) -> Path:
-    """prompts.jsonl, two random SAEs in SAELens format and a train_manifest.json, as train.py leaves them."""
+def fake_train_dir(d: Path, n_toxic: dict[str, int] | None = None) -> Path:
+    """prompts.jsonl, two random SAEs in SAELens format and a train_manifest.json, as train.py leaves them;
+    ``n_toxic``: prompts per toxic category (default 5 each, one of them in the test split)."""
     recs = []
-    for label, cats, n in (("toxic", ["cyber", "fraud", "violence"], 5), ("safe", ["benign"], 8), ("hard", ["fraud"], 4)):
-        for c in cats:
+    n_toxic = n_toxic or {"cyber": 5, "fraud": 5, "violence": 5}
+    for label, cats in (("toxic", n_toxic), ("safe", {"benign": 8}), ("hard", {"fraud": 4})):
+        for c, n in cats.items():
             for i in range(n):
                 text = f"{c} " + " ".join(WORDS[(i + j) % len(WORDS)] for j in range(3 + i))
                 recs.append(PromptRecord(f"{label}:{c}:{i}", text, c, label, "test", "test" if i == 0 else "train"))
@@ -86,11 +88,14 @@ def test_safe_circuits_follow_safe_labels_and_switch(train_dir, tmp_path):
     assert both["similarity"]["ci"]["cosine"]["level"] == 0.95
 
 
-def test_min_prompts_per_category_skips_small_categories(train_dir, tmp_path):
+def test_min_prompts_per_category_skips_small_categories(tmp_path):
+    train_dir = fake_train_dir(tmp_path / "train", {"cyber": 5, "fraud": 6, "violence": 4})
     s = _run(train_dir, tmp_path / "a", "circuit.min_prompts_per_category=4", "circuit.separate_safe_toxic=false")
-    assert s["skipped_categories"]["toxic"] == {}
-    circuit = json.loads(Path(s["circuits"][0]["file"]).read_text())
-    assert len(circuit["manifest"]["prompt_ids"]) == 4  # train split only: one prompt per category is test
+    assert s["skipped_categories"]["toxic"] == {"violence": 3}  # train split only: one prompt per category is test
+    assert s["categories"] == ["cyber", "fraud"]
+    sizes = {c["category"]: len(json.loads(Path(c["file"]).read_text())["manifest"]["prompt_ids"])
+             for c in s["circuits"]}
+    assert sizes == {"cyber": 4, "fraud": 5, "all": 9}  # the pooled circuit leaves the skipped category out too
 
 
 def test_patch_and_metric_options_reach_the_circuits(train_dir, tmp_path):

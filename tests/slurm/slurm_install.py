@@ -44,7 +44,8 @@ def install() -> str | None:
 
 def must_run() -> bool:
     """Under CI, as root, with apt-get: nothing excuses the slurm tests from running."""
-    return os.environ.get("CI", "").lower() in ("true", "1") and os.geteuid() == 0 and shutil.which("apt-get") is not None
+    ci = os.environ.get("CI", "").lower() in ("true", "1")
+    return ci and os.geteuid() == 0 and shutil.which("apt-get") is not None
 
 
 def require_slurm() -> None:
