@@ -177,12 +177,12 @@ def render_html(report: Report) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ files, W&B
-def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` into ``out_dir`` (atomically); returns both paths."""
-    out_dir = Path(out_dir)
-    md, page = out_dir / "report.md", out_dir / "report.html"
+def write_report(report: Report, md: str | os.PathLike, page: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the Markdown to ``md`` (images linked relative to its dir) and the HTML to ``page``, atomically;
+    returns both paths."""
+    md, page = Path(md), Path(page)
     with atomic_path(md) as tmp:
-        tmp.write_text(render_markdown(report, out_dir), encoding="utf-8")
+        tmp.write_text(render_markdown(report, md.parent), encoding="utf-8")
     with atomic_path(page) as tmp:
         tmp.write_text(render_html(report), encoding="utf-8")
     return md, page

@@ -6,6 +6,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from refusal.activations.collect_tasks import CollectTask
+from refusal.runs import TrainRun
 from refusal.tasks.common import activation_store, load_model, prepare_prompts
 
 
@@ -13,7 +14,7 @@ def collect(cfg: DictConfig) -> None:
     task = CollectTask.from_config(cfg.activations.collect_tasks, cfg.activations.collect_task_index)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    prompts, _ = prepare_prompts(cfg, run_dir)
+    prompts, _ = prepare_prompts(cfg, TrainRun(run_dir))
     loaded = load_model(cfg.model)
     store_dir, collect_store, _ = activation_store(cfg, loaded, prompts)
     if collect_store() is None:

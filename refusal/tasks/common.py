@@ -4,59 +4,27 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from refusal.activations import CollectionPlan, collect_activations, default_store_dir, fingerprint
 from refusal.activations.collect_tasks import CollectTask
 from refusal.behavior.score import refusal_token_ids
 from refusal.data import analyze_splits, build_prompt_set
 from refusal.model import expand_hook_names, load_model
-from refusal.errors import ConfigError
 from refusal.model.loading import LoadedModel
-from refusal.utils.io import write_json
+from refusal.runs import TrainRun
 
 log = logging.getLogger(__name__)
 
 
-def prepare_prompts(cfg: DictConfig, run_dir: Path):
+def prepare_prompts(cfg: DictConfig, run: TrainRun):
     """Build the prompt set, save it and its split analysis in the run dir, print imbalance warnings."""
     prompts = build_prompt_set(cfg.data)
     analysis = analyze_splits(prompts, cfg.data)
-    prompts.to_jsonl(run_dir / "prompts.jsonl")
-    write_json(run_dir / "data_analysis.json", analysis)
+    run.write_prompts(prompts, analysis)
     for w in analysis.get("warnings", []):
         log.warning("data: %s", w)
     return prompts, analysis
-
-
-ADOPTED_KEYS = ("data", "model")
-
-
-def adopt_run_config(cfg: DictConfig, *run_dirs) -> None:
-    """Fill ``data`` and ``model`` when unset from the first of ``run_dirs`` whose saved ``.hydra/config.yaml`` has
-    them (interpolations resolved there, so an organism's ``${data}`` is that run's prompts). With no run to take
-    the model from, it must be given."""
-    for key in ADOPTED_KEYS:
-        if cfg.get(key) is not None:
-            continue
-        for run_dir in run_dirs:
-            saved_path = Path(run_dir) / ".hydra" / "config.yaml" if run_dir else None
-            if saved_path is None or not saved_path.is_file():
-                continue
-            saved = OmegaConf.load(saved_path)
-            if saved.get(key) is None:
-                continue
-            try:
-                value = OmegaConf.create(OmegaConf.to_container(saved[key], resolve=True))
-            except Exception:  # e.g. ${hydra:...} paths, unresolvable outside that run: keep them as written
-                value = saved[key]
-            with open_dict(cfg):
-                cfg[key] = value
-            log.info("%s config taken from the run %s", key, run_dir)
-            break
-    if cfg.get("model") is None:
-        raise ConfigError("model is not set and no train_dir/discover_dir run records one; pass model=<name> "
-                          "(e.g. smollm2_organism, smollm2_135m, hf, tiny_llama)")
 
 
 def collection_plan(cfg: DictConfig, loaded: LoadedModel) -> CollectionPlan:
@@ -83,4 +51,4 @@ def activation_store(cfg: DictConfig, loaded: LoadedModel, prompts) -> tuple[Pat
     return store_dir, (lambda: collect_activations(loaded, prompts, plan, store_dir, ids, task=task)), plan
 
 
-__all__ = ["activation_store", "adopt_run_config", "collection_plan", "load_model", "prepare_prompts"]
+__all__ = ["activation_store", "collection_plan", "load_model", "prepare_prompts"]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
 
 from refusal.circuit.attribution import node_space
 from refusal.circuit.circuit import COMBINED, write_circuit
@@ -20,11 +19,11 @@ from refusal.circuit.select import Selection
 from refusal.circuit.summary import StatsSettings, analyse
 from refusal.circuit.verdict import DecisionRule
 from refusal.data import LABELS, PromptSet, build_prompt_set
-from refusal.tasks.common import adopt_run_config
 from refusal.errors import ConfigError, check_choice
 from refusal.model import ChatFormatter, load_model
 from refusal.logger.loggers import build_loggers, log_artifact_dir, log_config, log_table, wandb_run
-from refusal.utils.io import atomic_path, read_json, stable_hash, write_json
+from refusal.runs import DiscoverRun, TrainRun, adopt_run_config, check_model
+from refusal.utils.io import stable_hash
 
 log = logging.getLogger(__name__)
 DISCOVERY_SPLITS = ("train", "val")
@@ -62,22 +61,10 @@ def load_sources(cfg: DictConfig) -> tuple[PromptSet, list[tuple[str | None, str
             raise ConfigError("sae_dirs needs prompts: add data=<group> (e.g. data=default)")
         dirs = [sae_dirs] if isinstance(sae_dirs, str) else list(sae_dirs)
         return build_prompt_set(cfg.data), [(None, str(d)) for d in dirs], {}
-    train_dir = Path(train_dir)
-    manifest_path = train_dir / "train_manifest.json"
-    if not manifest_path.is_file():
-        raise ConfigError(f"train_dir={str(train_dir)!r} has no train_manifest.json; give a finished train.py run dir")
-    manifest = read_json(manifest_path)
-    prompts = PromptSet.from_jsonl(train_dir / "prompts.jsonl")
+    train = TrainRun(train_dir).read()
     if cfg.get("data") is not None:
-        built = build_prompt_set(cfg.data)
-        if built.content_hash() != prompts.content_hash():
-            raise ConfigError(f"data builds prompt set {built.content_hash()} but train_dir used "
-                              f"{prompts.content_hash()}; drop the data override to use the run's prompts.jsonl")
-    dirs = []
-    for hook, d in sorted(manifest["sae_dirs"].items()):
-        p = Path(d)
-        dirs.append((hook, str(p if p.is_dir() else train_dir / "saes" / hook)))
-    return prompts, dirs, manifest
+        train.check_prompts(build_prompt_set(cfg.data))
+    return train.prompts, train.sae_dirs, train.manifest
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -99,14 +86,10 @@ def _groups_by_category(records, min_n: int) -> tuple[list[str], dict[str, int]]
     return kept, {c: n for c, n in sorted(counts.items()) if n < min_n}
 
 
-def _save_attributions(run_dir: Path, group) -> None:
-    out = run_dir / "attributions"
-    out.mkdir(parents=True, exist_ok=True)
+def _save_attributions(run: DiscoverRun, group) -> None:
     a = group.attributions
-    with atomic_path(out / f"{group.kind}.safetensors") as tmp:
-        save_file({"ie": a.ie.contiguous(), "m_clean": a.m_clean.contiguous(), "m_patch": a.m_patch.contiguous()},
-                  str(tmp))
-    write_json(out / f"{group.kind}_prompts.json", [{"id": r.id, "category": r.category} for r in group.records])
+    run.write_attributions(group.kind, {"ie": a.ie, "m_clean": a.m_clean, "m_patch": a.m_patch},
+                           [{"id": r.id, "category": r.category} for r in group.records])
 
 
 def _clean_json(obj):
@@ -125,15 +108,14 @@ def discover(cfg: DictConfig) -> float:
     selection, stats, rule = settings_from(c)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    run = DiscoverRun(run_dir)
     adopt_run_config(cfg, cfg.get("train_dir"))
     prompts, sae_dirs, train_manifest = load_sources(cfg)
     loggers = build_loggers(cfg.get("logger"), cfg.task_name, run_dir)
     log_config(loggers, cfg)
 
     loaded = load_model(cfg.model)
-    if train_manifest and train_manifest.get("model") != loaded.name:
-        raise ConfigError(f"train_dir SAEs were trained on model {train_manifest.get('model')!r} but the loaded "
-                          f"model is {loaded.name!r}; pass the train run's model (model=...)")
+    check_model(loaded, train_manifest)
     saes = load_hooked_saes(sae_dirs, loaded)
     metric_fn, metric_desc = build_metric(c.metric, loaded.tokenizer, _plain(cfg.model.get("refusal_tokens")),
                                           _plain(c.compliance_tokens))
@@ -171,7 +153,7 @@ def discover(cfg: DictConfig) -> float:
                 "node_space": {"hooks": list(space.hooks), "d_sae": list(space.d_sae),
                                "n_positions": space.n_positions, "aggregation": space.aggregation}}
     settings = OmegaConf.to_container(c, resolve=True)
-    circuits_dir = run_dir / "circuits"
+    circuits_dir = run.circuits
     written, toxic_circuits = [], {}
     plan = [("toxic", cat, cat) for cat in categories] + [("toxic", None, COMBINED)] + \
            [("safe", cat, cat) for cat in safe_categories if "safe" in groups]
@@ -188,13 +170,13 @@ def discover(cfg: DictConfig) -> float:
         if kind == "toxic" and cat is not None:
             toxic_circuits[cat] = circuit
     for group in groups.values():
-        _save_attributions(run_dir, group)
+        _save_attributions(run, group)
 
-    summary = analyse(groups["toxic"], toxic_circuits, space, selection, stats, rule, cfg.seed, run_dir / "heatmaps")
+    summary = analyse(groups["toxic"], toxic_circuits, space, selection, stats, rule, cfg.seed, run.heatmaps)
     summary = _clean_json({**summary, "circuits": written, "metric": metric_desc,
                            "skipped_categories": {"toxic": skipped, "safe": safe_skipped},
                            "settings": settings, "manifest": manifest})
-    write_json(run_dir / "discovery_summary.json", summary)
+    run.write_summary(summary)
     _log(loggers, summary, circuits_dir)
 
     g = summary["global_test"]
@@ -202,8 +184,8 @@ def discover(cfg: DictConfig) -> float:
           f"pairs differing = {summary['evidence']['pair_fraction_differ']}, "
           f"mean core mass = {summary['shared_core']['mean_core_mass']})")
     print(f"circuits: {circuits_dir}")
-    print(f"heatmaps: {run_dir / 'heatmaps'}")
-    print(f"summary: {run_dir / 'discovery_summary.json'}")
+    print(f"heatmaps: {run.heatmaps}")
+    print(f"summary: {run.summary}")
     return float(g["statistic"])
 
 

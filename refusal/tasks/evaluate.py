@@ -12,7 +12,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from refusal.behavior.judge import build_judge
-from refusal.tasks.common import adopt_run_config
 from refusal.behavior.rates import check_ci_options
 from refusal.behavior.score import refusal_token_ids
 from refusal.circuit.saes import load_hooked_saes
@@ -29,11 +28,11 @@ from refusal.evaluation.sae_quality import sae_quality
 from refusal.evaluation.sections import build_report
 from refusal.evaluation.transfer import TransferSettings, run_transfer
 from refusal.model import ChatFormatter, load_model
-from refusal.model.chat import POSITION_MODES
 from refusal.model.hooks import HOOK_KINDS, parse_layers
 from refusal.logger.loggers import build_loggers, log_config, log_table, wandb_run
 from refusal.evaluation.report import log_report, write_report
-from refusal.utils.io import json_safe, write_json
+from refusal.runs import EvaluateRun, adopt_run_config, check_model
+from refusal.utils.io import json_safe
 
 log = logging.getLogger(__name__)
 STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction")
@@ -149,28 +148,6 @@ def _missing_reasons(s: EvalSettings, inputs: RunInputs) -> dict[str, dict | Non
     return out
 
 
-def _check_model(loaded, inputs: RunInputs) -> None:
-    for what, manifest in (("train", inputs.train_manifest), ("discover", (inputs.discovery or {}).get("manifest"))):
-        if manifest and manifest.get("model") not in (None, loaded.name):
-            raise ConfigError(f"the {what} run used model {manifest.get('model')!r} but the loaded model is "
-                              f"{loaded.name!r}; pass that run's model (model=...)")
-    want = ((inputs.discovery or {}).get("manifest") or {}).get("weights_hash")
-    if want and want != loaded.weights_hash:
-        raise ConfigError(f"the discover run used model weights {want} but the loaded model has {loaded.weights_hash}; "
-                          "pass the discover run's model config")
-
-
-def trained_positions(train_dir) -> str:
-    """The token positions the train run's SAEs were trained on (its ``activations.positions``; ``all`` when the
-    SAEs come from elsewhere)."""
-    saved = Path(train_dir) / ".hydra" / "config.yaml" if train_dir else None
-    if saved is None or not saved.is_file():
-        return "all"
-    positions = OmegaConf.select(OmegaConf.load(saved), "activations.positions", default="all")
-    check_choice("the train run's activations.positions", positions, POSITION_MODES)
-    return positions
-
-
 def _sae_prompts(ctx: EvalContext, n: int, seed: int) -> list[str]:
     records = list(ctx.prompts)
     if len(records) > n:
@@ -184,13 +161,11 @@ def evaluate(cfg: DictConfig) -> float | None:
     s = settings_from(cfg.evaluation)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    run = EvaluateRun(run_dir)
     inputs = load_inputs(cfg.get("train_dir"), cfg.get("discover_dir"), cfg.get("data"))
     adopt_run_config(cfg, inputs.train_dir, cfg.get("discover_dir"))
-    if inputs.discovery is not None:
-        disc_split = inputs.discovery.get("manifest", {}).get("discovery_split")
-        if disc_split == s.split:
-            raise ConfigError(f"evaluation.split={s.split!r} is the split the circuits were discovered on; choose a "
-                              f"held-out one from {[x for x in SPLITS if x not in ('train', disc_split)]}")
+    if inputs.found is not None:
+        inputs.found.check_held_out(s.split, SPLITS)
     eval_prompts = inputs.prompts.filter(split=s.split)
     if not len(eval_prompts):
         raise ConfigError(f"evaluation.split={s.split!r} has no prompts in this run's prompt set")
@@ -202,7 +177,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     if any(v is None for v in results.values()):
         loaded = load_model(cfg.model)
         model_name = loaded.name
-        _check_model(loaded, inputs)
+        check_model(loaded, inputs.train_manifest, inputs.found.manifest if inputs.found else None)
         formatter = ChatFormatter(loaded.tokenizer, cfg.model.get("system_prompt"), s.max_length)
         ctx = EvalContext(loaded, formatter, eval_prompts, build_judge(cfg.evaluation.judge),
                           refusal_token_ids(loaded.tokenizer, _plain(cfg.model.get("refusal_tokens"))), s.batch_size,
@@ -210,12 +185,10 @@ def evaluate(cfg: DictConfig) -> float | None:
         _run_stages(ctx, s, inputs, results, run_dir, loaded)
 
     log.info("evaluate: report")
-    for stage, res in results.items():
-        write_json(run_dir / f"{stage}.json", json_safe(res))
     transfer = results["transfer"] if results["transfer"] and "decision" in results["transfer"] else None
     verdict = combine(inputs.discovery.get("verdict") if inputs.discovery else None,
                       transfer["decision"]["verdict"] if transfer else None)
-    write_json(run_dir / "verdict.json", json_safe(verdict))
+    run.write_results({stage: json_safe(res) for stage, res in results.items()}, json_safe(verdict))
     meta = {"model": model_name, "train_dir": str(inputs.train_dir) if inputs.train_dir else None,
             "discover_dir": str(inputs.discover_dir) if inputs.discover_dir else None, "evaluation split": s.split,
             "stages": ", ".join(f"{k}: {(v or {}).get('status', 'done')}" for k, v in results.items()),
@@ -224,7 +197,7 @@ def evaluate(cfg: DictConfig) -> float | None:
                                  "train_manifest": inputs.train_manifest, "discovery": inputs.discovery,
                                  "discover_dir": str(inputs.discover_dir) if inputs.discover_dir else None,
                                  **results, "verdict": verdict}))
-    _, html_path = write_report(report, run_dir)
+    _, html_path = write_report(report, run.report_md, run.report_html)
     _log(loggers, results, verdict, report, html_path)
     print(f"verdict: {verdict['verdict']} ({verdict['basis']})")
     print(f"report: {html_path}")
@@ -242,7 +215,7 @@ def _run_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: d
     if results["sae_quality"] is None:
         log.info("evaluate: SAE quality")
         saes = load_hooked_saes(inputs.sae_dirs, loaded)
-        positions = trained_positions(inputs.train_dir)
+        positions = inputs.trained_positions()
         rows = sae_quality(ctx.model, ctx.formatter, {h: x.sae for h, x in saes.items()},
                            _sae_prompts(ctx, s.sae_max_prompts, ctx.seed), s.batch_size, positions)
         results["sae_quality"] = {"status": "done", "split": s.split, "rows": rows}

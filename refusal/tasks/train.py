@@ -12,14 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from refusal.activations.datamodule import ActivationDataModule
 from refusal.behavior.baseline import measure_baseline
-from refusal.errors import ConfigError
 from refusal.model import load_model
 from refusal.model.hooks import hook_width
 from refusal.sae.config import SAEConfig
 from refusal.sae.module import SAELightningModule
+from refusal.runs import TrainRun
 from refusal.tasks.common import activation_store, prepare_prompts
 from refusal.logger.loggers import build_loggers, log_artifact_dir, log_config, log_table
-from refusal.utils.io import read_json, stable_hash, write_json
+from refusal.utils.io import read_json, stable_hash
 
 log = logging.getLogger(__name__)
 # batches come ready-made from one process: the DataLoader length warning does not apply
@@ -27,38 +27,10 @@ warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
 TARGET = "val/explained_variance"
 
 
-def resolve_ckpt(ckpt_path, run_dir: Path) -> str | None:
-    if ckpt_path in (None, ""):
-        return None
-    if ckpt_path == "last":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path!r} does not exist; use null, 'last' or a .ckpt file")
-    return str(ckpt_path)
-
-
-RESUME_KEYS = ("model", "data", "activations", "sae", "seed")
-
-
-def check_resume_config(cfg: DictConfig, run_dir: Path, resuming: bool) -> None:
-    """A checkpoint is only resumed under the settings that produced it; record them for later resumes."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    current = {k: resolved.get(k) for k in RESUME_KEYS}
-    path = run_dir / "checkpoints" / "run_settings.json"
-    if resuming and path.exists():
-        saved = read_json(path)
-        diff = sorted(k for k in RESUME_KEYS if saved.get(k) != current.get(k))
-        if diff:
-            raise ConfigError(f"the checkpoint in {path.parent} was trained with different {', '.join(diff)} settings; "
-                              "use a new run dir or ckpt_path=null")
-    write_json(path, current)
-
-
-def baseline_behavior(loaded, prompts, behavior_cfg, out_dir: Path, loggers) -> dict:
+def baseline_behavior(loaded, prompts, behavior_cfg, run: TrainRun, loggers) -> dict:
     """The model's refusal behavior before any SAE (``behavior`` group); a resumed run reuses a finished
     measurement of the same model, prompts and settings."""
-    path = out_dir / "baseline.json"
+    path = run.baseline
     settings = OmegaConf.to_container(behavior_cfg, resolve=True)
     if path.is_file():
         done = read_json(path)
@@ -66,7 +38,7 @@ def baseline_behavior(loaded, prompts, behavior_cfg, out_dir: Path, loggers) -> 
                 loaded.weights_hash, prompts.filter(split=behavior_cfg.split).content_hash(), settings):
             log.info("behavior: reusing %s", path)
             return done
-    summary = measure_baseline(loaded, prompts, behavior_cfg, out_dir, loggers, extra={"settings": settings})
+    summary = measure_baseline(loaded, prompts, behavior_cfg, run.behavior, loggers, extra={"settings": settings})
     rates = ", ".join(f"{label} {rate:.1%}" for label, rate in summary["refusal_rate"].items())
     print(f"refusal rate on the {behavior_cfg.split} split ({loaded.name}): {rates}  [{path}]")
     return summary
@@ -76,16 +48,17 @@ def train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = resolve_ckpt(cfg.get("ckpt_path"), run_dir)
-    check_resume_config(cfg, run_dir, resuming=ckpt is not None)
+    run = TrainRun(run_dir)
+    ckpt = run.resume_from(cfg.get("ckpt_path"))
+    run.check_resume_settings(cfg, resuming=ckpt is not None)
     loggers = build_loggers(cfg.get("logger"), cfg.task_name, run_dir)
     log_config(loggers, cfg)
 
-    prompts, analysis = prepare_prompts(cfg, run_dir)
+    prompts, analysis = prepare_prompts(cfg, run)
     log_table(loggers, "data/split_counts", analysis["counts"])
     loaded = load_model(cfg.model)
     if cfg.get("behavior") is not None:
-        baseline_behavior(loaded, prompts, cfg.behavior, run_dir / "behavior", loggers)
+        baseline_behavior(loaded, prompts, cfg.behavior, run, loggers)
     store_dir, collect, plan = activation_store(cfg, loaded, prompts)
     for hook in plan.hooks:  # a bad SAE config fails now, not after collection
         SAEConfig.from_cfg(cfg.sae, hook_width(loaded.model, hook))
@@ -104,7 +77,7 @@ def train(cfg: DictConfig) -> float:
     module = SAELightningModule(cfg.sae, plan.hooks, dm.store.d_in, dm.categories, total_steps=cfg.trainer.max_steps)
     if ckpt is None:
         module.init_from_sample(dm.sample_rows(ld.init_rows))
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True,
+    checkpoint = ModelCheckpoint(dirpath=run.checkpoints, filename="step{step}", save_last=True,
                                  every_n_train_steps=cfg.checkpoint_every_n_steps, save_top_k=1,
                                  monitor=TARGET, mode="max", auto_insert_metric_name=False)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint])
@@ -117,13 +90,13 @@ def train(cfg: DictConfig) -> float:
     if trainer.is_global_zero:
         meta = {"activation_store": str(store_dir), "store_fingerprint": stable_hash(dm.store.manifest["fingerprint"]),
                 "prompts_hash": prompts.content_hash(), "n_layers": n_layers}
-        sae_dirs = module.export_saelens(run_dir / "saes", model_name=model_name, extra_metadata=meta)
-        write_json(run_dir / "train_manifest.json", {
-            "task": "train", "model": model_name, "hooks": plan.hooks, "sae_dirs": {h: str(p) for h, p in sae_dirs.items()},
+        sae_dirs = module.export_saelens(run.saes, model_name=model_name, extra_metadata=meta)
+        run.write_manifest({
+            "model": model_name, "hooks": plan.hooks, "sae_dirs": {h: str(p) for h, p in sae_dirs.items()},
             "metrics": metrics, "config_hash": stable_hash(OmegaConf.to_container(cfg, resolve=True)), **meta})
         log_artifact_dir(loggers, f"sae-{model_name}-{stable_hash(plan.hooks, 6)}".replace("/", "-"), "sae",
-                         run_dir / "saes", metadata={"hooks": plan.hooks, **metrics})
-        print(f"SAEs: {run_dir / 'saes'}")
+                         run.saes, metadata={"hooks": plan.hooks, **metrics})
+        print(f"SAEs: {run.saes}")
         for lg in loggers:
             print(f"{type(lg).__name__}: {getattr(lg, 'save_dir', None) or getattr(lg, 'log_dir', '')}")
         print(f"{TARGET} = {metrics[TARGET]:.4f}")

@@ -57,7 +57,7 @@ def _run(train_dir, out, *overrides) -> dict:
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["model.name=other-model"], "trained on model 'tiny-llama' but the loaded model is 'other-model'"),
+    (["model.name=other-model"], "the train run used model 'tiny-llama' but the loaded model is 'other-model'"),
     (["circuit.attribution_method=magic"], "circuit.attribution_method='magic'"),
     (["circuit.discovery_split=test"], "circuit.discovery_split='test'"),
     (["sae_dirs=[/x]"], "give exactly one of train_dir"),

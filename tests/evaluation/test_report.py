@@ -86,7 +86,7 @@ def test_missing_image_is_reported_not_crashed(tmp_path):
 
 
 def test_write_report_writes_both(tmp_path):
-    md, page = write_report(_report(tmp_path), tmp_path / "out")
+    md, page = write_report(_report(tmp_path), tmp_path / "out" / "report.md", tmp_path / "out" / "report.html")
     assert md.read_text().startswith("# Title <&>") and page.read_text().startswith("<!DOCTYPE html>")
     assert "](../p.png)" in md.read_text()
 
@@ -160,7 +160,7 @@ def test_train_only_report_marks_the_rest_missing(tmp_path):
 def test_log_report_logs_html_tables_and_images(tmp_path):
     wandb = pytest.importorskip("wandb")
     report = _report(tmp_path)
-    _, page = write_report(report, tmp_path)
+    _, page = write_report(report, tmp_path / "report.md", tmp_path / "report.html")
 
     class Run:
         def log(self, payload):

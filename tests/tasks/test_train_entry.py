@@ -71,3 +71,39 @@ def test_removing_behavior_skips_the_baseline(workdir, run_entry):
     res = run_entry("train.py", "logger=csv", *TINY, "~behavior", f"hydra.run.dir={workdir / 'run'}", cwd=workdir)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (workdir / "run" / "saes").is_dir() and not (workdir / "run" / "behavior").exists()
+
+
+def test_damaged_last_checkpoint_resumes_from_the_newest_intact_one(workdir, run_entry):
+    """A truncated last.ckpt (a job killed while writing it) is passed over for the newest intact checkpoint,
+    said in one line; the resumed run trains the remaining steps to the SAE of the uninterrupted run."""
+    run_dir = workdir / "run"
+    run = ["logger=csv", "experiment=tiny", "trainer.max_steps=12", "activations.loader.samples_per_epoch=1024",
+           "checkpoint_every_n_steps=2", "ckpt_path=last", "~behavior", f"hydra.run.dir={run_dir}"]
+    first = run_entry("train.py", *run, cwd=workdir)
+    assert first.returncode == 0, first.stderr[-2000:]
+    sae = run_dir / "saes" / "blocks.1.hook_resid_post" / "sae_weights.safetensors"
+    uninterrupted = sae.read_bytes()
+    ckpts = run_dir / "checkpoints"
+    others = [p.name for p in ckpts.glob("*.ckpt") if p.name != "last.ckpt"]
+    assert len(others) >= 1, list(ckpts.iterdir())  # last.ckpt and at least one step checkpoint
+    last = ckpts / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated mid-write
+
+    again = run_entry("train.py", *run, cwd=workdir)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    out = again.stdout + again.stderr
+    (line,) = [ln for ln in out.splitlines() if "is damaged" in ln]
+    resumed_from = line.split("resuming from ")[1].split(" ")[0]
+    assert resumed_from in {str(ckpts / n) for n in others}, line
+    assert 0 < int(line.split("(step ")[1].split(")")[0]) < 12, line  # steps were left to train
+    assert sae.read_bytes() == uninterrupted  # the remaining steps trained to the same SAE
+    assert all((ckpts / name).is_file() for name in others)  # nothing intact was lost
+
+
+def test_damaged_checkpoint_path_is_a_one_line_error(workdir, run_entry):
+    bad = workdir / "bad.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not a whole archive")
+    res = run_entry("train.py", "logger=csv", *TINY, f"ckpt_path={bad}", cwd=workdir)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert f"ckpt_path='{bad}' is damaged" in line
