@@ -20,8 +20,9 @@ from refusal.errors import ConfigError, check_choice
 SCHEMA = "schema"  # the name every group's schema is stored under: ``defaults: [schema, _self_]``
 
 
-def register(group: str, node: type, name: str = SCHEMA) -> None:
-    """Store ``node`` (a dataclass) as the schema ``<group>/<name>`` in Hydra's ConfigStore."""
+def register(group: str | None, node: type, name: str = SCHEMA) -> None:
+    """Store ``node`` (a dataclass) as the schema ``<group>/<name>`` in Hydra's ConfigStore (a primary config's
+    schema: group None)."""
     ConfigStore.instance().store(group=group, name=name, node=node)
 
 

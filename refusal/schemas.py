@@ -3,7 +3,15 @@ points (through refusal.tasks.runner) and by the tests before any config is comp
 import importlib
 
 # one module per package that owns a config group; each registers its schema(s) when imported
-SCHEMA_MODULES: tuple[str, ...] = ()
+SCHEMA_MODULES: tuple[str, ...] = (
+    "refusal.activations.config",
+    "refusal.circuit.config",
+    "refusal.data.config",
+    "refusal.evaluation.config",
+    "refusal.logger.config",
+    "refusal.sae.config",
+    "refusal.tasks.config",
+)
 
 for _module in SCHEMA_MODULES:
     importlib.import_module(_module)

@@ -76,11 +76,11 @@ def pairwise_tests(X: torch.Tensor, labels: np.ndarray, categories: list[str], n
 
 
 def bootstrap(rows_by_cat: list[np.ndarray], summarise: Callable[[list[np.ndarray]], dict[str, np.ndarray]],
-              n_bootstrap: int, ci_level: float, seed: int) -> dict[str, dict[str, np.ndarray]]:
+              n_resamples: int, ci_level: float, seed: int) -> dict[str, dict[str, np.ndarray]]:
     """Percentile CIs of every array ``summarise`` returns, prompts resampled within each category."""
     rng = np.random.default_rng(seed)
     draws: dict[str, list[np.ndarray]] = {}
-    for _ in range(n_bootstrap):
+    for _ in range(n_resamples):
         sample = [rows[rng.integers(0, len(rows), len(rows))] for rows in rows_by_cat]
         for k, v in summarise(sample).items():
             draws.setdefault(k, []).append(np.asarray(v, dtype=float))

@@ -21,13 +21,14 @@ from refusal.errors import ConfigError
 
 @dataclass(frozen=True)
 class StatsSettings:
-    n_permutations: int = 1000
-    n_bootstrap: int = 200
-    ci_level: float = 0.95
+    """``circuit.statistics``: label permutations, prompt resamples for the CIs, and the CI level."""
+    n_permutations: int
+    n_resamples: int
+    ci_level: float
 
     def __post_init__(self):
         integer("circuit.statistics.n_permutations", self.n_permutations, 1)
-        integer("circuit.statistics.n_bootstrap", self.n_bootstrap, 0)
+        integer("circuit.statistics.n_resamples", self.n_resamples, 0)
         number("circuit.statistics.ci_level", self.ci_level, 0, 1, open_lo=True, open_hi=True)
 
 
@@ -49,7 +50,7 @@ def _bootstrap_ci(group: PromptGroup, rows: list[np.ndarray], space: NodeSpace, 
                   stats: StatsSettings, seed: int) -> dict:
     """Percentile CIs of the similarity matrices and the mean core mass, each category circuit rediscovered from
     its prompts resampled."""
-    if not stats.n_bootstrap:
+    if not stats.n_resamples:
         return {}
     a, feat = group.attributions, ~space.is_error
 
@@ -60,7 +61,7 @@ def _bootstrap_ci(group: PromptGroup, rows: list[np.ndarray], space: NodeSpace, 
         s = similarities(b_ie, b_masks)
         return {**{k: s[k] for k in SIMILARITIES},
                 "mean_core_mass": np.array(_mean_core_mass(shared_core(b_ie, b_masks)["core_mass"]))}
-    return bootstrap(rows, summarise, stats.n_bootstrap, stats.ci_level, seed)
+    return bootstrap(rows, summarise, stats.n_resamples, stats.ci_level, seed)
 
 
 def _heatmaps(sims: dict, pairs: list[dict], cats: list[str], heatmap_dir: Path) -> dict[str, str]:
@@ -125,6 +126,6 @@ def analyse(group: PromptGroup, circuits: dict[str, Circuit], space: NodeSpace, 
         "shared_core": _core_json(core, cats, space, ci, stats.ci_level),
         "specific_nodes": {c: [space.node_id(i) for i in feat_idx[core["specific"][k]].tolist()]
                            for k, c in enumerate(cats)},
-        "n_bootstrap": stats.n_bootstrap,
+        "n_resamples": stats.n_resamples,
         "heatmaps": _heatmaps(sims, pairs, cats, heatmap_dir),
     }

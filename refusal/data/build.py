@@ -1,22 +1,20 @@
 """build_prompt_set: sources -> de-duplicate -> common taxonomy -> category filter -> balance/cap -> split."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 import hydra.utils
 from hydra.errors import InstantiationException
-from omegaconf import OmegaConf
 
+from refusal.config import integer, plain
+from refusal.data.config import DATA_KEYS
 from refusal.data.records import LABELS, SPLITS, PromptRecord, PromptSet, normalize_prompt
 from refusal.data.split import assign_splits, check_splits, select
 from refusal.data.taxonomy import filter_categories, map_categories
 from refusal.errors import ConfigError
 
-DATA_KEYS = ("seed", "sources", "taxonomy", "categories", "balance", "max_per_category", "split_fractions",
-             "min_toxic_per_category")
-
-
 def check_data_cfg(data_cfg) -> None:
+    """The keys of :class:`DataSchema`, for a recipe given as a plain mapping (Hydra checks a composed one)."""
     keys = list(data_cfg.keys())
     for k in keys:
         if k not in DATA_KEYS:
@@ -24,13 +22,7 @@ def check_data_cfg(data_cfg) -> None:
     for k in DATA_KEYS:
         if k not in keys:
             raise ConfigError(f"data.{k} is missing; the data config needs {list(DATA_KEYS)}")
-    seed = data_cfg["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"data.seed={seed!r} is not valid; use an int")
-
-
-def _plain(cfg) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    integer("data.seed", data_cfg["seed"])
 
 
 def load_sources(sources) -> list[PromptRecord]:
@@ -85,10 +77,10 @@ def build_prompt_set(data_cfg) -> PromptSet:
     seed = data_cfg["seed"]
     records = load_sources(data_cfg["sources"])
     records = drop_duplicate_prompts(records)
-    records = map_categories(records, _plain(data_cfg["taxonomy"]) or {})
-    records = filter_categories(records, _plain(data_cfg["categories"]))
-    records = select(records, data_cfg["balance"], _plain(data_cfg["max_per_category"]), seed)
-    records = assign_splits(records, _plain(data_cfg["split_fractions"]), seed)
+    records = map_categories(records, plain(data_cfg["taxonomy"]) or {})
+    records = filter_categories(records, plain(data_cfg["categories"]))
+    records = select(records, data_cfg["balance"], plain(data_cfg["max_per_category"]), seed)
+    records = assign_splits(records, plain(data_cfg["split_fractions"]), seed)
     check_splits(records)
     order = lambda r: (SPLITS.index(r.split), LABELS.index(r.label), r.category, r.id)  # noqa: E731
     return PromptSet(sorted(records, key=order))

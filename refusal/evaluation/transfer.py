@@ -108,7 +108,7 @@ def _summaries(d: np.ndarray, d_random: np.ndarray | None, groups) -> dict[str, 
 
 
 def transfer_statistics(d: np.ndarray, labels: np.ndarray, d_random: np.ndarray | None, n_permutations: int,
-                        n_bootstrap: int, ci_level: float, seed: int) -> dict:
+                        n_resamples: int, ci_level: float, seed: int) -> dict:
     """Statistics, permutation p-value and bootstrap CIs; ``labels[i]`` = row of d that is prompt i's category."""
     C = d.shape[0]
     groups = [np.flatnonzero(labels == c) for c in range(C)]
@@ -120,8 +120,8 @@ def transfer_statistics(d: np.ndarray, labels: np.ndarray, d_random: np.ndarray 
     p_value = (1 + int(np.sum(null >= obs["specificity"] - 1e-12 * abs(obs["specificity"])))) / (1 + len(null))
     with warnings.catch_warnings():  # a ratio with a zero diagonal in every draw is NaN: its CI is NaN, quietly
         warnings.simplefilter("ignore", RuntimeWarning)
-        ci = (bootstrap(groups, lambda s: _summaries(d, d_random, s), n_bootstrap, ci_level, seed + 1)
-              if n_bootstrap else {})
+        ci = (bootstrap(groups, lambda s: _summaries(d, d_random, s), n_resamples, ci_level, seed + 1)
+              if n_resamples else {})
     return {**obs, "p_value": float(p_value), "n_permutations": n_permutations, "null_mean": float(np.mean(null)),
             "ci": {k: {"level": ci_level, "low": float(v["low"]), "high": float(v["high"])} for k, v in ci.items()},
             "n_prompts": [len(g) for g in groups]}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def build_loggers(logger_cfg, task_name: str, output_dir: str | Path) -> list[Lo
     loggers: list[Logger] = []
     name, group = run_identity()
     for key, node in (logger_cfg or {}).items():
+        if node is None:  # a logger of the group's schema that this config does not use
+            continue
         target = str(node.get("_target_", ""))
         if target.endswith("WandbLogger"):
             kwargs = {"name": node.get("name") or name, "group": node.get("group") or group or task_name}
@@ -45,6 +48,19 @@ def build_loggers(logger_cfg, task_name: str, output_dir: str | Path) -> list[Lo
         else:
             loggers.append(instantiate(node))
     return loggers
+
+
+def json_metrics(prefix: str, doc: dict, paths) -> dict[str, float]:
+    """``{prefix/path: value}`` for every JSON path (``"global_test/p_value"`` = ``doc["global_test"]["p_value"]``)
+    that holds a finite number: a logged metric is named by where the same value sits in the run's JSON."""
+    out = {}
+    for path in paths:
+        value = doc
+        for part in path.split("/"):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[f"{prefix}/{path}"] = float(value)
+    return out
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict:

@@ -1,23 +1,61 @@
-"""The `sae` config node, validated and resolved against the activation width (d_sae, k).
+"""The `sae` config group: one schema per trainable architecture (conf/sae/<architecture>.yaml lists
+``schema_<architecture>``), and the node validated and resolved against the activation width (d_sae, k).
 
-Each architecture has an exact key set (see conf/sae/*.yaml); a missing or unknown key is a ConfigError, so
-every key in a config file is one that this package reads.
+Each architecture has an exact key set (its schema's fields); a missing or unknown key is an error, from Hydra when
+composing and from :meth:`SAEConfig.from_cfg` for a config given as a plain mapping.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, List, Mapping, Optional
 
-from refusal.errors import ConfigError, check_choice
+from omegaconf import MISSING
+
+from refusal.config import choice, integer, number, plain, register
+from refusal.errors import ConfigError
 
 TRAINABLE = ("topk", "batchtopk", "relu_l1")
 B_DEC_INITS = ("mean", "geometric_median", "zeros")
 LR_DECAYS = ("none", "linear", "cosine")
 
-_COMMON = {"architecture", "expansion_factor", "d_sae", "dead_tokens_threshold", "b_dec_init", "lr", "betas",
-           "lr_warmup_steps", "lr_decay", "lr_decay_start"}
-_TOPK = {"k", "k_percent", "aux_k", "aux_coeff"}
-KEYS = {"topk": _COMMON | _TOPK, "batchtopk": _COMMON | _TOPK, "relu_l1": _COMMON | {"l1_coeff", "sparsity_warmup_steps"}}
+
+@dataclass
+class _Common:
+    architecture: str = MISSING
+    expansion_factor: Optional[float] = MISSING
+    d_sae: Optional[int] = MISSING
+    dead_tokens_threshold: int = MISSING
+    b_dec_init: str = MISSING
+    lr: float = MISSING
+    betas: List[float] = MISSING
+    lr_warmup_steps: int = MISSING
+    lr_decay: str = MISSING
+    lr_decay_start: float = MISSING
+
+
+@dataclass
+class TopKSchema(_Common):
+    k: Optional[int] = MISSING
+    k_percent: Optional[float] = MISSING
+    aux_k: int = MISSING
+    aux_coeff: float = MISSING
+
+
+@dataclass
+class BatchTopKSchema(TopKSchema):
+    """Same keys as TopK; ``k`` is the mean number of active latents over a batch."""
+
+
+@dataclass
+class ReluL1Schema(_Common):
+    l1_coeff: float = MISSING
+    sparsity_warmup_steps: int = MISSING
+
+
+SCHEMAS = {"topk": TopKSchema, "batchtopk": BatchTopKSchema, "relu_l1": ReluL1Schema}
+KEYS = {arch: {f.name for f in fields(node)} for arch, node in SCHEMAS.items()}
+for _arch, _node in SCHEMAS.items():
+    register("sae", _node, name=f"schema_{_arch}")
 
 
 @dataclass(frozen=True)
@@ -40,24 +78,23 @@ class SAEConfig:
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any], d_in: int) -> "SAEConfig":
-        cfg = _plain(cfg)
+        cfg = dict(plain(cfg))
         arch = cfg.get("architecture")
         if arch == "jumprelu":
             raise ConfigError("sae.architecture='jumprelu' can only be loaded (load_saelens), not trained; "
                               f"choose one of {list(TRAINABLE)}")
-        check_choice("sae.architecture", arch, TRAINABLE)
+        choice("sae.architecture", arch, TRAINABLE)
         missing, unknown = sorted(KEYS[arch] - cfg.keys()), sorted(cfg.keys() - KEYS[arch])
         if missing or unknown:
             raise ConfigError(f"sae config for architecture={arch!r}: missing keys {missing}, unknown keys "
                               f"{unknown}; the valid keys are {sorted(KEYS[arch])}")
-        if not isinstance(d_in, int) or d_in <= 0:
-            raise ConfigError(f"d_in={d_in!r} is not valid; it must be a positive int")
-        check_choice("sae.b_dec_init", cfg["b_dec_init"], B_DEC_INITS)
-        check_choice("sae.lr_decay", cfg["lr_decay"], LR_DECAYS)
+        integer("d_in", d_in, 1)
+        choice("sae.b_dec_init", cfg["b_dec_init"], B_DEC_INITS)
+        choice("sae.lr_decay", cfg["lr_decay"], LR_DECAYS)
 
         d_sae = _exactly_one(cfg, "d_sae", "expansion_factor")
-        d_sae = _pos_int("sae.d_sae", d_sae) if cfg["d_sae"] is not None else \
-            round(_pos_num("sae.expansion_factor", cfg["expansion_factor"]) * d_in)
+        d_sae = integer("sae.d_sae", d_sae, 1) if cfg["d_sae"] is not None else \
+            round(number("sae.expansion_factor", cfg["expansion_factor"], 0, open_lo=True) * d_in)
         if d_sae < 1:
             raise ConfigError(f"sae.expansion_factor={cfg['expansion_factor']} gives d_sae={d_sae}; it must be >= 1")
 
@@ -67,72 +104,36 @@ class SAEConfig:
         if arch in ("topk", "batchtopk"):
             _exactly_one(cfg, "k", "k_percent")
             if cfg["k"] is not None:
-                k = _pos_int("sae.k", cfg["k"])
+                k = integer("sae.k", cfg["k"], 1)
             else:
-                frac = _pos_num("sae.k_percent", cfg["k_percent"])
+                frac = number("sae.k_percent", cfg["k_percent"], 0, open_lo=True)
                 k = round(frac * d_sae)
                 if k < 1:
                     raise ConfigError(f"sae.k_percent={frac} gives k={k} for d_sae={d_sae}; it must give k >= 1")
             if k > d_sae:
                 raise ConfigError(f"sae k={k} is larger than d_sae={d_sae}; choose k in [1, {d_sae}]")
-            aux_k = min(_pos_int("sae.aux_k", cfg["aux_k"]), d_sae)  # at most aux_k dead latents: all if fewer
-            aux_coeff = _nonneg("sae.aux_coeff", cfg["aux_coeff"])
+            aux_k = min(integer("sae.aux_k", cfg["aux_k"], 1), d_sae)  # at most aux_k dead latents: all if fewer
+            aux_coeff = number("sae.aux_coeff", cfg["aux_coeff"], 0)
         else:
-            l1_coeff = _nonneg("sae.l1_coeff", cfg["l1_coeff"])
-            sparsity_warmup = _nonneg_int("sae.sparsity_warmup_steps", cfg["sparsity_warmup_steps"])
+            l1_coeff = number("sae.l1_coeff", cfg["l1_coeff"], 0)
+            sparsity_warmup = integer("sae.sparsity_warmup_steps", cfg["sparsity_warmup_steps"], 0)
 
         betas = cfg["betas"]
         if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(0 <= float(b) < 1 for b in betas)):
             raise ConfigError(f"sae.betas={betas!r} is not valid; give two numbers in [0, 1), e.g. [0.9, 0.999]")
-        start = cfg["lr_decay_start"]
-        if not isinstance(start, (int, float)) or not 0 <= start < 1:
-            raise ConfigError(f"sae.lr_decay_start={start!r} is not valid; give a fraction of total steps in [0, 1)")
+        start = number("sae.lr_decay_start", cfg["lr_decay_start"], 0, 1, open_hi=True)
         return cls(
             architecture=arch, d_in=d_in, d_sae=d_sae, k=k, aux_k=aux_k, aux_coeff=aux_coeff, l1_coeff=l1_coeff,
             sparsity_warmup_steps=sparsity_warmup,
-            dead_tokens_threshold=_pos_int("sae.dead_tokens_threshold", cfg["dead_tokens_threshold"]),
-            b_dec_init=cfg["b_dec_init"], lr=_pos_num("sae.lr", cfg["lr"]),
+            dead_tokens_threshold=integer("sae.dead_tokens_threshold", cfg["dead_tokens_threshold"], 1),
+            b_dec_init=cfg["b_dec_init"], lr=number("sae.lr", cfg["lr"], 0, open_lo=True),
             betas=(float(betas[0]), float(betas[1])),
-            lr_warmup_steps=_nonneg_int("sae.lr_warmup_steps", cfg["lr_warmup_steps"]),
-            lr_decay=cfg["lr_decay"], lr_decay_start=float(start),
+            lr_warmup_steps=integer("sae.lr_warmup_steps", cfg["lr_warmup_steps"], 0),
+            lr_decay=cfg["lr_decay"], lr_decay_start=start,
         )
-
-
-def _plain(cfg: Mapping[str, Any]) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return dict(cfg)
 
 
 def _exactly_one(cfg: dict, a: str, b: str):
     if (cfg[a] is None) == (cfg[b] is None):
         raise ConfigError(f"sae.{a}={cfg[a]!r} and sae.{b}={cfg[b]!r}: set exactly one of them, the other to null")
     return cfg[a] if cfg[a] is not None else cfg[b]
-
-
-def _pos_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ConfigError(f"{name}={v!r} is not valid; it must be a positive int")
-    return v
-
-
-def _nonneg_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ConfigError(f"{name}={v!r} is not valid; it must be an int >= 0")
-    return v
-
-
-def _pos_num(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise ConfigError(f"{name}={v!r} is not valid; it must be a number > 0")
-    return float(v)
-
-
-def _nonneg(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-        raise ConfigError(f"{name}={v!r} is not valid; it must be a number >= 0")
-    return float(v)

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, R2Score, SumMetric
 
 from refusal.errors import ConfigError
-from refusal.sae.config import SAEConfig, _plain
+from refusal.config import plain
+from refusal.sae.config import SAEConfig
 from refusal.sae.io import save_saelens
 from refusal.sae.loss import batch_explained_variance, sae_loss
 from refusal.sae.model import SparseAutoencoder
@@ -49,7 +50,7 @@ class SAELightningModule(L.LightningModule):
     def __init__(self, sae_cfg: Mapping[str, Any], hooks: list[str], d_in: int, categories: list[str],
                  total_steps: int):
         super().__init__()
-        sae_cfg, hooks, categories = _plain(sae_cfg), list(hooks), list(categories)
+        sae_cfg, hooks, categories = plain(sae_cfg), list(hooks), list(categories)
         if not hooks or len(set(hooks)) != len(hooks) or len({hook_key(h) for h in hooks}) != len(hooks):
             raise ConfigError(f"hooks={hooks!r} is not valid; give a non-empty list of distinct hook names")
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:

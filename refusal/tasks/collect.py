@@ -5,13 +5,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from refusal.activations.collect_tasks import CollectTask
+from refusal.activations.config import collect_task
 from refusal.runs import TrainRun
 from refusal.tasks.common import activation_store, load_model, prepare_prompts
 
 
 def collect(cfg: DictConfig) -> None:
-    task = CollectTask.from_config(cfg.activations.collect_tasks, cfg.activations.collect_task_index)
+    task = collect_task(cfg.activations)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     prompts, _ = prepare_prompts(cfg, TrainRun(run_dir))

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from refusal.circuit.attribution import node_space
 from refusal.circuit.circuit import COMBINED, write_circuit
@@ -15,44 +15,26 @@ from refusal.circuit.discovery import attribute_group, make_circuit
 from refusal.circuit.metric import build_metric
 from refusal.circuit.model import CircuitModel
 from refusal.circuit.saes import load_hooked_saes
-from refusal.circuit.select import Selection
-from refusal.circuit.summary import StatsSettings, analyse
-from refusal.circuit.verdict import DecisionRule
-from refusal.data import LABELS, PromptSet, build_prompt_set
-from refusal.errors import ConfigError, check_choice
+from refusal.circuit.config import settings_from
+from refusal.circuit.summary import analyse
+from refusal.config import plain
+from refusal.data import PromptSet, build_prompt_set
+from refusal.errors import ConfigError
 from refusal.model import ChatFormatter, load_model
-from refusal.logger.loggers import build_loggers, log_artifact_dir, log_config, log_table, wandb_run
+from refusal.logger.loggers import build_loggers, json_metrics, log_artifact_dir, log_config, log_table, wandb_run
 from refusal.runs import DiscoverRun, TrainRun, adopt_run_config, check_model
+from refusal.tasks.common import optimized_metric
 from refusal.utils.io import stable_hash
 
 log = logging.getLogger(__name__)
-DISCOVERY_SPLITS = ("train", "val")
-
-
-def _plain(value):
-    return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
-
-
-def settings_from(c: DictConfig) -> tuple[Selection, StatsSettings, DecisionRule]:
-    """Check the circuit config before any model is loaded."""
-    check_choice("circuit.discovery_split", c.discovery_split, DISCOVERY_SPLITS)
-    for lb in _plain(c.safe_labels):
-        check_choice("circuit.safe_labels entry", lb, [x for x in LABELS if x != "toxic"])
-    for key, low in (("min_prompts_per_category", 2), ("batch_size", 1), ("n_integration_steps", 1),
-                     ("exact_max_nodes", 1), ("max_length", 8)):
-        v = c[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ConfigError(f"circuit.{key}={v!r} is not valid; use an int >= {low}")
-    sel = Selection(c.node_threshold, c.threshold_mode, c.top_n_per_layer, c.cumulative_fraction, c.edge_threshold)
-    s = c.statistics
-    return (sel, StatsSettings(s.n_permutations, s.n_bootstrap, s.ci_level),
-            DecisionRule(s.alpha, s.modular_min_pair_fraction, s.modular_max_core_mass, s.monolithic_min_core_mass,
-                         s.max_error_mass))
+# logged as discover/<path>: the JSON path of the same value in discovery_summary.json
+LOGGED_PATHS = ("global_test/statistic", "global_test/p_value", "evidence/pair_fraction_differ",
+                "shared_core/mean_core_mass")
 
 
 def load_sources(cfg: DictConfig) -> tuple[PromptSet, list[tuple[str | None, str]], dict]:
     """(prompt set, [(expected hook, SAE dir)], train manifest or {})."""
-    train_dir, sae_dirs = cfg.get("train_dir"), _plain(cfg.get("sae_dirs"))
+    train_dir, sae_dirs = cfg.get("train_dir"), plain(cfg.get("sae_dirs"))
     if bool(train_dir) == bool(sae_dirs):
         raise ConfigError(f"give exactly one of train_dir=<train run dir> or sae_dirs=[<SAELens dir>, ...] "
                           f"(got train_dir={train_dir!r}, sae_dirs={sae_dirs!r})")
@@ -70,12 +52,7 @@ def load_sources(cfg: DictConfig) -> tuple[PromptSet, list[tuple[str | None, str
 def config_hash(cfg: DictConfig) -> str:
     """Hash of what determines the circuits (not where they are written)."""
     keys = ("seed", "model", "data", "circuit", "train_dir", "sae_dirs")
-    return stable_hash({k: _resolved(cfg, k) for k in keys})
-
-
-def _resolved(cfg: DictConfig, key: str):
-    value = cfg.get(key)
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return stable_hash({k: plain(cfg.get(k)) for k in keys})
 
 
 def _groups_by_category(records, min_n: int) -> tuple[list[str], dict[str, int]]:
@@ -104,8 +81,7 @@ def _clean_json(obj):
 
 def discover(cfg: DictConfig) -> float:
     torch.manual_seed(cfg.seed)
-    c = cfg.circuit
-    selection, stats, rule = settings_from(c)
+    s = settings_from(cfg.circuit)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     run = DiscoverRun(run_dir)
@@ -117,49 +93,47 @@ def discover(cfg: DictConfig) -> float:
     loaded = load_model(cfg.model)
     check_model(loaded, train_manifest)
     saes = load_hooked_saes(sae_dirs, loaded)
-    metric_fn, metric_desc = build_metric(c.metric, loaded.tokenizer, _plain(cfg.model.get("refusal_tokens")),
-                                          _plain(c.compliance_tokens))
-    formatter = ChatFormatter(loaded.tokenizer, cfg.model.get("system_prompt"), c.max_length)
-    cm = CircuitModel(loaded.model, formatter, saes, c.positions, metric_fn, c.batch_size)
-    space = node_space(cm, c.aggregation)
+    metric_fn, metric_desc = build_metric(s.metric, loaded.tokenizer, plain(cfg.model.get("refusal_tokens")),
+                                          s.compliance_tokens)
+    formatter = ChatFormatter(loaded.tokenizer, cfg.model.get("system_prompt"), s.max_length)
+    cm = CircuitModel(loaded.model, formatter, saes, s.positions, metric_fn, s.batch_size)
+    space = node_space(cm, s.aggregation)
 
-    split = prompts.filter(split=c.discovery_split)
-    safe_labels = _plain(c.safe_labels)
-    toxic, safe = list(split.filter(label="toxic")), list(split.filter(label=safe_labels))
-    categories, skipped = _groups_by_category(toxic, c.min_prompts_per_category)
+    split = prompts.filter(split=s.discovery_split)
+    toxic, safe = list(split.filter(label="toxic")), list(split.filter(label=s.safe_labels))
+    categories, skipped = _groups_by_category(toxic, s.min_prompts_per_category)
     if len(categories) < 2:
-        raise ConfigError(f"the {c.discovery_split} split has {len(categories)} toxic categories with >= "
-                          f"circuit.min_prompts_per_category={c.min_prompts_per_category} prompts ({categories}); "
+        raise ConfigError(f"the {s.discovery_split} split has {len(categories)} toxic categories with >= "
+                          f"circuit.min_prompts_per_category={s.min_prompts_per_category} prompts ({categories}); "
                           "comparing categories needs at least 2")
     toxic = [r for r in toxic if r.category in categories]
     for cat, n in skipped.items():
-        log.warning("discover: toxic category %r has %d %s prompts (< %d): no circuit", cat, n, c.discovery_split,
-                    c.min_prompts_per_category)
-    args = dict(patch=c.patch, method=c.attribution_method, aggregation=c.aggregation,
-                ig_steps=c.n_integration_steps, exact_max_nodes=c.exact_max_nodes)
-    log.info("discover: attributing %d toxic prompts (%s, %s patch)", len(toxic), c.attribution_method, c.patch)
+        log.warning("discover: toxic category %r has %d %s prompts (< %d): no circuit", cat, n, s.discovery_split,
+                    s.min_prompts_per_category)
+    args = s.attribution
+    log.info("discover: attributing %d toxic prompts (%s, %s patch)", len(toxic), args["method"], args["patch"])
     groups = {"toxic": attribute_group(cm, "toxic", toxic, safe, **args)}
     safe_categories, safe_skipped = [], {}
-    if c.separate_safe_toxic:
-        safe_categories, safe_skipped = _groups_by_category(safe, c.min_prompts_per_category)
+    if s.separate_safe_toxic:
+        safe_categories, safe_skipped = _groups_by_category(safe, s.min_prompts_per_category)
         kept_safe = [r for r in safe if r.category in safe_categories]
         if kept_safe:
             log.info("discover: attributing %d safe prompts", len(kept_safe))
             groups["safe"] = attribute_group(cm, "safe", kept_safe, toxic, **args)
 
     manifest = {"model": loaded.name, "weights_hash": loaded.weights_hash, "config_hash": config_hash(cfg),
-                "prompts_hash": prompts.content_hash(), "discovery_split": c.discovery_split,
-                "saes": {h: {"dir": s.path, "weights_hash": s.weights_hash} for h, s in saes.items()},
+                "prompts_hash": prompts.content_hash(), "discovery_split": s.discovery_split,
+                "saes": {h: {"dir": x.path, "weights_hash": x.weights_hash} for h, x in saes.items()},
                 "node_space": {"hooks": list(space.hooks), "d_sae": list(space.d_sae),
                                "n_positions": space.n_positions, "aggregation": space.aggregation}}
-    settings = OmegaConf.to_container(c, resolve=True)
+    settings = plain(cfg.circuit)
     circuits_dir = run.circuits
     written, toxic_circuits = [], {}
     plan = [("toxic", cat, cat) for cat in categories] + [("toxic", None, COMBINED)] + \
            [("safe", cat, cat) for cat in safe_categories if "safe" in groups]
     for kind, cat, name in plan:
         group = groups[kind]
-        circuit = make_circuit(cm, group, cat, name, space, selection)
+        circuit = make_circuit(cm, group, cat, name, space, s.selection)
         payload = circuit.to_json(space, metric_desc, settings, {
             **manifest, "paired_prompt_ids": group.source.paired_ids(group.rows(cat))})
         path = write_circuit(circuits_dir, loaded.name, circuit, payload)
@@ -172,12 +146,13 @@ def discover(cfg: DictConfig) -> float:
     for group in groups.values():
         _save_attributions(run, group)
 
-    summary = analyse(groups["toxic"], toxic_circuits, space, selection, stats, rule, cfg.seed, run.heatmaps)
+    summary = analyse(groups["toxic"], toxic_circuits, space, s.selection, s.stats, s.rule, cfg.seed, run.heatmaps)
     summary = _clean_json({**summary, "circuits": written, "metric": metric_desc,
                            "skipped_categories": {"toxic": skipped, "safe": safe_skipped},
                            "settings": settings, "manifest": manifest})
     run.write_summary(summary)
-    _log(loggers, summary, circuits_dir)
+    metrics = json_metrics("discover", summary, LOGGED_PATHS)
+    _log(loggers, metrics, summary, circuits_dir)
 
     g = summary["global_test"]
     print(f"verdict: {summary['verdict']} (global p = {g['p_value']:.4g}, "
@@ -186,15 +161,10 @@ def discover(cfg: DictConfig) -> float:
     print(f"circuits: {circuits_dir}")
     print(f"heatmaps: {run.heatmaps}")
     print(f"summary: {run.summary}")
-    return float(g["statistic"])
+    return optimized_metric(cfg, metrics)
 
 
-def _log(loggers, summary: dict, circuits_dir: Path) -> None:
-    metrics = {"discover/global_dissimilarity": summary["global_test"]["statistic"],
-               "discover/global_p": summary["global_test"]["p_value"],
-               "discover/pair_fraction_differ": summary["evidence"]["pair_fraction_differ"],
-               "discover/mean_core_mass": summary["shared_core"]["mean_core_mass"]}
-    metrics = {k: float(v) for k, v in metrics.items() if v is not None}
+def _log(loggers, metrics: dict, summary: dict, circuits_dir: Path) -> None:
     for lg in loggers:
         lg.log_metrics(metrics, step=0)
         lg.save()

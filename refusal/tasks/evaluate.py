@@ -4,133 +4,36 @@ report.md / report.html (every stage's JSON next to them). A stage whose inputs 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from refusal.behavior.judge import build_judge
-from refusal.behavior.rates import check_ci_options
 from refusal.behavior.score import refusal_token_ids
 from refusal.circuit.saes import load_hooked_saes
-from refusal.circuit.verdict import TransferRule, combine
+from refusal.circuit.verdict import combine
+from refusal.config import plain
 from refusal.data.records import SPLITS
-from refusal.errors import ConfigError, check_choice
-from refusal.evaluation.circuit_setup import ABLATIONS, build_circuit_setup
-from refusal.evaluation.context import Bootstrap, EvalContext
-from refusal.evaluation.direction import DirectionSettings, run_direction
+from refusal.errors import ConfigError
+from refusal.evaluation.circuit_setup import build_circuit_setup
+from refusal.evaluation.config import STAGES, EvalSettings, settings_from
+from refusal.evaluation.context import EvalContext
+from refusal.evaluation.direction import run_direction
 from refusal.evaluation.faithfulness import run_faithfulness
 from refusal.evaluation.inputs import RunInputs, load_inputs
-from refusal.evaluation.interventions import ARDITI_KINDS
+from refusal.evaluation.report import log_report, write_report
 from refusal.evaluation.sae_quality import sae_quality
 from refusal.evaluation.sections import build_report
-from refusal.evaluation.transfer import TransferSettings, run_transfer
+from refusal.evaluation.transfer import run_transfer
+from refusal.logger.loggers import build_loggers, json_metrics, log_config, log_table, wandb_run
 from refusal.model import ChatFormatter, load_model
-from refusal.model.hooks import HOOK_KINDS, parse_layers
-from refusal.logger.loggers import build_loggers, log_config, log_table, wandb_run
-from refusal.evaluation.report import log_report, write_report
 from refusal.runs import EvaluateRun, adopt_run_config, check_model
+from refusal.tasks.common import optimized_metric
 from refusal.utils.io import json_safe
 
 log = logging.getLogger(__name__)
-STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction")
-
-
-def _plain(value):
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _int(name: str, value, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ConfigError(f"evaluation.{name}={value!r} is not valid; use an int >= {lo}")
-    return value
-
-
-def _layer_spec(name: str, value):
-    value = _plain(value)
-    try:
-        parse_layers(value, 10**6)  # the form; the range is checked against the loaded model
-    except (ConfigError, TypeError, ValueError):
-        raise ConfigError(f"evaluation.{name}={value!r} is not valid; use all, mid, an int, a list or 'a-b'") from None
-    return value
-
-
-def _bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"evaluation.{name}={value!r} is not valid; use true or false")
-    return value
-
-
-def _number(name: str, value, lo: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
-        raise ConfigError(f"evaluation.{name}={value!r} is not valid; use a number >= {lo}")
-    return float(value)
-
-
-@dataclass
-class EvalSettings:
-    stages: list[str]
-    split: str
-    batch_size: int
-    max_new_tokens: int
-    max_length: int | None
-    ablation: str
-    boot: Bootstrap
-    sae_max_prompts: int
-    thresholds: list[float]
-    faith_n_random: int
-    transfer: TransferSettings
-    direction: DirectionSettings
-
-
-def settings_from(e: DictConfig) -> EvalSettings:
-    """Check the evaluation config before anything is loaded."""
-    stages = _plain(e.stages)
-    if not isinstance(stages, list):
-        raise ConfigError(f"evaluation.stages={stages!r} is not valid; use a list drawn from {list(STAGES)}")
-    for s in stages:
-        check_choice("evaluation.stages entry", s, STAGES)
-    check_choice("evaluation.split", e.split, [s for s in SPLITS if s != "train"])
-    check_choice("evaluation.ablation", e.ablation, ABLATIONS)
-    b = e.bootstrap
-    try:
-        check_ci_options(b.ci_level, b.n_resamples, b.ci_method)
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("behavior.", "evaluation.bootstrap.")) from None
-    thresholds = _plain(e.faithfulness.thresholds)
-    if not isinstance(thresholds, list) or not thresholds:
-        raise ConfigError(f"evaluation.faithfulness.thresholds={thresholds!r} is not valid; use a non-empty list of "
-                          "numbers >= 0")
-    thresholds = [_number("faithfulness.thresholds entry", t) for t in thresholds]
-    t, d = e.transfer, e.direction
-    rule = TransferRule(t.alpha, t.modular_max_transfer, t.monolithic_min_transfer)
-    hooks = tuple(_plain(d.ablation_hooks))
-    for k in hooks:
-        check_choice("evaluation.direction.ablation_hooks entry", k, HOOK_KINDS)
-    for name in ("candidate_split", "selection_split"):
-        check_choice(f"evaluation.direction.{name}", d[name], SPLITS)
-    max_length = e.max_length if e.max_length is None else _int("max_length", e.max_length, 1)
-    frac = _number("direction.max_layer_fraction", d.max_layer_fraction)
-    if not 0 < frac <= 1:
-        raise ConfigError(f"evaluation.direction.max_layer_fraction={frac} is not valid; use a number in (0, 1]")
-    return EvalSettings(
-        stages=stages, split=e.split, batch_size=_int("batch_size", e.batch_size, 1),
-        max_new_tokens=_int("max_new_tokens", e.max_new_tokens, 1), max_length=max_length, ablation=e.ablation,
-        boot=Bootstrap(b.n_resamples, b.ci_level, b.ci_method),
-        sae_max_prompts=_int("sae_quality.max_prompts", e.sae_quality.max_prompts, 1), thresholds=thresholds,
-        faith_n_random=_int("faithfulness.n_random", e.faithfulness.n_random, 0),
-        transfer=TransferSettings(_bool("transfer.generate", t.generate),
-                                  _bool("transfer.include_error_nodes", t.include_error_nodes),
-                                  _int("transfer.n_random", t.n_random, 0),
-                                  _int("transfer.n_permutations", t.n_permutations, 1), rule),
-        direction=DirectionSettings(d.candidate_split, d.selection_split,
-                                    _int("direction.n_selection_prompts", d.n_selection_prompts, 1),
-                                    hooks or ARDITI_KINDS, _number("direction.max_kl", d.max_kl), frac,
-                                    _number("direction.induce_min_score", d.induce_min_score, -np.inf),
-                                    _number("direction.actadd_coeff", d.actadd_coeff, -np.inf),
-                                    _layer_spec("direction.candidate_layers", d.candidate_layers)))
 
 
 def _missing_reasons(s: EvalSettings, inputs: RunInputs) -> dict[str, dict | None]:
@@ -179,8 +82,8 @@ def evaluate(cfg: DictConfig) -> float | None:
         model_name = loaded.name
         check_model(loaded, inputs.train_manifest, inputs.found.manifest if inputs.found else None)
         formatter = ChatFormatter(loaded.tokenizer, cfg.model.get("system_prompt"), s.max_length)
-        ctx = EvalContext(loaded, formatter, eval_prompts, build_judge(cfg.evaluation.judge),
-                          refusal_token_ids(loaded.tokenizer, _plain(cfg.model.get("refusal_tokens"))), s.batch_size,
+        ctx = EvalContext(loaded, formatter, eval_prompts, build_judge(s.judge),
+                          refusal_token_ids(loaded.tokenizer, plain(cfg.model.get("refusal_tokens"))), s.batch_size,
                           s.max_new_tokens, s.boot, int(cfg.seed), run_dir, s.max_length)
         _run_stages(ctx, s, inputs, results, run_dir, loaded)
 
@@ -198,11 +101,11 @@ def evaluate(cfg: DictConfig) -> float | None:
                                  "discover_dir": str(inputs.discover_dir) if inputs.discover_dir else None,
                                  **results, "verdict": verdict}))
     _, html_path = write_report(report, run.report_md, run.report_html)
-    _log(loggers, results, verdict, report, html_path)
+    metrics = _metrics(results)
+    _log(loggers, metrics, results, verdict, report, html_path)
     print(f"verdict: {verdict['verdict']} ({verdict['basis']})")
     print(f"report: {html_path}")
-    st = (results.get("transfer") or {}).get("statistic")
-    return float(st["specificity"]) if st else None
+    return optimized_metric(cfg, metrics)
 
 
 def _run_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: dict, run_dir: Path, loaded) -> None:
@@ -234,24 +137,23 @@ def _run_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: d
         results["direction"] = {"status": "done", **run_direction(ctx, inputs.prompts, s.direction, run_dir, s.split)}
 
 
-def _log(loggers, results: dict, verdict: dict, report, html_path: Path) -> None:
-    metrics = {}
-    for r in (results.get("baseline") or {}).get("rows", []):
-        if r["category"] == "all":
-            metrics[f"evaluate/baseline/{r['label']}/refusal_rate"] = r["refusal_rate"]
-    for name, c in (results.get("faithfulness") or {}).get("curves", {}).items():
-        d = c.get("discovered") or {}
-        for k in ("faithfulness", "completeness"):
-            if d.get(k) is not None:
-                metrics[f"evaluate/{k}/{name}"] = d[k]
-    st = (results.get("transfer") or {}).get("statistic") or {}
-    for k in ("specificity", "p_value", "transfer_ratio"):
-        if st.get(k) is not None:
-            metrics[f"evaluate/transfer/{k}"] = st[k]
-    kl = ((results.get("direction") or {}).get("kl_safe") or {}).get("mean")
-    if kl is not None:
-        metrics["evaluate/direction/kl_safe"] = kl
+def _metrics(results: dict) -> dict[str, float]:
+    """The logged metrics: ``evaluate/<stage>/<JSON path in <stage>.json>``, so a W&B key names where its value
+    is written; baseline refusal rates are rows of a table, logged as ``evaluate/baseline/<label>/refusal_rate``."""
+    metrics = {f"evaluate/baseline/{r['label']}/refusal_rate": r["refusal_rate"]
+               for r in (results.get("baseline") or {}).get("rows", []) if r["category"] == "all"}
     metrics = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
+    curves = (results.get("faithfulness") or {}).get("curves", {})
+    metrics.update(json_metrics("evaluate/faithfulness", results.get("faithfulness") or {},
+                                [f"curves/{name}/discovered/{k}" for name in curves
+                                 for k in ("faithfulness", "completeness")]))
+    metrics.update(json_metrics("evaluate/transfer", results.get("transfer") or {},
+                                [f"statistic/{k}" for k in ("specificity", "p_value", "transfer_ratio")]))
+    metrics.update(json_metrics("evaluate/direction", results.get("direction") or {}, ["kl_safe/mean"]))
+    return metrics
+
+
+def _log(loggers, metrics: dict, results: dict, verdict: dict, report, html_path: Path) -> None:
     for lg in loggers:
         lg.log_metrics(metrics, step=0)
         lg.save()

@@ -10,21 +10,21 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from refusal.activations.datamodule import ActivationDataModule
+from refusal.activations import config as activations_config
 from refusal.behavior.baseline import measure_baseline
 from refusal.model import load_model
 from refusal.model.hooks import hook_width
 from refusal.sae.config import SAEConfig
 from refusal.sae.module import SAELightningModule
 from refusal.runs import TrainRun
-from refusal.tasks.common import activation_store, prepare_prompts
+from refusal.tasks.common import activation_store, optimized_metric, prepare_prompts
 from refusal.logger.loggers import build_loggers, log_artifact_dir, log_config, log_table
 from refusal.utils.io import read_json, stable_hash
 
 log = logging.getLogger(__name__)
 # batches come ready-made from one process: the DataLoader length warning does not apply
 warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
-TARGET = "val/explained_variance"
+MONITOR = "val/explained_variance"  # the checkpoint kept besides last.ckpt: the best on this
 
 
 def baseline_behavior(loaded, prompts, behavior_cfg, run: TrainRun, loggers) -> dict:
@@ -63,11 +63,7 @@ def train(cfg: DictConfig) -> float:
     for hook in plan.hooks:  # a bad SAE config fails now, not after collection
         SAEConfig.from_cfg(cfg.sae, hook_width(loaded.model, hook))
     log.info("activation store: %s", store_dir)
-    ld = cfg.activations.loader
-    dm = ActivationDataModule(str(store_dir), plan.hooks, batch_size=ld.batch_size, samples_per_epoch=ld.samples_per_epoch,
-                              balance_safe_toxic=ld.balance_safe_toxic, use_category_weights=ld.use_category_weights,
-                              shards_in_memory=ld.shards_in_memory, val_batch_size=ld.val_batch_size, seed=cfg.seed,
-                              collect_fn=collect)
+    dm = activations_config.datamodule(cfg.activations, store_dir, plan.hooks, cfg.seed, collect)
     dm.prepare_data()
     dm.setup("fit")
     dm.collect_fn = None  # collected: the LM is not needed to train the SAEs
@@ -76,14 +72,14 @@ def train(cfg: DictConfig) -> float:
 
     module = SAELightningModule(cfg.sae, plan.hooks, dm.store.d_in, dm.categories, total_steps=cfg.trainer.max_steps)
     if ckpt is None:
-        module.init_from_sample(dm.sample_rows(ld.init_rows))
+        module.init_from_sample(dm.sample_rows(activations_config.init_rows(cfg.activations)))
     checkpoint = ModelCheckpoint(dirpath=run.checkpoints, filename="step{step}", save_last=True,
                                  every_n_train_steps=cfg.checkpoint_every_n_steps, save_top_k=1,
-                                 monitor=TARGET, mode="max", auto_insert_metric_name=False)
+                                 monitor=MONITOR, mode="max", auto_insert_metric_name=False)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint])
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if TARGET not in metrics:
+    if MONITOR not in metrics:
         trainer.validate(module, datamodule=dm, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -99,5 +95,5 @@ def train(cfg: DictConfig) -> float:
         print(f"SAEs: {run.saes}")
         for lg in loggers:
             print(f"{type(lg).__name__}: {getattr(lg, 'save_dir', None) or getattr(lg, 'log_dir', '')}")
-        print(f"{TARGET} = {metrics[TARGET]:.4f}")
-    return metrics[TARGET]
+        print(f"{MONITOR} = {metrics[MONITOR]:.4f}")
+    return optimized_metric(cfg, metrics)

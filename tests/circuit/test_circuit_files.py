@@ -105,7 +105,7 @@ def test_summary_verdict_follows_planted_structure(tmp_path, structure):
         mean, mask, mc, mp = circuit_from_rows(group.attributions.ie[rows], group.attributions.m_clean[rows],
                                                group.attributions.m_patch[rows], space, sel)
         circuits[c] = Circuit(c, "toxic", [group.records[i].id for i in rows], mean, mask, mc, mp)
-    out = analyse(group, circuits, space, sel, StatsSettings(n_permutations=199, n_bootstrap=20), DecisionRule(),
+    out = analyse(group, circuits, space, sel, StatsSettings(n_permutations=199, n_resamples=20, ci_level=0.95), DecisionRule(),
                   seed=0, heatmap_dir=tmp_path)
     assert out["verdict"] == structure
     assert set(out["heatmaps"]) == {"jaccard", "weighted_jaccard", "cosine", "pairwise_p_adjusted"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-FAST = ["circuit.statistics.n_permutations=200", "circuit.statistics.n_bootstrap=20"]
+FAST = ["circuit.statistics.n_permutations=200", "circuit.statistics.n_resamples=20"]
 
 
 def run(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:

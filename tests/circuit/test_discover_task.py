@@ -47,7 +47,7 @@ def _compose(train_dir: Path, out: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("discover", overrides=[
             f"train_dir={train_dir}", "model=tiny_llama", "logger=csv", f"paths.output_dir={out}",
-            f"paths.root_dir={out}", "circuit.statistics.n_permutations=200", "circuit.statistics.n_bootstrap=10",
+            f"paths.root_dir={out}", "circuit.statistics.n_permutations=200", "circuit.statistics.n_resamples=10",
             *overrides])
 
 
@@ -81,7 +81,7 @@ def test_safe_circuits_follow_safe_labels_and_switch(train_dir, tmp_path):
         {("benign", "safe"), ("fraud", "safe")}  # safe prompts (benign) and hard prompts (fraud)
     only_safe = _run(train_dir, tmp_path / "only_safe", "circuit.safe_labels=[safe]")
     assert {c["category"] for c in only_safe["circuits"] if c["kind"] == "safe"} == {"benign"}
-    off = _run(train_dir, tmp_path / "off", "circuit.separate_safe_toxic=false", "circuit.statistics.n_bootstrap=0")
+    off = _run(train_dir, tmp_path / "off", "circuit.separate_safe_toxic=false", "circuit.statistics.n_resamples=0")
     assert {c["kind"] for c in off["circuits"]} == {"toxic"}
     assert off["similarity"]["ci"] == {} and off["shared_core"]["mean_core_mass_ci"] is None
     assert both["categories"] == ["cyber", "fraud", "violence"]
@@ -99,9 +99,9 @@ def test_min_prompts_per_category_skips_small_categories(tmp_path):
 
 
 def test_patch_and_metric_options_reach_the_circuits(train_dir, tmp_path):
-    base = _run(train_dir, tmp_path / "base", "circuit.separate_safe_toxic=false", "circuit.statistics.n_bootstrap=0")
+    base = _run(train_dir, tmp_path / "base", "circuit.separate_safe_toxic=false", "circuit.statistics.n_resamples=0")
     paired = _run(train_dir, tmp_path / "paired", "circuit.separate_safe_toxic=false",
-                  "circuit.statistics.n_bootstrap=0", "circuit.patch=paired", "circuit.metric=logit_diff")
+                  "circuit.statistics.n_resamples=0", "circuit.patch=paired", "circuit.metric=logit_diff")
     f_base = json.loads(Path(base["circuits"][0]["file"]).read_text())
     f_paired = json.loads(Path(paired["circuits"][0]["file"]).read_text())
     assert f_base["manifest"]["paired_prompt_ids"] is None
@@ -111,7 +111,7 @@ def test_patch_and_metric_options_reach_the_circuits(train_dir, tmp_path):
 
 
 def test_same_config_gives_byte_identical_circuit_files(train_dir, tmp_path):
-    args = ("circuit.separate_safe_toxic=false", "circuit.statistics.n_bootstrap=0")
+    args = ("circuit.separate_safe_toxic=false", "circuit.statistics.n_resamples=0")
     a = _run(train_dir, tmp_path / "a", *args)
     b = _run(train_dir, tmp_path / "b", *args)
     names = [Path(c["file"]).name for c in a["circuits"]]

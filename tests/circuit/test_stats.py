@@ -90,9 +90,9 @@ def test_bootstrap_resamples_within_category_and_is_seeded():
     def summarise(sample):
         seen.append(sample)
         return {"x": np.array([s.mean() for s in sample])}
-    a = bootstrap(rows, summarise, n_bootstrap=50, ci_level=0.9, seed=3)
+    a = bootstrap(rows, summarise, n_resamples=50, ci_level=0.9, seed=3)
     assert all(set(s[0]) <= set(rows[0]) and set(s[1]) <= set(rows[1]) and len(s[1]) == 7 for s in seen)
-    b = bootstrap(rows, summarise, n_bootstrap=50, ci_level=0.9, seed=3)
+    b = bootstrap(rows, summarise, n_resamples=50, ci_level=0.9, seed=3)
     assert np.array_equal(a["x"]["low"], b["x"]["low"])
     assert (a["x"]["low"] <= a["x"]["high"]).all()
 

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 
 from refusal.errors import ConfigError
 from refusal.evaluation.inputs import load_inputs
-from refusal.tasks.evaluate import STAGES, settings_from
+from refusal.evaluation.config import STAGES, settings_from
 from refusal.utils.io import write_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +34,6 @@ def test_defaults_are_valid():
     ("evaluation.faithfulness.thresholds=[]", "evaluation.faithfulness.thresholds"),
     ("evaluation.faithfulness.thresholds=[-1]", "evaluation.faithfulness.thresholds entry=-1"),
     ("evaluation.transfer.n_permutations=0", "evaluation.transfer.n_permutations=0"),
-    ("evaluation.transfer.generate=maybe", "evaluation.transfer.generate='maybe'"),
     ("evaluation.transfer.alpha=3", "evaluation.transfer.alpha=3"),
     ("evaluation.direction.ablation_hooks=[hook_resid_mid]", "hook_resid_mid"),
     ("evaluation.direction.max_layer_fraction=0", "evaluation.direction.max_layer_fraction=0"),
@@ -44,6 +44,13 @@ def test_defaults_are_valid():
 def test_bad_values_are_named(override, needle):
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         settings_from(_cfg(override).evaluation)
+
+
+def test_wrong_types_and_unknown_keys_are_refused_by_hydra():
+    with pytest.raises(ConfigCompositionException, match="evaluation.transfer.generate=maybe"):
+        _cfg("evaluation.transfer.generate=maybe")
+    with pytest.raises(ConfigCompositionException, match="evaluation.transfer.n_bootstrap"):
+        _cfg("evaluation.transfer.n_bootstrap=10")
 
 
 def test_run_dirs_are_checked(tmp_path):

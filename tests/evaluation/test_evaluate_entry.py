@@ -74,7 +74,7 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
     train = _train_dir(root)
     disc = root / "discover"
     discover(_compose("discover", disc, f"train_dir={train}", "circuit.statistics.n_permutations=50",
-                      "circuit.statistics.n_bootstrap=0", "circuit.separate_safe_toxic=false",
+                      "circuit.statistics.n_resamples=0", "circuit.separate_safe_toxic=false",
                       "circuit.edge_threshold=1.0"))
     return train, disc
 

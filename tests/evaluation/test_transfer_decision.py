@@ -21,7 +21,7 @@ def _drops(own: float, other: float, seed: int = 0, noise: float = 0.1) -> np.nd
 
 
 def _stats(d, d_random=None):
-    return transfer_statistics(d, _labels(), d_random, n_permutations=500, n_bootstrap=200, ci_level=0.95, seed=0)
+    return transfer_statistics(d, _labels(), d_random, n_permutations=500, n_resamples=200, ci_level=0.95, seed=0)
 
 
 def test_cell_means_vectorized_matches_a_loop():

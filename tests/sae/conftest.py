@@ -12,6 +12,7 @@ def make_cfg():
     """The real conf/sae/<name>.yaml as a plain dict, with overrides."""
     def make(name: str = "topk", **overrides):
         cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+        del cfg["defaults"]  # the schema line; the keys below it are the config
         cfg.update(overrides)
         return cfg
     return make

@@ -38,6 +38,7 @@ def store(tiny, make_prompts, tmp_path_factory):
 def _fit(store, ckpt_dir, callbacks=(), ckpt_path=None):
     L.seed_everything(0, verbose=False)
     sae_cfg = OmegaConf.load("conf/sae/topk.yaml")
+    del sae_cfg["defaults"]  # the schema line
     sae_cfg.expansion_factor = 2
     dm = ActivationDataModule(str(store), [HOOK], batch_size=32, samples_per_epoch=32 * 5, shards_in_memory=1, seed=0)
     dm.setup("fit")

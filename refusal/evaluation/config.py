@@ -1,0 +1,157 @@
+"""The ``evaluation`` config group (conf/evaluation/): its schema and the settings it turns into, checked before
+anything is loaded."""
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+import numpy as np
+from omegaconf import MISSING
+
+from refusal.behavior.rates import check_ci_options
+from refusal.config import choice, integer, number, plain, register
+from refusal.data.records import SPLITS
+from refusal.errors import ConfigError
+from refusal.evaluation.circuit_setup import ABLATIONS
+from refusal.evaluation.context import Bootstrap
+from refusal.circuit.verdict import TransferRule
+from refusal.evaluation.direction import DirectionSettings
+from refusal.evaluation.interventions import ARDITI_KINDS
+from refusal.evaluation.transfer import TransferSettings
+from refusal.model.hooks import HOOK_KINDS, parse_layers
+
+STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction")
+
+
+@dataclass
+class BootstrapSchema:
+    n_resamples: int = MISSING
+    ci_level: float = MISSING
+    ci_method: str = MISSING
+
+
+@dataclass
+class SAEQualitySchema:
+    max_prompts: int = MISSING
+
+
+@dataclass
+class FaithfulnessSchema:
+    thresholds: List[float] = MISSING
+    n_random: int = MISSING
+
+
+@dataclass
+class TransferSchema:
+    generate: bool = MISSING
+    include_error_nodes: bool = MISSING
+    n_random: int = MISSING
+    n_permutations: int = MISSING
+    alpha: float = MISSING
+    modular_max_transfer: float = MISSING
+    monolithic_min_transfer: float = MISSING
+
+
+@dataclass
+class DirectionSchema:
+    candidate_split: str = MISSING
+    selection_split: str = MISSING
+    n_selection_prompts: int = MISSING
+    ablation_hooks: List[str] = MISSING
+    max_kl: float = MISSING
+    candidate_layers: Any = MISSING  # layer spec: int, list, "a-b", all, mid
+    max_layer_fraction: float = MISSING
+    induce_min_score: float = MISSING
+    actadd_coeff: float = MISSING
+
+
+@dataclass
+class EvaluationSchema:
+    judge: Any = MISSING  # a behavior/judge node (refusal.behavior.judge.build_judge)
+    stages: List[str] = MISSING
+    split: str = MISSING
+    batch_size: int = MISSING
+    max_new_tokens: int = MISSING
+    max_length: Optional[int] = MISSING
+    ablation: str = MISSING
+    bootstrap: BootstrapSchema = field(default_factory=BootstrapSchema)
+    sae_quality: SAEQualitySchema = field(default_factory=SAEQualitySchema)
+    faithfulness: FaithfulnessSchema = field(default_factory=FaithfulnessSchema)
+    transfer: TransferSchema = field(default_factory=TransferSchema)
+    direction: DirectionSchema = field(default_factory=DirectionSchema)
+
+
+register("evaluation", EvaluationSchema)
+
+
+@dataclass
+class EvalSettings:
+    judge: Any  # the judge config node
+    stages: list[str]
+    split: str
+    batch_size: int
+    max_new_tokens: int
+    max_length: int | None
+    ablation: str
+    boot: Bootstrap
+    sae_max_prompts: int
+    thresholds: list[float]
+    faith_n_random: int
+    transfer: TransferSettings
+    direction: DirectionSettings
+
+
+def _layer_spec(name: str, value):
+    value = plain(value)
+    try:
+        parse_layers(value, 10**6)  # the form; the range is checked against the loaded model
+    except (ConfigError, TypeError, ValueError):
+        raise ConfigError(f"evaluation.{name}={value!r} is not valid; use all, mid, an int, a list or 'a-b'") from None
+    return value
+
+
+def _bootstrap(b) -> Bootstrap:
+    try:
+        check_ci_options(b.ci_level, b.n_resamples, b.ci_method)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("behavior.", "evaluation.bootstrap.")) from None
+    return Bootstrap(b.n_resamples, b.ci_level, b.ci_method)
+
+
+def _thresholds(values) -> list[float]:
+    if not values:
+        raise ConfigError(f"evaluation.faithfulness.thresholds={values!r} is not valid; use a non-empty list of "
+                          "numbers >= 0")
+    return [number("evaluation.faithfulness.thresholds entry", t, 0) for t in values]
+
+
+def _transfer(t) -> TransferSettings:
+    rule = TransferRule(t.alpha, t.modular_max_transfer, t.monolithic_min_transfer)
+    return TransferSettings(t.generate, t.include_error_nodes, integer("evaluation.transfer.n_random", t.n_random, 0),
+                            integer("evaluation.transfer.n_permutations", t.n_permutations, 1), rule)
+
+
+def _direction(d) -> DirectionSettings:
+    hooks = tuple(choice("evaluation.direction.ablation_hooks entry", k, HOOK_KINDS) for k in plain(d.ablation_hooks))
+    return DirectionSettings(
+        choice("evaluation.direction.candidate_split", d.candidate_split, SPLITS),
+        choice("evaluation.direction.selection_split", d.selection_split, SPLITS),
+        integer("evaluation.direction.n_selection_prompts", d.n_selection_prompts, 1), hooks or ARDITI_KINDS,
+        number("evaluation.direction.max_kl", d.max_kl, 0),
+        number("evaluation.direction.max_layer_fraction", d.max_layer_fraction, 0, 1, open_lo=True),
+        number("evaluation.direction.induce_min_score", d.induce_min_score),
+        number("evaluation.direction.actadd_coeff", d.actadd_coeff),
+        _layer_spec("direction.candidate_layers", d.candidate_layers))
+
+
+def settings_from(e) -> EvalSettings:
+    """Check the ``evaluation`` config node before anything is loaded."""
+    stages = [choice("evaluation.stages entry", s, STAGES) for s in plain(e.stages)]
+    max_length = e.max_length if e.max_length is None else integer("evaluation.max_length", e.max_length, 1)
+    return EvalSettings(
+        judge=e.judge, stages=stages, split=choice("evaluation.split", e.split, [s for s in SPLITS if s != "train"]),
+        batch_size=integer("evaluation.batch_size", e.batch_size, 1),
+        max_new_tokens=integer("evaluation.max_new_tokens", e.max_new_tokens, 1), max_length=max_length,
+        ablation=choice("evaluation.ablation", e.ablation, ABLATIONS), boot=_bootstrap(e.bootstrap),
+        sae_max_prompts=integer("evaluation.sae_quality.max_prompts", e.sae_quality.max_prompts, 1),
+        thresholds=_thresholds(plain(e.faithfulness.thresholds)),
+        faith_n_random=integer("evaluation.faithfulness.n_random", e.faithfulness.n_random, 0),
+        transfer=_transfer(e.transfer), direction=_direction(e.direction))
