@@ -1,5 +1,7 @@
-"""Every config group with a schema refuses, while composing, a key its schema does not have, whether it comes from
-a YAML file of the group or from a command-line override; so does every entry point's top level."""
+"""Every config group with a schema refuses, while composing, a key its schema does not have in any YAML file of the
+group, and a value of the wrong type; so does every entry point's top level. (A plain override of an unknown key,
+``sae.foo=1``, was refused before the schemas too: Hydra composes in struct mode. ``+sae.foo=1`` asks Hydra to
+add the key and it does.)"""
 import shutil
 from pathlib import Path
 
@@ -31,13 +33,6 @@ def test_an_unknown_key_in_a_group_file_is_refused(tmp_path, group, name):
     with pytest.raises(ConfigCompositionException) as err:
         _compose(conf, primary, [*needs, f"{group}={name}"])
     assert "not_a_key" in str(err.value) + str(err.value.__cause__)
-
-
-@pytest.mark.parametrize("group", GROUPS)
-def test_an_unknown_key_override_is_refused(group):
-    primary, needs = GROUPS[group]
-    with pytest.raises(ConfigCompositionException, match=f"Could not override '{group}.not_a_key'"):
-        _compose(CONF, primary, [*needs, f"{group}.not_a_key=1"])
 
 
 @pytest.mark.parametrize("primary", TOP)
