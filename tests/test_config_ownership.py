@@ -83,7 +83,8 @@ def _is_group(expr: ast.AST, group: str) -> bool:
 
 
 def foreign_reads(tree: ast.AST, group: str, keys: set[str]) -> list[str]:
-    """``cfg.<group>.<key>``, ``cfg.<group>["key"]``, ``cfg.<group>.get("key")`` and ``"<group>.<key>"`` paths."""
+    """``cfg.<group>.<key>``, ``cfg.<group>["key"]``, ``cfg.<group>.get("key")`` and
+    ``OmegaConf.select(cfg, "<group>.<key>")``."""
     found = []
     for node in ast.walk(tree):
         key = None
@@ -94,8 +95,9 @@ def foreign_reads(tree: ast.AST, group: str, keys: set[str]) -> list[str]:
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
                 and _is_group(node.func.value, group) and node.args and isinstance(node.args[0], ast.Constant):
             key = node.args[0].value
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and " " not in node.value:
-            head, _, rest = node.value.partition(".")
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "select" and len(node.args) > 1 \
+                and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+            head, _, rest = node.args[1].value.partition(".")  # OmegaConf.select(cfg, "<group>.<key>")
             key = rest.split(".")[0] if head == group else None
         if key in keys:
             found.append((node.lineno, f"line {node.lineno}: {ast.unparse(node)}"))
