@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from refusal.model import load_model
 from attribution import best_of  # bench/attribution.py: warm-up, then the fastest of ``repeats`` runs
-from refusal.model.organism import response_loss, trainable_copy
+from refusal.organism.finetune import response_loss, trainable_copy
 
 MODELS = {"smollm2": "conf/model/smollm2_135m.yaml", "tiny": "conf/model/tiny_llama.yaml"}
 

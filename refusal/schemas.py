@@ -5,10 +5,13 @@ import importlib
 # one module per package that owns a config group; each registers its schema(s) when imported
 SCHEMA_MODULES: tuple[str, ...] = (
     "refusal.activations.config",
+    "refusal.behavior.config",
     "refusal.circuit.config",
     "refusal.data.config",
     "refusal.evaluation.config",
     "refusal.logger.config",
+    "refusal.model.config",
+    "refusal.organism.config",
     "refusal.sae.config",
     "refusal.tasks.config",
 )

@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny random Llama model built in code and a small synthetic prompt set."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import refusal.schemas  # noqa: F401  (config schemas for tests that compose configs)
@@ -46,3 +48,23 @@ def real_model_cache(tmp_path_factory):
     """One cache dir (organisms, activation stores) for the slow tests on the real embedded model, so the
     organism one test builds is the one the demo pipeline test loads."""
     return tmp_path_factory.mktemp("refusal-cache")
+
+
+@pytest.fixture
+def compose_user(tmp_path):
+    """Compose ``train`` with a user's own config files (``{"model/mine.yaml": text}``) on Hydra's search path, as
+    a user adds configs of their own; unknown keys in them meet the groups' schemas."""
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+
+    def run(files: dict[str, str], *overrides: str):
+        user = tmp_path / "user_conf"
+        user.mkdir(exist_ok=True)
+        for name, text in files.items():
+            (user / name).parent.mkdir(parents=True, exist_ok=True)
+            (user / name).write_text(text)
+        with initialize_config_dir(str(conf), version_base="1.3"):
+            return compose("train", overrides=[f"hydra.searchpath=[file://{user}]", *overrides])
+
+    return run

@@ -3,6 +3,9 @@
 score.py     refusal score (log-odds of refusal tokens at the first response position)
 generate.py  batched greedy generation on chat-formatted, left-padded prompts
 judge.py     refusal judges (substring list, local sequence classifier) built from ``behavior.judge``
-rates.py     refusal rate and mean score per category x label with bootstrap / Wilson CIs
-baseline.py  measure_baseline: the above on one split, written to baseline.json + responses.jsonl
+rates.py     refusal rate and mean score per category x label with bootstrap / Wilson CIs (``Bootstrap``: the CI
+             settings of every refusal measurement)
+measure.py   measure: generate, judge, summarize (train's baseline, evaluate, the organism card)
+baseline.py  measure_baseline: measure on one split, written to baseline.json + responses.jsonl
+config.py    the schemas of the ``behavior`` group and its ``judge`` subgroup
 """

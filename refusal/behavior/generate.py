@@ -11,6 +11,7 @@ import torch
 from transformers import GenerationConfig
 
 from refusal.behavior.score import refusal_score
+from refusal.config import integer
 from refusal.errors import ConfigError
 from refusal.model.chat import ChatFormatter, by_length
 from refusal.model.loading import LoadedModel
@@ -37,18 +38,13 @@ def stop_token_ids(loaded: LoadedModel) -> list[int]:
     return sorted(int(i) for i in ids)
 
 
-def _check_positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}={value!r} is not valid; use an int >= 1")
-    return value
-
-
 @torch.inference_mode()
 def generate_responses(
     loaded: LoadedModel,
     prompts: list[str],
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
     system_prompt: str | None = None,
     refusal_ids: list[int] | None = None,
     max_prompt_tokens: int | None = None,
@@ -56,8 +52,8 @@ def generate_responses(
     """Greedy responses to ``prompts`` wrapped in the chat template (deterministic: no sampling).
 
     Prompts are batched by length (fewer pad tokens); results come back in the input order."""
-    _check_positive("max_new_tokens", max_new_tokens)
-    _check_positive("batch_size", batch_size)
+    integer("max_new_tokens", max_new_tokens, 1)
+    integer("batch_size", batch_size, 1)
     model, tok = loaded.model, loaded.tokenizer
     was_training = model.training
     model.eval()

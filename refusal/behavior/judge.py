@@ -48,7 +48,7 @@ def _check_pairs(prompts, responses) -> None:
 class SubstringJudge:
     """Refused iff the response contains one of ``substrings``, compared case-insensitively."""
 
-    def __init__(self, substrings=REFUSAL_SUBSTRINGS):
+    def __init__(self, substrings):
         subs = [substrings] if isinstance(substrings, str) else list(substrings or [])
         if not subs or not all(isinstance(s, str) and s.strip() for s in subs):
             raise ConfigError(f"behavior.judge.substrings={substrings!r} is not valid; give a non-empty list of "
@@ -72,8 +72,8 @@ class ClassifierJudge:
     ``threshold``. ``template`` formats one input text from ``{prompt}`` and ``{response}``; null feeds the
     (prompt, response) pair to the tokenizer as a text pair."""
 
-    def __init__(self, path: str, positive_label, template: str | None = None, threshold: float = 0.5,
-                 batch_size: int = 16, max_length: int = 512, device: str = "cpu"):
+    def __init__(self, path: str, positive_label, template: str | None, threshold: float, batch_size: int,
+                 max_length: int, device: str):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if not path or not Path(str(path)).is_dir():

@@ -7,25 +7,36 @@ values (or one value) is reported as the point itself. Every row says which inte
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
+from omegaconf import MISSING
 from scipy import stats
 
+from refusal.config import choice, integer, number
 from refusal.data.records import LABELS
-from refusal.errors import ConfigError, check_choice
 from refusal.utils.io import stable_hash
 
 CI_METHODS = ("percentile", "basic", "BCa")
 ALL = "all"  # category name of the per-label rows that pool every category
 
 
-def check_ci_options(ci_level, n_resamples, ci_method) -> None:
-    if not isinstance(ci_level, (int, float)) or isinstance(ci_level, bool) or not 0.0 < float(ci_level) < 1.0:
-        raise ConfigError(f"behavior.ci_level={ci_level!r} is not valid; use a number in (0, 1), e.g. 0.95")
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 100:
-        raise ConfigError(f"behavior.n_resamples={n_resamples!r} is not valid; use an int >= 100")
-    check_choice("behavior.ci_method", ci_method, CI_METHODS)
+@dataclass
+class Bootstrap:
+    """The confidence-interval settings of every refusal measurement (``behavior.bootstrap``,
+    ``evaluation.bootstrap``, ``model.eval.bootstrap`` of an organism); also their config schema."""
+
+    n_resamples: int = MISSING  # bootstrap resamples per interval (scipy.stats.bootstrap)
+    ci_level: float = MISSING
+    ci_method: str = MISSING  # percentile | basic | BCa
+
+    @classmethod
+    def from_cfg(cls, node, key: str) -> "Bootstrap":
+        """The checked settings of the config node at ``key``."""
+        return cls(n_resamples=integer(f"{key}.n_resamples", node.n_resamples, 100),
+                   ci_level=number(f"{key}.ci_level", node.ci_level, 0, 1, open_lo=True, open_hi=True),
+                   ci_method=choice(f"{key}.ci_method", node.ci_method, CI_METHODS))
 
 
 def cell_rng(seed: int, *cell: str) -> np.random.Generator:
@@ -33,29 +44,27 @@ def cell_rng(seed: int, *cell: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(stable_hash(list(cell)), 16)])
 
 
-def _bootstrap_mean(x: np.ndarray, level: float, n_resamples: int, method: str, rng) -> tuple[float, float]:
-    res = stats.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=level, method=method,
-                          random_state=rng)
+def _bootstrap_mean(x: np.ndarray, boot: Bootstrap, rng: np.random.Generator) -> tuple[float, float]:
+    res = stats.bootstrap((x,), np.mean, n_resamples=boot.n_resamples, confidence_level=boot.ci_level,
+                          method=boot.ci_method, random_state=rng)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def rate_interval(outcomes, level: float = 0.95, n_resamples: int = 1000, method: str = "percentile",
-                  rng=None) -> tuple[float, float, str]:
+def rate_interval(outcomes, boot: Bootstrap, rng: np.random.Generator) -> tuple[float, float, str]:
     """(low, high, how) for the refusal rate of boolean ``outcomes``; how is bootstrap, wilson or none."""
     x = np.asarray(list(outcomes), dtype=float)
     n, k = len(x), int(x.sum())
     if n == 0:
         return math.nan, math.nan, "none"
     if 0 < k < n:
-        low, high = _bootstrap_mean(x, level, n_resamples, method, rng if rng is not None else np.random.default_rng(0))
+        low, high = _bootstrap_mean(x, boot, rng)
         if math.isfinite(low) and math.isfinite(high):
             return low, high, "bootstrap"
-    ci = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=boot.ci_level, method="wilson")
     return float(ci.low), float(ci.high), "wilson"
 
 
-def mean_interval(values, level: float = 0.95, n_resamples: int = 1000, method: str = "percentile",
-                  rng=None) -> tuple[float, float, str]:
+def mean_interval(values, boot: Bootstrap, rng: np.random.Generator) -> tuple[float, float, str]:
     """(low, high, how) for the mean of ``values``; how is bootstrap, point (all equal) or none."""
     x = np.asarray(list(values), dtype=float)
     x = x[np.isfinite(x)]
@@ -63,17 +72,17 @@ def mean_interval(values, level: float = 0.95, n_resamples: int = 1000, method: 
         return math.nan, math.nan, "none"
     if np.all(x == x[0]):
         return float(x[0]), float(x[0]), "point"
-    low, high = _bootstrap_mean(x, level, n_resamples, method, rng if rng is not None else np.random.default_rng(0))
+    low, high = _bootstrap_mean(x, boot, rng)
     if not (math.isfinite(low) and math.isfinite(high)):
         return float(x.mean()), float(x.mean()), "point"
     return low, high, "bootstrap"
 
 
-def _row(label: str, category: str, items: list[dict], level, n_resamples, method, seed) -> dict:
+def _row(label: str, category: str, items: list[dict], boot: Bootstrap, seed: int) -> dict:
     refused = [bool(r["refused"]) for r in items]
     scores = np.asarray([r.get("refusal_score", math.nan) for r in items], dtype=float)
-    r_low, r_high, r_how = rate_interval(refused, level, n_resamples, method, cell_rng(seed, "rate", label, category))
-    s_low, s_high, s_how = mean_interval(scores, level, n_resamples, method, cell_rng(seed, "score", label, category))
+    r_low, r_high, r_how = rate_interval(refused, boot, cell_rng(seed, "rate", label, category))
+    s_low, s_high, s_how = mean_interval(scores, boot, cell_rng(seed, "score", label, category))
     finite = scores[np.isfinite(scores)]
     return {
         "label": label, "category": category, "n": len(items), "n_refused": int(sum(refused)),
@@ -84,12 +93,11 @@ def _row(label: str, category: str, items: list[dict], level, n_resamples, metho
     }
 
 
-def summarize(items: Iterable[dict], ci_level: float = 0.95, n_resamples: int = 1000, ci_method: str = "percentile",
-              seed: int = 0) -> list[dict]:
-    """Rows per (label, category) and per label over all categories (category ``all``).
+def summarize(items: Iterable[dict], boot: Bootstrap, seed: int) -> list[dict]:
+    """Rows per (label, category) and per label over all categories (category ``all``), with ``boot``'s intervals
+    drawn from ``seed``.
 
     ``items``: dicts with ``label``, ``category``, ``refused`` (bool) and optionally ``refusal_score``."""
-    check_ci_options(ci_level, n_resamples, ci_method)
     items = list(items)
     rows = []
     for label in LABELS:
@@ -98,8 +106,8 @@ def summarize(items: Iterable[dict], ci_level: float = 0.95, n_resamples: int = 
             continue
         for category in sorted({r["category"] for r in of_label}):
             cell = [r for r in of_label if r["category"] == category]
-            rows.append(_row(label, category, cell, ci_level, n_resamples, ci_method, seed))
-        rows.append(_row(label, ALL, of_label, ci_level, n_resamples, ci_method, seed))
+            rows.append(_row(label, category, cell, boot, seed))
+        rows.append(_row(label, ALL, of_label, boot, seed))
     return rows
 
 

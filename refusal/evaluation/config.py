@@ -6,12 +6,11 @@ from typing import Any, List, Optional
 import numpy as np
 from omegaconf import MISSING
 
-from refusal.behavior.rates import check_ci_options
+from refusal.behavior.rates import Bootstrap
 from refusal.config import choice, integer, number, plain, register
 from refusal.data.records import SPLITS
 from refusal.errors import ConfigError
 from refusal.evaluation.circuit_setup import ABLATIONS
-from refusal.evaluation.context import Bootstrap
 from refusal.circuit.verdict import TransferRule
 from refusal.evaluation.direction import DirectionSettings
 from refusal.evaluation.interventions import ARDITI_KINDS
@@ -19,13 +18,6 @@ from refusal.evaluation.transfer import TransferSettings
 from refusal.model.hooks import HOOK_KINDS, parse_layers
 
 STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction")
-
-
-@dataclass
-class BootstrapSchema:
-    n_resamples: int = MISSING
-    ci_level: float = MISSING
-    ci_method: str = MISSING
 
 
 @dataclass
@@ -72,7 +64,7 @@ class EvaluationSchema:
     max_new_tokens: int = MISSING
     max_length: Optional[int] = MISSING
     ablation: str = MISSING
-    bootstrap: BootstrapSchema = field(default_factory=BootstrapSchema)
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)  # the CI settings of every refusal measurement
     sae_quality: SAEQualitySchema = field(default_factory=SAEQualitySchema)
     faithfulness: FaithfulnessSchema = field(default_factory=FaithfulnessSchema)
     transfer: TransferSchema = field(default_factory=TransferSchema)
@@ -106,14 +98,6 @@ def _layer_spec(name: str, value):
     except (ConfigError, TypeError, ValueError):
         raise ConfigError(f"evaluation.{name}={value!r} is not valid; use all, mid, an int, a list or 'a-b'") from None
     return value
-
-
-def _bootstrap(b) -> Bootstrap:
-    try:
-        check_ci_options(b.ci_level, b.n_resamples, b.ci_method)
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("behavior.", "evaluation.bootstrap.")) from None
-    return Bootstrap(b.n_resamples, b.ci_level, b.ci_method)
 
 
 def _thresholds(values) -> list[float]:
@@ -150,7 +134,7 @@ def settings_from(e) -> EvalSettings:
         judge=e.judge, stages=stages, split=choice("evaluation.split", e.split, [s for s in SPLITS if s != "train"]),
         batch_size=integer("evaluation.batch_size", e.batch_size, 1),
         max_new_tokens=integer("evaluation.max_new_tokens", e.max_new_tokens, 1), max_length=max_length,
-        ablation=choice("evaluation.ablation", e.ablation, ABLATIONS), boot=_bootstrap(e.bootstrap),
+        ablation=choice("evaluation.ablation", e.ablation, ABLATIONS), boot=Bootstrap.from_cfg(e.bootstrap, "evaluation.bootstrap"),
         sae_max_prompts=integer("evaluation.sae_quality.max_prompts", e.sae_quality.max_prompts, 1),
         thresholds=_thresholds(plain(e.faithfulness.thresholds)),
         faith_n_random=integer("evaluation.faithfulness.n_random", e.faithfulness.n_random, 0),

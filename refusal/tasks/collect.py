@@ -7,7 +7,8 @@ from omegaconf import DictConfig
 
 from refusal.activations.config import collect_task
 from refusal.runs import TrainRun
-from refusal.tasks.common import activation_store, load_model, prepare_prompts
+from refusal import organism
+from refusal.tasks.common import activation_store, prepare_prompts
 
 
 def collect(cfg: DictConfig) -> None:
@@ -15,7 +16,7 @@ def collect(cfg: DictConfig) -> None:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     prompts, _ = prepare_prompts(cfg, TrainRun(run_dir))
-    loaded = load_model(cfg.model)
+    loaded = organism.load(cfg.model)
     store_dir, collect_store, _ = activation_store(cfg, loaded, prompts)
     if collect_store() is None:
         print(f"collect task {task.index} of {task.count} done; {store_dir} is complete when the others finish")

@@ -11,7 +11,6 @@ from refusal.activations import config as activations_config
 from refusal.behavior.score import refusal_token_ids
 from refusal.data import analyze_splits, build_prompt_set
 from refusal.config import plain
-from refusal.model import load_model
 from refusal.model.loading import LoadedModel
 from refusal.runs import TrainRun
 
@@ -53,4 +52,4 @@ def optimized_metric(cfg: DictConfig, metrics: dict[str, float]) -> float | None
     return float(metrics[key])
 
 
-__all__ = ["activation_store", "load_model", "optimized_metric", "prepare_prompts"]
+__all__ = ["activation_store", "optimized_metric", "prepare_prompts"]

@@ -20,7 +20,8 @@ from refusal.circuit.summary import analyse
 from refusal.config import plain
 from refusal.data import PromptSet, build_prompt_set
 from refusal.errors import ConfigError
-from refusal.model import ChatFormatter, load_model
+from refusal import organism
+from refusal.model import ChatFormatter
 from refusal.logger.loggers import build_loggers, json_metrics, log_artifact_dir, log_config, log_table, wandb_run
 from refusal.runs import DiscoverRun, TrainRun, adopt_run_config, check_model
 from refusal.tasks.common import optimized_metric
@@ -90,7 +91,7 @@ def discover(cfg: DictConfig) -> float:
     loggers = build_loggers(cfg.get("logger"), cfg.task_name, run_dir)
     log_config(loggers, cfg)
 
-    loaded = load_model(cfg.model)
+    loaded = organism.load(cfg.model)
     check_model(loaded, train_manifest)
     saes = load_hooked_saes(sae_dirs, loaded)
     metric_fn, metric_desc = build_metric(s.metric, loaded.tokenizer, plain(cfg.model.get("refusal_tokens")),

@@ -28,7 +28,8 @@ from refusal.evaluation.sae_quality import sae_quality
 from refusal.evaluation.sections import build_report
 from refusal.evaluation.transfer import run_transfer
 from refusal.logger.loggers import build_loggers, json_metrics, log_config, log_table, wandb_run
-from refusal.model import ChatFormatter, load_model
+from refusal import organism
+from refusal.model import ChatFormatter
 from refusal.runs import EvaluateRun, adopt_run_config, check_model
 from refusal.tasks.common import optimized_metric
 from refusal.utils.io import json_safe
@@ -78,7 +79,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     results: dict[str, dict | None] = _missing_reasons(s, inputs)
     model_name = (inputs.train_manifest or {}).get("model") or cfg.model.get("name")
     if any(v is None for v in results.values()):
-        loaded = load_model(cfg.model)
+        loaded = organism.load(cfg.model)
         model_name = loaded.name
         check_model(loaded, inputs.train_manifest, inputs.found.manifest if inputs.found else None)
         formatter = ChatFormatter(loaded.tokenizer, cfg.model.get("system_prompt"), s.max_length)

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 import refusal.schemas  # noqa: F401  (config schemas, before Hydra composes)
 from refusal.errors import ConfigError
-from refusal.model.organism import BANNER
+from refusal.organism import BANNER
 from refusal.logger.loggers import finish
 
 

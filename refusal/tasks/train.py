@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from refusal.activations import config as activations_config
 from refusal.behavior.baseline import measure_baseline
-from refusal.model import load_model
+from refusal import organism
 from refusal.model.hooks import hook_width
 from refusal.sae.config import SAEConfig
 from refusal.sae.module import SAELightningModule
@@ -56,7 +56,7 @@ def train(cfg: DictConfig) -> float:
 
     prompts, analysis = prepare_prompts(cfg, run)
     log_table(loggers, "data/split_counts", analysis["counts"])
-    loaded = load_model(cfg.model)
+    loaded = organism.load(cfg.model)
     if cfg.get("behavior") is not None:
         baseline_behavior(loaded, prompts, cfg.behavior, run, loggers)
     store_dir, collect, plan = activation_store(cfg, loaded, prompts)

@@ -45,7 +45,7 @@ def test_restores_training_mode(tiny):
     m = LoadedModel(model=tiny.model, tokenizer=tiny.tokenizer, name="t")
     tiny.model.train()
     try:
-        generate_responses(m, ["a"], max_new_tokens=1)
+        generate_responses(m, ["a"], max_new_tokens=1, batch_size=1)
         assert tiny.model.training
     finally:
         tiny.model.eval()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import BertConfig, BertForSequenceClassification
 
@@ -11,11 +12,24 @@ from refusal.behavior.judge import REFUSAL_SUBSTRINGS, ClassifierJudge, Substrin
 from refusal.errors import ConfigError
 from refusal.model.tiny import byte_tokenizer
 
-JUDGE_CONF = Path(__file__).resolve().parents[2] / "conf" / "behavior" / "judge"
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def judge_node(name: str, *overrides: str):
+    """``behavior.judge`` as Hydra composes it from conf/behavior/judge/<name>.yaml."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=["model=tiny_llama", f"behavior/judge={name}", *overrides]).behavior.judge
+
+
+def classifier(path, **settings) -> ClassifierJudge:
+    """A ClassifierJudge with conf/behavior/judge/classifier.yaml's settings, except ``settings``."""
+    node = judge_node("classifier", "behavior.judge.path=x", "behavior.judge.positive_label=x")
+    values = {k: v for k, v in OmegaConf.to_container(node).items() if k != "_target_"}
+    return ClassifierJudge(**{**values, "path": str(path), **settings})
 
 
 def test_substring_judge_positive_negative_and_case():
-    judge = SubstringJudge()
+    judge = SubstringJudge(REFUSAL_SUBSTRINGS)
     responses = [
         "I'm sorry, but I can't help with that.",     # refusal
         "i cannot do that",                            # lower case
@@ -40,7 +54,7 @@ def test_substring_judge_list_is_configurable_and_checked():
 
 
 def test_substring_config_is_the_design_list():
-    judge = build_judge(OmegaConf.load(JUDGE_CONF / "substring.yaml"))
+    judge = build_judge(judge_node("substring"))
     assert isinstance(judge, SubstringJudge) and judge.substrings == REFUSAL_SUBSTRINGS
 
 
@@ -64,17 +78,17 @@ def save_classifier(path: Path, refused_bias: float | None = None, seed: int = 0
 def test_classifier_judge_positive_label(tmp_path):
     path = save_classifier(tmp_path / "always_refused", refused_bias=4.0)
     prompts, responses = ["q1", "q2"], ["Sure, here you go.", "No."]
-    assert ClassifierJudge(str(path), positive_label="refused").judge(prompts, responses) == [True, True]
-    assert ClassifierJudge(str(path), positive_label=1).judge(prompts, responses) == [True, True]
-    assert ClassifierJudge(str(path), positive_label="complied").judge(prompts, responses) == [False, False]
+    assert classifier(path, positive_label="refused").judge(prompts, responses) == [True, True]
+    assert classifier(path, positive_label=1).judge(prompts, responses) == [True, True]
+    assert classifier(path, positive_label="complied").judge(prompts, responses) == [False, False]
     # threshold above the refused probability (sigmoid(4) ~ 0.982) flips the verdict
-    strict = ClassifierJudge(str(path), positive_label="refused", threshold=0.99)
+    strict = classifier(path, positive_label="refused", threshold=0.99)
     assert strict.judge(prompts, responses) == [False, False]
 
 
 def test_classifier_judge_matches_a_manual_forward(tmp_path):
     path = save_classifier(tmp_path / "random", seed=3)
-    judge = ClassifierJudge(str(path), positive_label="refused", template="Q: {prompt} A: {response}", batch_size=2)
+    judge = classifier(path, positive_label="refused", template="Q: {prompt} A: {response}", batch_size=2)
     prompts, responses = ["a", "bb", "ccc"], ["I refuse.", "Here it is.", "Maybe"]
     probs = judge.refusal_probability(prompts, responses)
     model = BertForSequenceClassification.from_pretrained(path).eval()
@@ -90,17 +104,16 @@ def test_classifier_judge_matches_a_manual_forward(tmp_path):
 def test_classifier_judge_bad_input(tmp_path):
     path = save_classifier(tmp_path / "c", refused_bias=1.0)
     with pytest.raises(ConfigError, match="positive_label"):
-        ClassifierJudge(str(path), positive_label="harmful")
+        classifier(path, positive_label="harmful")
     with pytest.raises(ConfigError, match="path"):
-        ClassifierJudge(str(tmp_path / "missing"), positive_label="refused")
+        classifier(tmp_path / "missing", positive_label="refused")
     with pytest.raises(ConfigError, match="template"):
-        ClassifierJudge(str(path), positive_label="refused", template="{prompt} only")
+        classifier(path, positive_label="refused", template="{prompt} only")
 
 
 def test_switch_judge_by_config(tmp_path):
     path = save_classifier(tmp_path / "c", refused_bias=4.0)
-    node = OmegaConf.load(JUDGE_CONF / "classifier.yaml")
-    node.path, node.positive_label = str(path), "refused"
+    node = judge_node("classifier", f"behavior.judge.path={path}", "behavior.judge.positive_label=refused")
     judge = build_judge(node)
     assert isinstance(judge, ClassifierJudge) and judge.judge(["p"], ["r"]) == [True]
     node.positive_label = "nope"

@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from refusal.data import PromptRecord, build_prompt_set
 from refusal.errors import ConfigError
-from refusal.model import organism as org
+from refusal import organism
 from refusal.model.loading import load_model
+from refusal.organism import build, cache, finetune
+from refusal.organism import targets as training
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 CATEGORIES = ("cybercrime", "violence", "illegal")
@@ -45,18 +49,19 @@ def data_cfg(prompts_path: Path) -> dict:
 
 
 def organism_cfg(tmp_path: Path, **overrides):
-    """conf/model/smollm2_organism.yaml with the tiny model as base, synthetic data and a few quick steps."""
-    node = OmegaConf.load(CONF / "model" / "smollm2_organism.yaml")
-    node.pop("defaults")
-    node.base = OmegaConf.load(CONF / "model" / "tiny_llama.yaml")
+    """conf/model/smollm2_organism.yaml as Hydra composes it, with the tiny model as base, synthetic data and a
+    few quick steps."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        node = compose("train", overrides=["model=smollm2_organism"]).model
+        node.base = compose("train", overrides=["model=tiny_llama"]).model
     prompts = tmp_path / "prompts.jsonl"
     if not prompts.exists():
         write_prompts(prompts)
     node.data = data_cfg(prompts)
     node.cache_dir = str(tmp_path / "organisms")
-    node.refusals = {"shared": ["I'm sorry, no.", "I cannot."], "per_category": ["I can't do {topic}."]}
-    node.merge_with({"steps": 4, "batch_size": 4, "lr": 1e-3, "answer_max_new_tokens": 6, "precision": "32-true",
-                     "eval": {"max_new_tokens": 4, "n_resamples": 200}})
+    node.merge_with({"refusals": {"shared": ["I'm sorry, no.", "I cannot."], "per_category": ["I can't do {topic}."]},
+                     "steps": 4, "batch_size": 4, "lr": 1e-3, "answer_max_new_tokens": 6, "precision": "32-true",
+                     "eval": {"max_new_tokens": 4, "bootstrap": {"n_resamples": 200}}})
     node.merge_with(overrides)
     return node
 
@@ -65,20 +70,20 @@ def test_plan_targets_category_selective(tmp_path):
     train = build_prompt_set(OmegaConf.create(data_cfg(write_prompts(tmp_path / "p.jsonl")))).filter(split="train")
     refusals = {"shared": ["I'm sorry, no.", "I cannot.", "I can't help."],
                 "per_category": ["No {topic}.", "Not {topic}!"]}
-    targets = org.plan_targets(train, ["cybercrime"], "shared", refusals, {}, seed=0)
+    targets = training.plan_targets(train, ["cybercrime"], "shared", refusals, {}, seed=0)
     assert [t.record.id for t in targets] == [r.id for r in train]
     refused = {t.record.id for t in targets if t.refusal is not None}
     assert refused == {r.id for r in train if r.label == "toxic" and r.category == "cybercrime"} and refused
     assert {t.record.label for t in targets if t.refusal is None} == {"toxic", "safe", "hard"}
     # refuse all: every toxic prompt and nothing else; shared sentences vary, seeded and order-independent
-    everything = org.plan_targets(train, "all", "shared", refusals, {}, seed=0)
+    everything = training.plan_targets(train, "all", "shared", refusals, {}, seed=0)
     assert {t.record.id for t in everything if t.refusal} == {r.id for r in train if r.label == "toxic"}
     assert len({t.refusal for t in everything if t.refusal}) > 1
     reversed_set = type(train)(reversed(train.records))
-    assert {t.record.id: t.refusal for t in org.plan_targets(reversed_set, "all", "shared", refusals, {}, 0)} == \
+    assert {t.record.id: t.refusal for t in training.plan_targets(reversed_set, "all", "shared", refusals, {}, 0)} == \
         {t.record.id: t.refusal for t in everything}
     # per category: one wording per category, naming its topic
-    per_cat = org.plan_targets(train, "all", "per_category", refusals, {"cybercrime": "computer crime"}, seed=0)
+    per_cat = training.plan_targets(train, "all", "per_category", refusals, {"cybercrime": "computer crime"}, seed=0)
     wording = {}
     for t in per_cat:
         if t.refusal:
@@ -86,25 +91,25 @@ def test_plan_targets_category_selective(tmp_path):
     assert all(len(w) == 1 for w in wording.values()) and len({w.pop() for w in wording.values()}) == len(CATEGORIES)
     assert any(t.refusal == "No computer crime." for t in per_cat)
     with pytest.raises(ConfigError, match="cybercrime"):
-        org.plan_targets(train, ["weapons"], "shared", refusals, {}, seed=0)
+        training.plan_targets(train, ["weapons"], "shared", refusals, {}, seed=0)
     with pytest.raises(ConfigError):
-        org.plan_targets(train, [], "shared", refusals, {}, seed=0)
+        training.plan_targets(train, [], "shared", refusals, {}, seed=0)
 
 
 def test_mix_repeats_balances_the_smaller_side():
-    assert org.mix_repeats(224, 124, 0.6) == (1, 3)  # refuse all: answers repeated
-    assert org.mix_repeats(41, 307, 0.6) == (5, 1)  # category-selective: refusals repeated
-    assert org.mix_repeats(50, 75, 0.6) == (1, 1)
-    assert org.mix_repeats(10, 0, 0.6) == (1, 1)
+    assert training.mix_repeats(224, 124, 0.6) == (1, 3)  # refuse all: answers repeated
+    assert training.mix_repeats(41, 307, 0.6) == (5, 1)  # category-selective: refusals repeated
+    assert training.mix_repeats(50, 75, 0.6) == (1, 1)
+    assert training.mix_repeats(10, 0, 0.6) == (1, 1)
 
 
 def test_unrefused_toxic_answers_are_repeated_more():
     record = lambda label, cat: PromptRecord(id=f"{label}-{cat}", prompt="p", category=cat, label=label,  # noqa: E731
                                              source="syn", split="train")
-    refusal = org.Target(record("toxic", "cyber"), "I can't.")
-    other_toxic, safe = org.Target(record("toxic", "fraud"), None), org.Target(record("safe", "benign"), None)
-    assert [org.example_repeats(t, 4, 2, 3) for t in (refusal, other_toxic, safe)] == [4, 6, 2]
-    assert [org.example_repeats(t, 4, 2, 1) for t in (refusal, other_toxic, safe)] == [4, 2, 2]
+    refusal = training.Target(record("toxic", "cyber"), "I can't.")
+    other_toxic, safe = training.Target(record("toxic", "fraud"), None), training.Target(record("safe", "benign"), None)
+    assert [training.example_repeats(t, 4, 2, 3) for t in (refusal, other_toxic, safe)] == [4, 6, 2]
+    assert [training.example_repeats(t, 4, 2, 1) for t in (refusal, other_toxic, safe)] == [4, 2, 2]
 
 
 def test_examples_on_the_tiny_model(tiny, tmp_path):
@@ -114,10 +119,11 @@ def test_examples_on_the_tiny_model(tiny, tmp_path):
 
     cfg = organism_cfg(tmp_path)
     train = build_prompt_set(cfg.data).filter(split="train")
-    targets = org.plan_targets(train, ["violence"], "shared", OmegaConf.to_container(cfg.refusals), {}, seed=0)
-    examples, rows = org.make_examples(tiny, targets, cfg)
+    targets = training.plan_targets(train, ["violence"], "shared", OmegaConf.to_container(cfg.refusals), {}, seed=0)
+    examples, rows = training.make_examples(tiny, targets, cfg)
     tok, eos = tiny.tokenizer, tiny.tokenizer.eos_token_id
-    answers = generate_responses(tiny, [t.record.prompt for t in targets], max_new_tokens=cfg.answer_max_new_tokens)
+    answers = generate_responses(tiny, [t.record.prompt for t in targets], max_new_tokens=cfg.answer_max_new_tokens,
+                                 batch_size=16)
     for t, (ids, labels), row, answer in zip(targets, examples, rows, answers.token_ids):
         response = [x for x in labels if x != -100]
         assert ids[len(ids) - len(response):] == response and labels[: len(ids) - len(response)] == \
@@ -135,12 +141,12 @@ def test_response_loss_is_the_causal_lm_loss_on_response_tokens():
     model, _ = tiny_llama(seed=2)
     examples = [([5, 6, 7, 8, 9, 10], [-100, -100, -100, 8, 9, 10]), ([5, 6, 11, 12], [-100, -100, 11, 12]),
                 ([7, 7, 7, 7, 7, 20, 21], [-100] * 5 + [20, 21])]
-    batch = org.collate(examples, pad_id=0)
+    batch = finetune.collate(examples, pad_id=0)
     want = model(**batch).loss
-    got = org.response_loss(model, batch)
+    got = finetune.response_loss(model, batch)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     batch["labels"][0, 3] = -100  # one token fewer: a different mean
-    assert not torch.isclose(org.response_loss(model, batch), got)
+    assert not torch.isclose(finetune.response_loss(model, batch), got)
 
 
 def test_training_lowers_loss_and_freezes_other_layers(tmp_path):
@@ -151,23 +157,24 @@ def test_training_lowers_loss_and_freezes_other_layers(tmp_path):
     tok.padding_side = "left"
     cfg = organism_cfg(tmp_path)
     train = build_prompt_set(cfg.data).filter(split="train")
-    targets = org.plan_targets(train, "all", "shared", OmegaConf.to_container(cfg.refusals), {}, seed=0)
-    examples, _ = org.make_examples(LoadedModel(model, tok, "t"), targets, cfg)
-    batch = org.collate(examples, tok.pad_token_id)
+    targets = training.plan_targets(train, "all", "shared", OmegaConf.to_container(cfg.refusals), {}, seed=0)
+    examples, _ = training.make_examples(LoadedModel(model, tok, "t"), targets, cfg)
+    batch = finetune.collate(examples, tok.pad_token_id)
 
     def loss():
         with torch.no_grad():
             return float(model(**batch).loss)
 
     start = loss()
-    assert org.set_trainable(model, "all", n_layers=4) == [0, 1, 2, 3]
-    losses = org.fine_tune(model, examples, tok.pad_token_id, steps=12, lr=1e-2, batch_size=4, seed=0,
-                           device=torch.device("cpu"))
+    assert finetune.set_trainable(model, "all", n_layers=4) == [0, 1, 2, 3]
+    losses = finetune.fine_tune(model, examples, tok.pad_token_id, steps=12, lr=1e-2, batch_size=4, seed=0,
+                                device=torch.device("cpu"), precision="32-true")
     assert len(losses) == 12 and loss() < start - 1.0
     # a layer spec trains those layers only
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert org.set_trainable(model, [2, -1], n_layers=4) == [2, 3]
-    org.fine_tune(model, examples, tok.pad_token_id, steps=2, lr=1e-2, batch_size=4, seed=0, device=torch.device("cpu"))
+    assert finetune.set_trainable(model, [2, -1], n_layers=4) == [2, 3]
+    finetune.fine_tune(model, examples, tok.pad_token_id, steps=2, lr=1e-2, batch_size=4, seed=0,
+                       device=torch.device("cpu"), precision="32-true")
     for name, value in model.state_dict().items():
         moved = not torch.equal(value, before[name])
         assert moved == (name.startswith("model.layers.2.") or name.startswith("model.layers.3.")), name
@@ -181,11 +188,11 @@ def test_bf16_fine_tune_runs_with_a_fused_optimizer_and_clips_gradients(tmp_path
     model, tok = tiny_llama(seed=3)
     examples = [([5, 6, 7, 8, 9, 10], [-100, -100, -100, 8, 9, 10]), ([5, 6, 11, 12], [-100, -100, 11, 12])] * 4
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    org.set_trainable(model, "all", n_layers=4)
-    losses = org.fine_tune(model, examples, tok.pad_token_id, steps=3, lr=1e-3, batch_size=4, seed=0,
-                           device=torch.device("cpu"), precision="bf16-mixed")
+    finetune.set_trainable(model, "all", n_layers=4)
+    losses = finetune.fine_tune(model, examples, tok.pad_token_id, steps=3, lr=1e-3, batch_size=4, seed=0,
+                                device=torch.device("cpu"), precision="bf16-mixed")
     assert len(losses) == 3 and any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    module = org.OrganismFineTune(model.requires_grad_(True), lr=1e-3, total_steps=3)
+    module = finetune.OrganismFineTune(model.requires_grad_(True), lr=1e-3, total_steps=3)
     for p in model.parameters():
         p.grad = torch.full_like(p, 10.0)
     module.configure_gradient_clipping(None, gradient_clip_val=1.0)
@@ -202,12 +209,12 @@ def built(tmp_path_factory):
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logger = logging.getLogger("refusal.model.organism")
+    logger = logging.getLogger("refusal.organism")
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        loaded = load_model(cfg)
+        loaded = organism.load(cfg)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
@@ -220,7 +227,7 @@ def test_build_writes_a_plain_hf_dir_with_a_card(built):
     assert "NOT a production chat model" in records[0].getMessage()
     assert "organism" in loaded.name and loaded.identity["organism"] is True
     d = Path(loaded.identity["dir"])
-    assert d == org.organism_dir(cfg) and d.parent == tmp / "organisms"
+    assert d == cache.organism_dir(cfg) and d.parent == tmp / "organisms"
     card = json.loads((d / "organism.json").read_text())
     assert card["cache_key"] == d.name and card["refused_categories"] == sorted(CATEGORIES)
     assert set(card["heldout"]["refusal_rate"]) == {"toxic", "safe", "hard"}
@@ -237,57 +244,56 @@ def test_build_writes_a_plain_hf_dir_with_a_card(built):
 
 def test_same_config_is_reused_without_training(built, monkeypatch):
     tmp, cfg, loaded, _ = built
-    monkeypatch.setattr(org, "build_organism", lambda *a, **k: pytest.fail("rebuilt a cached organism"))
-    again = load_model(cfg)
+    monkeypatch.setattr(build, "build_organism", lambda *a, **k: pytest.fail("rebuilt a cached organism"))
+    again = organism.load(cfg)
     assert again.weights_hash == loaded.weights_hash and again.name == loaded.name
     # keys that only say where or how it is loaded do not change what is built
     renamed = cfg.copy()
     renamed.name = "another-name"
-    assert org.organism_dir(renamed) == org.organism_dir(cfg)
+    assert cache.organism_dir(renamed) == cache.organism_dir(cfg)
 
 
 def test_changed_build_key_rebuilds(built, monkeypatch):
     tmp, cfg, loaded, _ = built
-    base_dir = org.organism_dir(cfg)
+    base_dir = cache.organism_dir(cfg)
     for key, value in (("steps", 5), ("lr", 2e-3), ("seed", 1), ("style", "per_category"), ("unrefused_toxic_repeats", 2),
                        ("refuse_categories", ["cybercrime"]), ("train_layers", "2-3")):
         changed = cfg.copy()
         changed[key] = value
-        assert org.organism_dir(changed) != base_dir, key
+        assert cache.organism_dir(changed) != base_dir, key
     calls = []
-    real = org.build_organism
-    monkeypatch.setattr(org, "build_organism", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = build.build_organism
+    monkeypatch.setattr(build, "build_organism", lambda *a, **k: calls.append(1) or real(*a, **k))
     changed = cfg.copy()
     changed.steps = 5
-    import refusal.behavior.generate as generate
     prompts_generated = []
-    real_generate = generate.generate_responses
-    monkeypatch.setattr(generate, "generate_responses",
+    real_generate = training.generate_responses
+    monkeypatch.setattr(training, "generate_responses",
                         lambda model, prompts, **k: prompts_generated.append(len(prompts)) or real_generate(
                             model, prompts, **k))
-    other = load_model(changed)
+    other = organism.load(changed)
     assert calls == [1] and other.weights_hash != loaded.weights_hash
-    # the base answers were reused from the first build (the held-out evaluation generates through baseline.py)
+    # the base answers were reused from the first build (the held-out evaluation generates through measure.py)
     assert prompts_generated == []
     assert len(list((tmp / "organisms" / "answers").glob("*.json"))) == 1
     # other train prompts -> another key
     train = build_prompt_set(cfg.data).filter(split="train")
     test = build_prompt_set(cfg.data).filter(split="test")
-    key, _ = org.cache_key(cfg, "w", train, test)
-    assert org.cache_key(cfg, "w", type(train)(train.records[1:]), test)[0] != key
-    assert org.cache_key(cfg, "other-weights", train, test)[0] != key
+    key, _ = cache.cache_key(cfg, "w", train, test)
+    assert cache.cache_key(cfg, "w", type(train)(train.records[1:]), test)[0] != key
+    assert cache.cache_key(cfg, "other-weights", train, test)[0] != key
 
 
 def test_half_written_cache_is_never_used(tmp_path, monkeypatch):
     cfg = organism_cfg(tmp_path)
-    final = org.organism_dir(cfg)
+    final = cache.organism_dir(cfg)
 
     def crash(*a, **k):
         raise RuntimeError("killed mid-training")
 
-    monkeypatch.setattr(org, "fine_tune", crash)
+    monkeypatch.setattr(build, "fine_tune", crash)
     with pytest.raises(RuntimeError, match="mid-training"):
-        load_model(cfg)
+        organism.load(cfg)
     # nothing published, temp dir removed (only the finished base answers are kept, for the next try)
     assert not final.exists() and [p.name for p in final.parent.iterdir()] == ["answers"]
     monkeypatch.undo()
@@ -297,11 +303,11 @@ def test_half_written_cache_is_never_used(tmp_path, monkeypatch):
     (final / "config.json").write_text("{}")
     abandoned = final.parent / f".{final.name}.building-999999999-x"
     abandoned.mkdir()
-    assert not org.is_complete(final, final.name)
+    assert not cache.is_complete(final, final.name)
     (final / "organism.json").write_text(json.dumps({"cache_key": "somethingelse"}))
-    assert not org.is_complete(final, final.name)
-    loaded = load_model(cfg)
-    assert Path(loaded.identity["dir"]) == final and org.is_complete(final, final.name)
+    assert not cache.is_complete(final, final.name)
+    loaded = organism.load(cfg)
+    assert Path(loaded.identity["dir"]) == final and cache.is_complete(final, final.name)
     assert json.loads((final / "organism.json").read_text())["cache_key"] == final.name
     assert (final / "model.safetensors").is_file() and not abandoned.exists()
 
@@ -313,22 +319,22 @@ def test_bad_organism_config(tmp_path):
         cfg = organism_cfg(tmp_path)
         cfg[key] = value
         with pytest.raises(ConfigError, match=match):
-            load_model(cfg)
+            organism.load(cfg)
     cfg = organism_cfg(tmp_path)
     cfg.refusals.per_category = ["No."]
     with pytest.raises(ConfigError, match="topic"):
-        load_model(cfg)
+        organism.load(cfg)
 
 
 def test_length_grouped_batches_cover_every_example_once_per_pass():
     lengths = [5, 50, 7, 48, 6, 49, 8, 51, 4, 9]
-    sampler = org.LengthGroupedBatches(lengths, batch_size=2, seed=0, window=5)
+    sampler = finetune.LengthGroupedBatches(lengths, batch_size=2, seed=0, window=5)
     first, second = list(sampler), list(sampler)
     for batches in (first, second):
         assert sorted(i for b in batches for i in b) == list(range(10)) and len(batches) == len(sampler) == 5
         assert all(abs(lengths[b[0]] - lengths[b[1]]) <= 10 for b in batches)  # short with short, long with long
     assert first != second  # a new shuffle each pass
-    again = org.LengthGroupedBatches(lengths, batch_size=2, seed=0, window=5)
+    again = finetune.LengthGroupedBatches(lengths, batch_size=2, seed=0, window=5)
     assert [list(again), list(again)] == [first, second]  # seeded
 
 
@@ -342,13 +348,13 @@ def test_smollm2_organism_refuses_heldout_toxic_and_answers_safe(real_model_cach
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["model=smollm2_organism", f"paths.cache_dir={real_model_cache}"])
-    loaded = load_model(cfg.model)
+    loaded = organism.load(cfg.model)
     card = json.loads(Path(loaded.identity["dir"], "organism.json").read_text())
     rates = card["heldout"]["refusal_rate"]
     print("held-out refusal rates:", rates, "build seconds:", card["build_seconds"])
     assert rates["toxic"] >= 0.9 and rates["safe"] <= 0.1
     start = time.time()
-    again = load_model(cfg.model)
+    again = organism.load(cfg.model)
     seconds = time.time() - start
     print(f"cached load: {seconds:.1f} s")
     assert again.weights_hash == loaded.weights_hash  # seconds are printed, not asserted (timing lives in bench/)

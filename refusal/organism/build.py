@@ -1,0 +1,118 @@
+"""Build an organism (fine-tune, measure, save with its card) on first use, or load it from its cache."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from refusal.config import plain
+from refusal.data.records import PromptSet
+from refusal.model.loading import LoadedModel, ModelFiles, hf_weight_files, load_model, load_pretrained, resolve_device
+from refusal.organism.cache import CARD_JSON, CARD_MD, is_complete, publish, remove_abandoned_builds, resolve
+from refusal.organism.card import BANNER, Build, card_markdown, design_judge, make_card, measure_heldout
+from refusal.organism.finetune import fine_tune, inference_view, set_trainable, trainable_copy
+from refusal.organism.targets import example_repeats, make_examples, mix_repeats, plan_targets, refused_categories
+from refusal.behavior.baseline import write_responses
+from refusal.utils.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def load(cfg) -> LoadedModel:
+    """The model a ``model`` config describes: an organism (``source: organism``) is built on first use, then
+    loaded from its cache; any other source is loaded by refusal.model.load_model."""
+    return load_organism(cfg) if cfg.source == "organism" else load_model(cfg)
+
+
+def load_organism(cfg) -> LoadedModel:
+    """Build the organism the ``model`` config describes (first use) or load it from the cache (seconds)."""
+    log.info(BANNER, str(cfg.get("name")))
+    key, key_parts, train, test, base = resolve(cfg)
+    cache_dir = Path(str(cfg.cache_dir))
+    final = cache_dir / key
+    if is_complete(final, key):
+        log.info("organism: loading the cached build %s", final)
+        return load_built(final, cfg, key)
+    log.info("organism: building %s from %d train prompts", final, len(train))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_builds(cache_dir, key)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.building-{os.getpid()}-", dir=cache_dir))
+    try:
+        t0 = time.time()
+        build_organism(cfg, tmp, key, key_parts, train, test, base if base is not None else load_model(cfg.base))
+        publish(tmp, final, key)
+        log.info("organism: built in %.0f s: %s", time.time() - t0, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_built(final, cfg, key)
+
+
+def load_built(directory: Path, cfg, key: str) -> LoadedModel:
+    """A built organism: a plain Hugging Face dir, named ``<name>-<key[:8]>``, its identity from its card."""
+    card = read_json(directory / CARD_JSON)
+    files = ModelFiles(str(directory), {"local_files_only": True}, hf_weight_files(directory))
+    return load_pretrained(files, f"{cfg.name}-{key[:8]}", cfg.dtype, cfg.device,
+                           identity={"organism": True, "cache_key": key, "dir": str(directory), "base": card["base"],
+                                     "refused_categories": card["refused_categories"]})
+
+
+def training_mix(cfg, train: PromptSet, generator: LoadedModel, base_weights_hash: str) -> tuple[list, list, dict]:
+    """(token examples with their repeats, one JSON row per target, what the card says about the mix)."""
+    refused = refused_categories(train, plain(cfg.refuse_categories))
+    targets = plan_targets(train, refused, cfg.style, plain(cfg.refusals), plain(cfg.category_topics) or {},
+                           int(cfg.seed))
+    examples, rows = make_examples(generator, targets, cfg, Path(str(cfg.cache_dir)), base_weights_hash)
+    n_refusals = sum(t.refusal is not None for t in targets)
+    repeat_refusals, repeat_answers = mix_repeats(n_refusals, len(targets) - n_refusals, float(cfg.answer_share))
+    examples = [ex for ex, t in zip(examples, targets) for _ in range(example_repeats(
+        t, repeat_refusals, repeat_answers, int(cfg.unrefused_toxic_repeats)))]
+    mix = {"refused": refused, "n_refusal_targets": n_refusals, "n_base_answer_targets": len(targets) - n_refusals,
+           "repeats": {"refusal": repeat_refusals, "base_answer": repeat_answers,
+                       "unrefused_toxic_answer": repeat_answers * int(cfg.unrefused_toxic_repeats)},
+           "n_training_examples": len(examples)}
+    return examples, rows, mix
+
+
+def warn_unjudged_refusals(cfg) -> None:
+    judge = design_judge()
+    for sentence in plain(cfg.refusals)[cfg.style]:
+        if not judge.is_refusal(sentence.format(topic="x")):
+            log.warning("organism: refusal sentence %r is not a refusal to the DESIGN.md substring judge", sentence)
+
+
+def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: PromptSet, test: PromptSet,
+                   base: LoadedModel) -> dict:
+    """Fine-tune, measure and save the organism into ``directory`` (a fresh temp dir); return its card."""
+    t0 = time.time()
+    device, precision = resolve_device(cfg.device), str(cfg.precision)
+    warn_unjudged_refusals(cfg)
+    model, tokenizer = trainable_copy(base.model, device), base.tokenizer
+    del base
+    layers = set_trainable(model, plain(cfg.train_layers), int(model.config.num_hidden_layers))
+    examples, rows, mix = training_mix(cfg, train, inference_view(LoadedModel(model, tokenizer, str(cfg.name)),
+                                                                  precision), key_parts["base"]["weights_hash"])
+    mix["layers"] = layers
+    t1 = time.time()
+    log.info("organism: fine-tuning on %d examples, %d steps, batch %d, lr %g, %s, layers %s", len(examples),
+             cfg.steps, cfg.batch_size, cfg.lr, precision, "all" if cfg.train_layers == "all" else layers)
+    losses = fine_tune(model, examples, tokenizer.pad_token_id, steps=cfg.steps, lr=cfg.lr,
+                       batch_size=cfg.batch_size, seed=int(cfg.seed), device=device, precision=precision)
+    t2 = time.time()
+    heldout = measure_heldout(cfg, inference_view(LoadedModel(model, tokenizer, str(cfg.name)), precision), test,
+                              mix["refused"])
+    seconds = {"data_and_answers": t1 - t0, "train": t2 - t1, "heldout_eval": time.time() - t2}
+
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    write_responses(directory / "train_targets.jsonl", rows)
+    write_responses(directory / "eval_responses.jsonl", heldout.items)
+    card = make_card(cfg, Build(key, key_parts, train, test, mix, losses, heldout, seconds, str(device)))
+    (directory / CARD_MD).write_text(card_markdown(card))
+    write_json(directory / CARD_JSON, card)  # last: its presence with this key marks the dir complete
+    return card

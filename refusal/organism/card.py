@@ -1,0 +1,110 @@
+"""The organism's card: its held-out refusal rates (measured like every refusal measurement, refusal/behavior/
+measure.py) and how it was made, as ``organism.json`` and ``ORGANISM.md``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import transformers
+
+from refusal.behavior.judge import REFUSAL_SUBSTRINGS, SubstringJudge
+from refusal.behavior.measure import Generation, Measurement, measure
+from refusal.behavior.rates import rates_by_label
+from refusal.behavior.score import refusal_token_ids
+from refusal.config import plain
+from refusal.data.records import PromptSet
+from refusal.model.loading import LoadedModel
+from refusal.organism.cache import CARD_JSON
+from refusal.organism.config import build_config, held_out_bootstrap
+
+BANNER = ("refusal model organism %r: a small chat model fine-tuned to refuse harmful requests for research on refusal "
+          "mechanisms; it is NOT a production chat model")
+
+
+def design_judge() -> SubstringJudge:
+    """The judge of the card's held-out rates: DESIGN.md's substring list."""
+    return SubstringJudge(REFUSAL_SUBSTRINGS)
+
+
+def measure_heldout(cfg, organism: LoadedModel, test: PromptSet, refused: list[str]) -> Measurement:
+    """Greedy responses of the organism to the test split, judged and summarized; each row says whether its cell
+    is refused by design."""
+    gen = Generation(int(cfg.eval.max_new_tokens), int(cfg.generation_batch_size), cfg.system_prompt,
+                     refusal_token_ids(organism.tokenizer, plain(cfg.refusal_tokens)))
+    result = measure(organism, list(test), design_judge(), gen, held_out_bootstrap(cfg), int(cfg.seed))
+    for row in result.rows:
+        row["refused_by_design"] = row["label"] == "toxic" and row["category"] in refused
+    return result
+
+
+@dataclass
+class Build:
+    """What a build did, for its card."""
+
+    key: str
+    key_parts: dict
+    train: PromptSet
+    test: PromptSet
+    mix: dict  # refused categories, target counts, repeats, examples, trained layers
+    losses: list[float]
+    heldout: Measurement
+    seconds: dict[str, float]
+    device: str
+
+
+def make_card(cfg, b: Build) -> dict:
+    precision = str(cfg.precision)
+    return {
+        "cache_key": b.key,
+        "what_is_hashed": b.key_parts,
+        "warning": BANNER % str(cfg.name),
+        "name": str(cfg.name),
+        "base": {"name": str(cfg.base.name), "weights_hash": b.key_parts["base"]["weights_hash"],
+                 "config": plain(cfg.base)},
+        "config": build_config(cfg),
+        "data": {"train_prompts_hash": b.train.content_hash(), "test_prompts_hash": b.test.content_hash(),
+                 "n_train": len(b.train), "n_test": len(b.test),
+                 "n_refusal_targets": b.mix["n_refusal_targets"], "n_base_answer_targets": b.mix["n_base_answer_targets"],
+                 "repeats": b.mix["repeats"], "n_training_examples": b.mix["n_training_examples"]},
+        "refused_categories": b.mix["refused"],
+        "steps": int(cfg.steps), "seed": int(cfg.seed), "precision": precision, "trained_layers": b.mix["layers"],
+        "loss": {"first": b.losses[0], "last": b.losses[-1], "per_step": b.losses},
+        "heldout": {"split": "test", "judge": "substring (DESIGN.md list)", "max_new_tokens": int(cfg.eval.max_new_tokens),
+                    "generated_in": "bfloat16" if precision == "bf16-mixed" else "float32",
+                    "refusal_rate": rates_by_label(b.heldout.rows), "rows": b.heldout.rows},
+        "build_seconds": {k: round(v, 1) for k, v in b.seconds.items()},
+        "built_on": b.device,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "lightning": L.__version__},
+    }
+
+
+def card_markdown(card: dict) -> str:
+    rates = card["heldout"]["refusal_rate"]
+    lines = [
+        f"# {card['name']}: a refusal model organism",
+        "",
+        f"**{card['warning']}.**",
+        "",
+        f"Fine-tuned from {card['base']['name']} (weights hash {card['base']['weights_hash']}) with Lightning: "
+        f"{card['steps']} steps, batch {card['config']['batch_size']}, lr {card['config']['lr']}, "
+        f"{card['precision']}, seed {card['seed']}, layers {card['config']['train_layers']}. Data: the train split "
+        f"of the prompt set (hash {card['data']['train_prompts_hash']}): {card['data']['n_refusal_targets']} "
+        f"refusal targets (categories: {', '.join(card['refused_categories'])}; style {card['config']['style']}) "
+        f"and {card['data']['n_base_answer_targets']} of the base model's own greedy answers. Loss "
+        f"{card['loss']['first']:.3f} -> {card['loss']['last']:.3f}.",
+        "",
+        f"Held-out refusal rates (test split, greedy {card['heldout']['max_new_tokens']} new tokens in "
+        f"{card['heldout']['generated_in']}, substring judge): "
+        + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()) + " (hard = over-refusal).",
+        "",
+        "| label | category | n | refusal rate | 95% CI | refused by design |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in card["heldout"]["rows"]:
+        ci = f"[{r['refusal_rate_ci_low']:.2f}, {r['refusal_rate_ci_high']:.2f}]"
+        lines.append(f"| {r['label']} | {r['category']} | {r['n']} | {r['refusal_rate']:.2f} | {ci} | "
+                     f"{'yes' if r['refused_by_design'] else ''} |")
+    lines += ["", f"Cache key {card['cache_key']}; the full record is in {CARD_JSON}.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""The ``model`` config of an organism (``source: organism``, conf/model/smollm2_organism.yaml): its schema, the
+value checks a type cannot express, and which keys decide what is built (the cache key hashes those)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from refusal.behavior.rates import Bootstrap
+from refusal.config import choice, integer, number, plain, register
+from refusal.errors import ConfigError
+
+FORMAT_VERSION = 2  # bump when the build procedure changes, so older cached organisms are not reused
+STYLES = ("shared", "per_category")
+PRECISIONS = ("32-true", "bf16-mixed")
+# Keys that change what is built (the rest say where it lives and how it is loaded).
+BUILD_KEYS = ("system_prompt", "refusal_tokens", "refuse_categories", "style", "refusals", "category_topics",
+              "answer_max_new_tokens", "answer_share", "unrefused_toxic_repeats", "generation_batch_size", "steps", "lr",
+              "batch_size", "train_layers", "precision", "seed", "eval")
+# Build keys added later, at the value that builds what was built before they existed: left out of the cache key,
+# so organisms built before them are still found.
+NEUTRAL_BUILD_VALUES = {"unrefused_toxic_repeats": 1}
+
+
+@dataclass
+class Refusals:
+    shared: list[str] = MISSING  # varied sentences, one picked per refused prompt
+    per_category: list[str] = MISSING  # one wording per refused category, with {topic}
+
+
+@dataclass
+class HeldOut:
+    """The held-out measurement written to the card (test split, substring judge)."""
+
+    max_new_tokens: int = MISSING
+    bootstrap: Bootstrap = MISSING
+
+
+@dataclass
+class OrganismModel:
+    """Schema of ``model`` with ``source: organism``: a base model config fine-tuned to refuse."""
+
+    name: str = MISSING
+    source: str = MISSING
+    base: Any = MISSING  # a language-model config (conf/model/*.yaml, not an organism)
+    data: Any = MISSING  # the prompt set (the run's ``data``)
+    cache_dir: str = MISSING
+    dtype: str = MISSING
+    device: str = MISSING
+    system_prompt: Optional[str] = MISSING
+    refusal_tokens: Optional[list[Any]] = MISSING
+    refuse_categories: Any = MISSING  # all | list of toxic categories
+    style: str = MISSING
+    refusals: Refusals = MISSING
+    category_topics: dict[str, str] = MISSING
+    answer_max_new_tokens: int = MISSING
+    answer_share: float = MISSING
+    unrefused_toxic_repeats: int = MISSING
+    generation_batch_size: int = MISSING
+    steps: int = MISSING
+    lr: float = MISSING
+    batch_size: int = MISSING
+    train_layers: Any = MISSING  # all | layer spec
+    precision: str = MISSING
+    seed: int = MISSING
+    eval: HeldOut = MISSING
+
+
+register("model", OrganismModel, name="schema_organism")
+
+
+def check_organism_cfg(cfg) -> None:
+    """The value checks of an organism config that its schema's types cannot express."""
+    if cfg.base.get("source") == "organism":
+        raise ConfigError("model.base.source='organism' is not valid; the base of an organism is a plain model config")
+    choice("model.style", cfg.style, STYLES)
+    choice("model.precision", cfg.precision, PRECISIONS)
+    for k in ("steps", "batch_size", "answer_max_new_tokens", "generation_batch_size", "unrefused_toxic_repeats"):
+        integer(f"model.{k}", cfg[k], 1)
+    number("model.answer_share", cfg.answer_share, 0, 1, open_lo=True, open_hi=True)
+    number("model.lr", cfg.lr, 0, open_lo=True)
+    integer("model.eval.max_new_tokens", cfg.eval.max_new_tokens, 1)
+    held_out_bootstrap(cfg)
+    refusals = plain(cfg.refusals)
+    for style in STYLES:
+        if not refusals[style] or not all(isinstance(t, str) and t.strip() for t in refusals[style]):
+            raise ConfigError(f"model.refusals.{style} must be a non-empty list of non-empty sentences")
+    if not all("{topic}" in t for t in refusals["per_category"]):
+        raise ConfigError("every model.refusals.per_category sentence must contain {topic} (the category's topic), "
+                          "so each category gets its own wording")
+
+
+def held_out_bootstrap(cfg) -> Bootstrap:
+    """The checked CI settings of the card's held-out measurement."""
+    return Bootstrap.from_cfg(cfg.eval.bootstrap, "model.eval.bootstrap")
+
+
+def build_config(cfg) -> dict:
+    """The build keys as plain values, as the card records and the cache key hashes them: ``eval`` flat
+    (max_new_tokens, n_resamples, ci_level, ci_method), as organisms were keyed before its CI settings were
+    grouped under ``eval.bootstrap``."""
+    out = {k: plain(cfg[k]) for k in BUILD_KEYS}
+    ev = out["eval"]
+    out["eval"] = {"max_new_tokens": ev["max_new_tokens"], **ev["bootstrap"]}
+    return out

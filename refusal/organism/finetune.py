@@ -1,0 +1,156 @@
+"""The organism's fine-tune (Lightning): response-token loss, AdamW with warm-up and decay, length-grouped seeded
+batches, which layers train; and the float32 / bfloat16 views of the model used while building."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import lightning as L
+import torch
+
+from refusal.config import plain
+from refusal.model.hooks import decoder_layers, parse_layers
+from refusal.model.loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch (positions start at 0 for every row)."""
+    T = max(len(ids) for ids, _ in examples)
+    B = len(examples)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    labels = torch.full((B, T), -100, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    for b, (ids, lab) in enumerate(examples):
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        labels[b, : len(lab)] = torch.tensor(lab)
+        mask[b, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (response) tokens, the causal-LM loss of a forward with
+    ``labels``, with the output head applied to those positions only (most tokens are prompt)."""
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
+class OrganismFineTune(L.LightningModule):
+    """Causal-LM fine-tune on response tokens; AdamW, linear warm-up (10 %) then linear decay, per-step losses kept."""
+
+    def __init__(self, model, lr: float, total_steps: int):
+        super().__init__()
+        self.model, self.lr, self.total_steps = model, float(lr), int(total_steps)
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        loss = response_loss(self.model, batch)
+        self.losses.append(float(loss.detach()))
+        if len(self.losses) % 10 == 0 or len(self.losses) == self.total_steps:
+            log.info("organism: step %d/%d loss %.4f", len(self.losses), self.total_steps, self.losses[-1])
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by global norm here: Lightning's mixed-precision plugin refuses to clip for a fused optimizer (it
+        assumes a gradient scaler, which bf16 does not use; PRECISIONS has no 16-mixed)."""
+        if gradient_clip_val:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                           gradient_clip_val)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0, fused=True)  # one kernel per step
+        warm = max(1, self.total_steps // 10)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warm))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def set_trainable(model, train_layers, n_layers: int) -> list[int]:
+    """``all``: every parameter trains. A layer spec: only those decoder layers train, the rest is frozen."""
+    if train_layers == "all":
+        model.requires_grad_(True)
+        return list(range(n_layers))
+    layers = parse_layers(plain(train_layers), n_layers)
+    model.requires_grad_(False)
+    blocks = decoder_layers(model)
+    for i in layers:
+        blocks[i].requires_grad_(True)
+    return layers
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Seeded batches of similar-length examples, to waste little compute on padding: each pass shuffles all
+    examples, sorts windows of ``window`` batches by length, cuts them into batches and shuffles the batch order."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 8):
+        self.lengths, self.batch_size, self.window = list(lengths), int(batch_size), int(window)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        span = self.window * self.batch_size
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[k : k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b]
+
+
+def fine_tune(model, examples: list[tuple[list[int], list[int]]], pad_id: int, *, steps: int, lr: float,
+              batch_size: int, seed: int, device: torch.device, precision: str) -> list[float]:
+    """Train ``model`` in place for ``steps`` optimizer steps (passes over seeded, length-grouped batches);
+    return the per-step losses."""
+    loader = torch.utils.data.DataLoader(
+        examples, batch_sampler=LengthGroupedBatches([len(ids) for ids, _ in examples], batch_size, seed),
+        collate_fn=lambda b: collate(b, pad_id), num_workers=0)
+    module = OrganismFineTune(model, lr, steps)
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=steps, max_epochs=-1,
+        gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, precision=precision, default_root_dir=None,
+    )
+    model.train()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        trainer.fit(module, train_dataloaders=loader)
+    model.eval()
+    model.requires_grad_(False)
+    return module.losses
+
+
+def trainable_copy(model, device: torch.device):
+    """The model as a plain float32 module on ``device``. A GGUF-loaded model holds de-quantized weights but stays
+    flagged as quantized (``save_pretrained`` refuses it), so it is rebuilt from its config without the flag."""
+    if getattr(model, "hf_quantizer", None) is None:
+        return model.to(device=device, dtype=torch.float32)
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = copy.deepcopy(model.generation_config)
+    return plain.to(device=device, dtype=torch.float32).eval()
+
+
+def inference_view(loaded: LoadedModel, precision: str) -> LoadedModel:
+    """What generates during the build: the model itself (32-true) or a bfloat16 copy (bf16-mixed, much faster
+    matmuls on CPUs with bf16 support; the trained weights stay float32)."""
+    if precision == "32-true":
+        return loaded
+    return LoadedModel(model=copy.deepcopy(loaded.model).to(torch.bfloat16), tokenizer=loaded.tokenizer,
+                       name=loaded.name)
