@@ -1,6 +1,8 @@
 """Each config group is owned by the package of its name: every key of the group's schema is read in that package
 (``conf/sae/`` <-> ``refusal/sae/``), and no other package reads ``cfg.<group>.<key>`` (the tasks may hand whole
-nodes on). Generic over every schema registered in Hydra's ConfigStore whose group names a package of refusal/."""
+nodes on). Generic over every schema registered in Hydra's ConfigStore whose group names a package of refusal/.
+A schema defined in another package is owned by that one (the organism's ``model`` schema: refusal/organism/), and a
+nested schema shared from another package (``bootstrap``: refusal/behavior/rates.py) is checked there."""
 import ast
 import dataclasses
 from pathlib import Path
@@ -37,27 +39,35 @@ def _instantiated(node_type) -> bool:
     return dataclasses.is_dataclass(node_type) and "_target_" in {f.name for f in dataclasses.fields(node_type)}
 
 
+def owner(schema: type) -> str:
+    """The package that defines ``schema`` (refusal.<package>...)."""
+    return schema.__module__.split(".")[1]
+
+
 def _keys(schema: type, prefix: str = "") -> list[tuple[str, bool]]:
-    """[(dotted key, is an instantiated _target_ node)] of a schema, nested schemas included."""
+    """[(dotted key, is an instantiated _target_ node)] of a schema, nested schemas of its own package included."""
     out = []
     hints = {f.name: f.type for f in dataclasses.fields(schema)}
     for name, hint in hints.items():
         inner = next((a for a in getattr(hint, "__args__", ()) if dataclasses.is_dataclass(a)), hint)
         if _instantiated(inner):
             out.append((prefix + name, True))
-        elif dataclasses.is_dataclass(inner):
+        elif dataclasses.is_dataclass(inner) and owner(inner) == owner(schema):
             out += [(prefix + name, False)] + _keys(inner, f"{prefix}{name}.")
         else:
             out.append((prefix + name, False))
     return out
 
 
-def _names_read(tree: ast.AST) -> tuple[set[str], bool]:
-    """(attribute names and string constants a module reads, whether it calls ``instantiate``); field definitions
-    (``name: type = ...`` in a class body) are not reads."""
+def _names_read(tree: ast.AST, parameters: bool = False) -> tuple[set[str], bool]:
+    """(attribute names and string constants a module reads, with ``parameters`` also the parameter names of its
+    functions (what ``instantiate`` passes a ``_target_`` node's keys to), whether it calls ``instantiate``); field
+    definitions (``name: type = ...`` in a class body) are not reads."""
     names, instantiates = set(), False
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute):
+        if parameters and isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.Attribute):
             names.add(node.attr)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             names.add(node.value)
@@ -107,16 +117,16 @@ def foreign_reads(tree: ast.AST, group: str, keys: set[str]) -> list[str]:
 @pytest.mark.parametrize("group,schema", SCHEMAS, ids=[f"{g}:{s.__name__}" for g, s in SCHEMAS])
 def test_every_key_is_read_by_its_package(group, schema):
     names, instantiates = set(), False
-    for _, tree in _modules(PACKAGE / group.split("/")[0]):
-        n, i = _names_read(tree)
+    for _, tree in _modules(PACKAGE / owner(schema)):
+        n, i = _names_read(tree, parameters=_instantiated(schema))
         names, instantiates = names | n, instantiates or i
     unread = [key for key, target in _keys(schema) if not (key.split(".")[-1] in names or (target and instantiates))]
-    assert not unread, f"{group} keys no code of refusal/{group.split('/')[0]}/ reads: {unread}"
+    assert not unread, f"{group} keys no code of refusal/{owner(schema)}/ reads: {unread}"
 
 
 @pytest.mark.parametrize("group,schema", SCHEMAS, ids=[f"{g}:{s.__name__}" for g, s in SCHEMAS])
 def test_no_other_package_reads_the_group_keys(group, schema):
-    package = group.split("/")[0]
+    package = owner(schema)
     keys = {f.name for f in dataclasses.fields(schema)}
     bad = {}
     for path, tree in _modules(PACKAGE):

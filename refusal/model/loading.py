@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from refusal.config import choice
+from refusal.config import choice, plain
 from refusal.errors import ConfigError
 from refusal.model.tiny import tiny_llama
 from refusal.utils.io import file_hash, stable_hash
@@ -29,6 +29,8 @@ class LoadedModel:
     name: str
     weight_files: list[Path] = field(default_factory=list)
     identity: dict[str, Any] = field(default_factory=dict)
+    system_prompt: str | None = None  # the chat settings of its config: the system prompt (None: the template's)
+    refusal_tokens: list | None = None  # and the refusal tokens (None: refusal/behavior/score.py's openings)
 
     @property
     def n_layers(self) -> int:
@@ -174,5 +176,17 @@ def load_model(cfg) -> LoadedModel:
     if cfg.source == "tiny":
         t = cfg.tiny
         model, tokenizer = tiny_llama(t.n_layers, t.d_model, t.n_heads, t.d_mlp, seed=cfg.seed)
-        return ready(model, tokenizer, str(cfg.name), cfg.dtype, cfg.device)
-    return load_pretrained(model_files(cfg), str(cfg.name), cfg.dtype, cfg.device, what=f"model.path={cfg.path!r}")
+        return with_chat_settings(ready(model, tokenizer, str(cfg.name), cfg.dtype, cfg.device), cfg)
+    return with_chat_settings(load_pretrained(model_files(cfg), str(cfg.name), cfg.dtype, cfg.device,
+                                              what=f"model.path={cfg.path!r}"), cfg)
+
+
+def with_chat_settings(loaded: LoadedModel, cfg) -> LoadedModel:
+    """``loaded`` with the chat settings of its ``model`` config (``system_prompt``, ``refusal_tokens``)."""
+    loaded.system_prompt, loaded.refusal_tokens = cfg.system_prompt, plain(cfg.refusal_tokens)
+    return loaded
+
+
+def configured_name(cfg) -> str | None:
+    """The ``name`` of a ``model`` config (None without one): the model a run reports when it loads none."""
+    return cfg.get("name") if cfg is not None else None

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from refusal.config import plain
 from refusal.data.records import PromptSet
-from refusal.model.loading import LoadedModel, ModelFiles, hf_weight_files, load_model, load_pretrained, resolve_device
+from refusal.model.loading import (LoadedModel, ModelFiles, hf_weight_files, load_model, load_pretrained, resolve_device,
+                                   with_chat_settings)
 from refusal.organism.cache import CARD_JSON, CARD_MD, is_complete, publish, remove_abandoned_builds, resolve
 from refusal.organism.card import BANNER, Build, card_markdown, design_judge, make_card, measure_heldout
 from refusal.organism.finetune import fine_tune, inference_view, set_trainable, trainable_copy
@@ -55,9 +56,10 @@ def load_built(directory: Path, cfg, key: str) -> LoadedModel:
     """A built organism: a plain Hugging Face dir, named ``<name>-<key[:8]>``, its identity from its card."""
     card = read_json(directory / CARD_JSON)
     files = ModelFiles(str(directory), {"local_files_only": True}, hf_weight_files(directory))
-    return load_pretrained(files, f"{cfg.name}-{key[:8]}", cfg.dtype, cfg.device,
-                           identity={"organism": True, "cache_key": key, "dir": str(directory), "base": card["base"],
-                                     "refused_categories": card["refused_categories"]})
+    loaded = load_pretrained(files, f"{cfg.name}-{key[:8]}", cfg.dtype, cfg.device,
+                             identity={"organism": True, "cache_key": key, "dir": str(directory), "base": card["base"],
+                                       "refused_categories": card["refused_categories"]})
+    return with_chat_settings(loaded, cfg)
 
 
 def training_mix(cfg, train: PromptSet, generator: LoadedModel, base_weights_hash: str) -> tuple[list, list, dict]:

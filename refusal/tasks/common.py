@@ -10,7 +10,6 @@ from refusal.activations import CollectionPlan, collect_activations, fingerprint
 from refusal.activations import config as activations_config
 from refusal.behavior.score import refusal_token_ids
 from refusal.data import analyze_splits, build_prompt_set
-from refusal.config import plain
 from refusal.model.loading import LoadedModel
 from refusal.runs import TrainRun
 
@@ -31,10 +30,10 @@ def activation_store(cfg: DictConfig, loaded: LoadedModel, prompts) -> tuple[Pat
     """The store dir for this config and a function that collects into it (resuming; only this task's shards
     with ``activations.collect_tasks`` > 1) when called; it returns the store, or None while other tasks'
     shards are missing."""
-    plan = activations_config.collection_plan(cfg.activations, loaded.n_layers, cfg.model.get("system_prompt"),
+    plan = activations_config.collection_plan(cfg.activations, loaded.n_layers, loaded.system_prompt,
                                               cfg.seed)
     task = activations_config.collect_task(cfg.activations)
-    ids = refusal_token_ids(loaded.tokenizer, plain(cfg.model.get("refusal_tokens")))
+    ids = refusal_token_ids(loaded.tokenizer, loaded.refusal_tokens)
     store_dir = activations_config.store_dir(cfg.activations, cfg.paths.cache_dir,
                                              fingerprint(loaded, prompts, plan, ids))
     return store_dir, (lambda: collect_activations(loaded, prompts, plan, store_dir, ids, task=task)), plan

@@ -94,9 +94,9 @@ def discover(cfg: DictConfig) -> float:
     loaded = organism.load(cfg.model)
     check_model(loaded, train_manifest)
     saes = load_hooked_saes(sae_dirs, loaded)
-    metric_fn, metric_desc = build_metric(s.metric, loaded.tokenizer, plain(cfg.model.get("refusal_tokens")),
+    metric_fn, metric_desc = build_metric(s.metric, loaded.tokenizer, loaded.refusal_tokens,
                                           s.compliance_tokens)
-    formatter = ChatFormatter(loaded.tokenizer, cfg.model.get("system_prompt"), s.max_length)
+    formatter = ChatFormatter(loaded.tokenizer, loaded.system_prompt, s.max_length)
     cm = CircuitModel(loaded.model, formatter, saes, s.positions, metric_fn, s.batch_size)
     space = node_space(cm, s.aggregation)
 

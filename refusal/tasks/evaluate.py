@@ -14,7 +14,6 @@ from refusal.behavior.judge import build_judge
 from refusal.behavior.score import refusal_token_ids
 from refusal.circuit.saes import load_hooked_saes
 from refusal.circuit.verdict import combine
-from refusal.config import plain
 from refusal.data.records import SPLITS
 from refusal.errors import ConfigError
 from refusal.evaluation.circuit_setup import build_circuit_setup
@@ -30,6 +29,7 @@ from refusal.evaluation.transfer import run_transfer
 from refusal.logger.loggers import build_loggers, json_metrics, log_config, log_table, wandb_run
 from refusal import organism
 from refusal.model import ChatFormatter
+from refusal.model.loading import configured_name
 from refusal.runs import EvaluateRun, adopt_run_config, check_model
 from refusal.tasks.common import optimized_metric
 from refusal.utils.io import json_safe
@@ -77,14 +77,14 @@ def evaluate(cfg: DictConfig) -> float | None:
     log_config(loggers, cfg)
 
     results: dict[str, dict | None] = _missing_reasons(s, inputs)
-    model_name = (inputs.train_manifest or {}).get("model") or cfg.model.get("name")
+    model_name = (inputs.train_manifest or {}).get("model") or configured_name(cfg.model)
     if any(v is None for v in results.values()):
         loaded = organism.load(cfg.model)
         model_name = loaded.name
         check_model(loaded, inputs.train_manifest, inputs.found.manifest if inputs.found else None)
-        formatter = ChatFormatter(loaded.tokenizer, cfg.model.get("system_prompt"), s.max_length)
+        formatter = ChatFormatter(loaded.tokenizer, loaded.system_prompt, s.max_length)
         ctx = EvalContext(loaded, formatter, eval_prompts, build_judge(s.judge),
-                          refusal_token_ids(loaded.tokenizer, plain(cfg.model.get("refusal_tokens"))), s.batch_size,
+                          refusal_token_ids(loaded.tokenizer, loaded.refusal_tokens), s.batch_size,
                           s.max_new_tokens, s.boot, int(cfg.seed), run_dir, s.max_length)
         _run_stages(ctx, s, inputs, results, run_dir, loaded)
 
