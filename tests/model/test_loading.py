@@ -9,7 +9,8 @@ from refusal.model.tiny import tiny_llama
 
 
 def _hf(path) -> OmegaConf:
-    return OmegaConf.create({"source": "hf", "path": str(path), "name": "local", "dtype": "float32", "device": "cpu"})
+    return OmegaConf.create({"source": "hf", "path": str(path), "name": "local", "dtype": "float32", "device": "cpu",
+                              "system_prompt": None, "refusal_tokens": None})
 
 
 @pytest.mark.parametrize("files, missing, present", [
