@@ -119,22 +119,7 @@ def collect_activations(
             return ActivationStore(store_dir)
         _reopen(store_dir, existing, damaged)
 
-    records = list(prompts)
-    order = store_order([r.id for r in records], plan.seed)
-    records = [records[i] for i in order]
-    shards = [(a, min(a + plan.shard_prompts, len(records))) for a in range(0, len(records), plan.shard_prompts)]
-    manifest = {
-        "fingerprint": fp,
-        "complete": False,
-        "hooks": plan.hooks,
-        "d_model_by_hook": {},
-        "positions": plan.positions,
-        "dtype": plan.dtype,
-        "model": {"name": loaded.name, "weights_hash": loaded.weights_hash, "n_layers": loaded.n_layers},
-        "refusal_token_ids": refusal_ids,
-        "prompts": [{"id": r.id, "category": r.category, "label": r.label, "split": r.split, "source": r.source} for r in records],
-        "shards": [{"file": shard_name(i), "prompt_range": [a, b]} for i, (a, b) in enumerate(shards)],
-    }
+    records, shards, manifest = _layout(loaded, prompts, plan, fp, refusal_ids)
     store_dir.mkdir(parents=True, exist_ok=True)
     if existing is None:  # an existing one has the same fingerprint, hence the same content
         write_manifest(store_dir, manifest)
@@ -161,6 +146,27 @@ def collect_activations(
         return None
     _complete(store_dir, manifest, entries)
     return ActivationStore(store_dir)
+
+
+def _layout(loaded: LoadedModel, prompts, plan: CollectionPlan, fp: dict, refusal_ids: list[int]):
+    """(records in store order, [(first, end) prompt range per shard], the manifest of a fresh store)."""
+    records = list(prompts)
+    order = store_order([r.id for r in records], plan.seed)
+    records = [records[i] for i in order]
+    shards = [(a, min(a + plan.shard_prompts, len(records))) for a in range(0, len(records), plan.shard_prompts)]
+    manifest = {
+        "fingerprint": fp,
+        "complete": False,
+        "hooks": plan.hooks,
+        "d_model_by_hook": {},
+        "positions": plan.positions,
+        "dtype": plan.dtype,
+        "model": {"name": loaded.name, "weights_hash": loaded.weights_hash, "n_layers": loaded.n_layers},
+        "refusal_token_ids": refusal_ids,
+        "prompts": [{"id": r.id, "category": r.category, "label": r.label, "split": r.split, "source": r.source} for r in records],
+        "shards": [{"file": shard_name(i), "prompt_range": [a, b]} for i, (a, b) in enumerate(shards)],
+    }
+    return records, shards, manifest
 
 
 def _intact(path: Path, entry: dict) -> bool:
