@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from refusal.activations import CollectionPlan, collect_activations
-from refusal.behavior.score import refusal_token_ids
+from refusal.behavior.score import resolve_refusal_tokens
 from refusal.data import build_prompt_set
 from refusal.model import ChatFormatter, expand_hook_names, load_model
 
@@ -41,7 +41,7 @@ def bare_forward(loaded, texts: list[str], batch_size: int) -> tuple[float, int]
 def ours(loaded, prompts, hooks, batch_size: int, record_score: bool) -> float:
     plan = CollectionPlan(hooks=hooks, positions="all", batch_size=batch_size, shard_prompts=10_000,
                           max_length=256, record_refusal_score=record_score)
-    ids = refusal_token_ids(loaded.tokenizer)
+    ids = resolve_refusal_tokens(loaded.tokenizer)
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         collect_activations(loaded, prompts, plan, d, ids, progress=False)

@@ -51,7 +51,7 @@ def store_order(prompt_ids: list[str], seed: int) -> list[int]:
     return order
 
 
-def fingerprint(loaded: LoadedModel, prompts, plan: CollectionPlan, refusal_ids: list[int]) -> dict:
+def fingerprint(loaded: LoadedModel, prompts, plan: CollectionPlan, refusal_token_ids: list[int]) -> dict:
     return {
         "model": loaded.name,
         "weights_hash": loaded.weights_hash,
@@ -63,7 +63,7 @@ def fingerprint(loaded: LoadedModel, prompts, plan: CollectionPlan, refusal_ids:
         "shard_prompts": plan.shard_prompts,
         "prompts_hash": prompts.content_hash(),
         "seed": plan.seed,
-        "refusal_token_ids": refusal_ids if plan.record_refusal_score else None,
+        "refusal_token_ids": refusal_token_ids if plan.record_refusal_score else None,
     }
 
 
@@ -99,7 +99,7 @@ def collect_activations(
     prompts,
     plan: CollectionPlan,
     store_dir: str | Path,
-    refusal_ids: list[int],
+    refusal_token_ids: list[int],
     progress: bool = True,
     task: CollectTask = CollectTask(),
 ) -> ActivationStore | None:
@@ -111,7 +111,7 @@ def collect_activations(
     # The score needs the final layer. One full pass that yields both is cheaper than an early-stopped pass
     # plus a second full one, so early stopping applies when no score is recorded.
     stop = plan.stop_early and not plan.record_refusal_score and deepest < loaded.n_layers - 1
-    fp = fingerprint(loaded, prompts, plan, refusal_ids)
+    fp = fingerprint(loaded, prompts, plan, refusal_token_ids)
     existing = check_fingerprint(store_dir, fp)
     if existing and existing.get("complete"):
         damaged = damaged_shards(store_dir, existing)
@@ -119,7 +119,7 @@ def collect_activations(
             return ActivationStore(store_dir)
         _reopen(store_dir, existing, damaged)
 
-    records, shards, manifest = _layout(loaded, prompts, plan, fp, refusal_ids)
+    records, shards, manifest = _layout(loaded, prompts, plan, fp, refusal_token_ids)
     store_dir.mkdir(parents=True, exist_ok=True)
     if existing is None:  # an existing one has the same fingerprint, hence the same content
         write_manifest(store_dir, manifest)
@@ -134,7 +134,7 @@ def collect_activations(
         if path.exists() and _intact(path, entries[i]):
             bar.update(shards[i][1] - shards[i][0])
             continue
-        write_shard(path, _collect_shard(loaded, plan, refusal_ids, records, shards[i], stop, bar))
+        write_shard(path, _collect_shard(loaded, plan, refusal_token_ids, records, shards[i], stop, bar))
         collected.append(i)
     bar.close()
     log.info("collect task %d/%d: collected %d of its %d shards, kept %d already complete", task.index,
@@ -148,7 +148,7 @@ def collect_activations(
     return ActivationStore(store_dir)
 
 
-def _layout(loaded: LoadedModel, prompts, plan: CollectionPlan, fp: dict, refusal_ids: list[int]):
+def _layout(loaded: LoadedModel, prompts, plan: CollectionPlan, fp: dict, refusal_token_ids: list[int]):
     """(records in store order, [(first, end) prompt range per shard], the manifest of a fresh store)."""
     records = list(prompts)
     order = store_order([r.id for r in records], plan.seed)
@@ -162,7 +162,7 @@ def _layout(loaded: LoadedModel, prompts, plan: CollectionPlan, fp: dict, refusa
         "positions": plan.positions,
         "dtype": plan.dtype,
         "model": {"name": loaded.name, "weights_hash": loaded.weights_hash, "n_layers": loaded.n_layers},
-        "refusal_token_ids": refusal_ids,
+        "refusal_token_ids": refusal_token_ids,
         "prompts": [{"id": r.id, "category": r.category, "label": r.label, "split": r.split, "source": r.source} for r in records],
         "shards": [{"file": shard_name(i), "prompt_range": [a, b]} for i, (a, b) in enumerate(shards)],
     }
@@ -203,7 +203,7 @@ def _complete(store_dir: Path, manifest: dict, entries: list[dict]) -> None:
         record_path(p).unlink(missing_ok=True)
 
 
-def _collect_shard(loaded: LoadedModel, plan: CollectionPlan, refusal_ids: list[int], records: list, span, stop: bool,
+def _collect_shard(loaded: LoadedModel, plan: CollectionPlan, refusal_token_ids: list[int], records: list, span, stop: bool,
                    bar) -> dict[str, torch.Tensor]:
     """The tensors of the shard holding the prompts ``records[a:b]`` (``span``); ``stop``: stop each forward after
     the deepest hook."""
@@ -223,7 +223,7 @@ def _collect_shard(loaded: LoadedModel, plan: CollectionPlan, refusal_ids: list[
         with capture_activations(model, plan.hooks, stop_early=stop) as cache:
             out = run_until_stop(lambda: model(**enc.model_inputs(), logits_to_keep=1))
         if plan.record_refusal_score:
-            scores[[j - a for j in idx]] = refusal_score(out.logits[:, -1], refusal_ids).cpu()
+            scores[[j - a for j in idx]] = refusal_score(out.logits[:, -1], refusal_token_ids).cpu()
         n_tokens[[j - a for j in idx]] = enc.n_tokens.to(torch.int32).cpu()
         batch_acts, batch_meta = _rows_for_batch(enc, cache, plan, idx)
         for h in plan.hooks:

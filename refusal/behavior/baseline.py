@@ -14,7 +14,7 @@ from pathlib import Path
 from refusal.behavior.judge import build_judge
 from refusal.behavior.measure import Generation, measure
 from refusal.behavior.rates import Bootstrap, rates_by_label
-from refusal.behavior.score import refusal_token_ids
+from refusal.behavior.score import resolve_refusal_tokens
 from refusal.config import choice, integer, plain
 from refusal.data.records import SPLITS, PromptSet
 from refusal.logger.loggers import log_table
@@ -40,9 +40,9 @@ def measure_baseline(loaded: LoadedModel, prompts: PromptSet, behavior_cfg, out_
     boot = Bootstrap.from_cfg(cfg.bootstrap, "behavior.bootstrap")
     subset = prompts.filter(split=split)
     judge = build_judge(cfg.judge)
-    refusal_ids = refusal_token_ids(loaded.tokenizer, plain(cfg.refusal_tokens))
+    refusal_token_ids = resolve_refusal_tokens(loaded.tokenizer, plain(cfg.refusal_tokens))
     gen = Generation(integer("behavior.max_new_tokens", cfg.max_new_tokens, 1),
-                     integer("behavior.batch_size", cfg.batch_size, 1), cfg.system_prompt, refusal_ids)
+                     integer("behavior.batch_size", cfg.batch_size, 1), cfg.system_prompt, refusal_token_ids)
     log.info("behavior: %d %s prompts, greedy %d new tokens, judge %s", len(subset), split, gen.max_new_tokens,
              type(judge).__name__)
     result = measure(loaded, list(subset), judge, gen, boot, cfg.seed)
@@ -55,7 +55,7 @@ def measure_baseline(loaded: LoadedModel, prompts: PromptSet, behavior_cfg, out_
         "n_prompts": len(subset),
         "judge": plain(cfg.judge),
         "max_new_tokens": gen.max_new_tokens,
-        "refusal_token_ids": refusal_ids,
+        "refusal_token_ids": refusal_token_ids,
         "ci": {"level": boot.ci_level, "n_resamples": boot.n_resamples, "method": boot.ci_method, "seed": cfg.seed},
         "refusal_rate": by_label,
         "over_refusal_rate": by_label.get("hard"),

@@ -46,8 +46,8 @@ def generate_responses(
     max_new_tokens: int,
     batch_size: int,
     system_prompt: str | None = None,
-    refusal_ids: list[int] | None = None,
-    max_prompt_tokens: int | None = None,
+    refusal_token_ids: list[int] | None = None,
+    max_length: int | None = None,
 ) -> Generations:
     """Greedy responses to ``prompts`` wrapped in the chat template (deterministic: no sampling).
 
@@ -57,7 +57,7 @@ def generate_responses(
     model, tok = loaded.model, loaded.tokenizer
     was_training = model.training
     model.eval()
-    fmt = ChatFormatter(tok, system_prompt, max_prompt_tokens)
+    fmt = ChatFormatter(tok, system_prompt, max_length)
     stops = stop_token_ids(loaded)
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stops,
@@ -76,7 +76,7 @@ def generate_responses(
             out = model.generate(**enc.model_inputs(), generation_config=gen_cfg)
             new = out.sequences[:, enc.seq_len :].cpu()
             first_logits = out.logits[0]
-            batch_scores = refusal_score(first_logits, refusal_ids).cpu() if refusal_ids else None
+            batch_scores = refusal_score(first_logits, refusal_token_ids).cpu() if refusal_token_ids else None
             for row, i in enumerate(idx):
                 ids = new[row].tolist()
                 cut = next((k for k, t in enumerate(ids) if t in stops), None)

@@ -17,14 +17,14 @@ from refusal.model.loading import LoadedModel
 @dataclass(frozen=True)
 class Generation:
     """How responses are generated: greedy, ``max_new_tokens`` per response, ``batch_size`` prompts per batch,
-    in the chat template with ``system_prompt``; ``refusal_ids`` give each prompt's refusal score; longer prompts
-    are cut to ``max_prompt_tokens`` (None: never)."""
+    in the chat template with ``system_prompt``; ``refusal_token_ids`` give each prompt's refusal score; longer prompts
+    are cut to ``max_length`` (None: never)."""
 
     max_new_tokens: int
     batch_size: int
     system_prompt: str | None
-    refusal_ids: list[int]
-    max_prompt_tokens: int | None = None
+    refusal_token_ids: list[int]
+    max_length: int | None = None
 
 
 @dataclass
@@ -37,8 +37,8 @@ def judged_responses(loaded: LoadedModel, records: list[PromptRecord], judge: Ju
     """One judged item per record, in the records' order."""
     texts = [r.prompt for r in records]
     out = generate_responses(loaded, texts, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
-                             system_prompt=gen.system_prompt, refusal_ids=gen.refusal_ids,
-                             max_prompt_tokens=gen.max_prompt_tokens)
+                             system_prompt=gen.system_prompt, refusal_token_ids=gen.refusal_token_ids,
+                             max_length=gen.max_length)
     refused = judge.judge(texts, out.responses)
     if len(refused) != len(records):
         raise ConfigError(f"judge {type(judge).__name__} returned {len(refused)} verdicts for {len(records)} responses")

@@ -9,7 +9,7 @@ REFUSAL_OPENINGS = ("I", "Sorry", "As", "Unfortunately", "I'm", "My apologies", 
 EPS = 1e-12
 
 
-def refusal_token_ids(tokenizer: PreTrainedTokenizerBase, openings=None) -> list[int]:
+def resolve_refusal_tokens(tokenizer: PreTrainedTokenizerBase, openings=None) -> list[int]:
     """First token of each refusal opening (strings), or the ids themselves (ints); unique, sorted."""
     ids = set()
     for item in openings if openings else REFUSAL_OPENINGS:
@@ -22,8 +22,8 @@ def refusal_token_ids(tokenizer: PreTrainedTokenizerBase, openings=None) -> list
     return sorted(ids)
 
 
-def refusal_score(logits: torch.Tensor, refusal_ids: list[int]) -> torch.Tensor:
-    """log p − log(1 − p), p = Σ softmax(logits)[refusal_ids]; ``logits`` [..., vocab] -> [...] float64."""
+def refusal_score(logits: torch.Tensor, refusal_token_ids: list[int]) -> torch.Tensor:
+    """log p − log(1 − p), p = Σ softmax(logits)[refusal_token_ids]; ``logits`` [..., vocab] -> [...] float64."""
     probs = torch.softmax(logits.double(), dim=-1)
-    p = probs[..., refusal_ids].sum(-1)
+    p = probs[..., refusal_token_ids].sum(-1)
     return torch.log(p + EPS) - torch.log1p(-p + EPS)

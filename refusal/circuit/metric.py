@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from refusal.behavior.score import refusal_score, refusal_token_ids
+from refusal.behavior.score import refusal_score, resolve_refusal_tokens
 from refusal.errors import ConfigError, check_choice
 
 METRICS = ("refusal_score", "logit_diff")
@@ -20,7 +20,7 @@ def build_metric(name: str, tokenizer, refusal_tokens=None, compliance_tokens=No
                  ) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
     """(metric fn: logits [B, V] -> [B] float64, description with the token ids)."""
     check_choice("circuit.metric", name, METRICS)
-    ref = refusal_token_ids(tokenizer, refusal_tokens)
+    ref = resolve_refusal_tokens(tokenizer, refusal_tokens)
     if not ref:
         raise ConfigError(f"refusal tokens {refusal_tokens!r} give no token ids for this tokenizer")
     if name == "refusal_score":
@@ -29,7 +29,7 @@ def build_metric(name: str, tokenizer, refusal_tokens=None, compliance_tokens=No
         raise ConfigError("circuit.compliance_tokens is empty; metric=logit_diff needs at least one token string")
     # a token that opens both a refusal and a compliance (e.g. "S" for "Sorry" and "Sure" with a byte-level
     # tokenizer) counts as a refusal token; the ids actually used are recorded in the description
-    comp = [i for i in refusal_token_ids(tokenizer, compliance_tokens) if i not in set(ref)]
+    comp = [i for i in resolve_refusal_tokens(tokenizer, compliance_tokens) if i not in set(ref)]
     if not comp:
         raise ConfigError(f"circuit.compliance_tokens={list(compliance_tokens)} give no token ids apart from the "
                           "refusal tokens; choose compliance openings that differ")

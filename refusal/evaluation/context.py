@@ -21,7 +21,7 @@ class EvalContext:
     formatter: ChatFormatter
     prompts: PromptSet  # the held-out evaluation split, every label
     judge: Judge
-    refusal_ids: list[int]
+    refusal_token_ids: list[int]
     batch_size: int
     max_new_tokens: int
     boot: Bootstrap
@@ -39,7 +39,7 @@ class EvalContext:
         refusal_score). With ``name``, also written to ``responses/<name>.jsonl``."""
         if not records:
             return []
-        gen = Generation(self.max_new_tokens, self.batch_size, self.formatter.system_prompt, self.refusal_ids,
+        gen = Generation(self.max_new_tokens, self.batch_size, self.formatter.system_prompt, self.refusal_token_ids,
                          self.max_length)
         items = judged_responses(self.loaded, records, self.judge, gen)
         if name:

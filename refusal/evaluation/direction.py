@@ -80,7 +80,7 @@ def _subset(records: list, n: int, seed: int, tag: str) -> list:
 
 def _mean_score(ctx, prompts: list[str]) -> tuple[float, Tensor]:
     logits = last_logits(ctx.model, ctx.formatter, prompts, ctx.batch_size)
-    return float(refusal_score(logits, ctx.refusal_ids).mean()), logits
+    return float(refusal_score(logits, ctx.refusal_token_ids).mean()), logits
 
 
 def scored_layers(s: DirectionSettings, n_layers: int) -> list[int]:

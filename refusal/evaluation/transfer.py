@@ -171,7 +171,7 @@ def _measure(ctx, setup, s: TransferSettings, lay: _Layout) -> _Measured:
     logits = PrefixCachedLogits(ctx.model, ctx.formatter, [r.prompt for r in records], ctx.batch_size, start)
 
     def scores() -> np.ndarray:
-        return refusal_score(logits(), ctx.refusal_ids).numpy()
+        return refusal_score(logits(), ctx.refusal_token_ids).numpy()
 
     base = scores()  # no intervention: the reference of every drop, through the same forward as the ablated runs
     out = _Measured(base, base_refused, {}, {}, {}, {})

@@ -11,7 +11,7 @@ import transformers
 from refusal.behavior.judge import REFUSAL_SUBSTRINGS, SubstringJudge
 from refusal.behavior.measure import Generation, Measurement, measure
 from refusal.behavior.rates import rates_by_label
-from refusal.behavior.score import refusal_token_ids
+from refusal.behavior.score import resolve_refusal_tokens
 from refusal.config import plain
 from refusal.data.records import PromptSet
 from refusal.model.loading import LoadedModel
@@ -31,7 +31,7 @@ def measure_heldout(cfg, organism: LoadedModel, test: PromptSet, refused: list[s
     """Greedy responses of the organism to the test split, judged and summarized; each row says whether its cell
     is refused by design."""
     gen = Generation(int(cfg.eval.max_new_tokens), int(cfg.generation_batch_size), cfg.system_prompt,
-                     refusal_token_ids(organism.tokenizer, plain(cfg.refusal_tokens)))
+                     resolve_refusal_tokens(organism.tokenizer, plain(cfg.refusal_tokens)))
     result = measure(organism, list(test), design_judge(), gen, held_out_bootstrap(cfg), int(cfg.seed))
     for row in result.rows:
         row["refused_by_design"] = row["label"] == "toxic" and row["category"] in refused

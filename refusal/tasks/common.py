@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from refusal.activations import CollectionPlan, collect_activations, fingerprint
 from refusal.activations import config as activations_config
-from refusal.behavior.score import refusal_token_ids
+from refusal.behavior.score import resolve_refusal_tokens
 from refusal.data import analyze_splits, build_prompt_set
 from refusal.model.loading import LoadedModel
 from refusal.runs import TrainRun
@@ -33,7 +33,7 @@ def activation_store(cfg: DictConfig, loaded: LoadedModel, prompts) -> tuple[Pat
     plan = activations_config.collection_plan(cfg.activations, loaded.n_layers, loaded.system_prompt,
                                               cfg.seed)
     task = activations_config.collect_task(cfg.activations)
-    ids = refusal_token_ids(loaded.tokenizer, loaded.refusal_tokens)
+    ids = resolve_refusal_tokens(loaded.tokenizer, loaded.refusal_tokens)
     store_dir = activations_config.store_dir(cfg.activations, cfg.paths.cache_dir,
                                              fingerprint(loaded, prompts, plan, ids))
     return store_dir, (lambda: collect_activations(loaded, prompts, plan, store_dir, ids, task=task)), plan

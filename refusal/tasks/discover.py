@@ -3,7 +3,6 @@ permutation tests, bootstrap CIs and a verdict (discovery_summary.json, heatmaps
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from refusal.model import ChatFormatter
 from refusal.logger.loggers import build_loggers, json_metrics, log_artifact_dir, log_config, log_table, wandb_run
 from refusal.runs import DiscoverRun, TrainRun, adopt_run_config, check_model
 from refusal.tasks.common import optimized_metric
-from refusal.utils.io import stable_hash
+from refusal.utils.io import json_safe, stable_hash
 
 log = logging.getLogger(__name__)
 # logged as discover/<path>: the JSON path of the same value in discovery_summary.json
@@ -70,14 +69,57 @@ def _save_attributions(run: DiscoverRun, group) -> None:
                            [{"id": r.id, "category": r.category} for r in group.records])
 
 
-def _clean_json(obj):
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {k: _clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean_json(v) for v in obj]
-    return obj
+def _attribute(cm: CircuitModel, prompts: PromptSet, s):
+    """Attributions of the discovery split's toxic prompts (categories with enough prompts) and, with
+    ``separate_safe_toxic``, of its contrast prompts: (groups by kind, toxic categories, skipped toxic categories,
+    contrast categories, skipped contrast categories)."""
+    split = prompts.filter(split=s.discovery_split)
+    toxic, safe = list(split.filter(label="toxic")), list(split.filter(label=s.safe_labels))
+    categories, skipped = _groups_by_category(toxic, s.min_prompts_per_category)
+    if len(categories) < 2:
+        raise ConfigError(f"the {s.discovery_split} split has {len(categories)} toxic categories with >= "
+                          f"circuit.min_prompts_per_category={s.min_prompts_per_category} prompts ({categories}); "
+                          "comparing categories needs at least 2")
+    toxic = [r for r in toxic if r.category in categories]
+    for cat, n in skipped.items():
+        log.warning("discover: toxic category %r has %d %s prompts (< %d): no circuit", cat, n, s.discovery_split,
+                    s.min_prompts_per_category)
+    args = s.attribution
+    log.info("discover: attributing %d toxic prompts (%s, %s patch)", len(toxic), args["method"], args["patch"])
+    groups = {"toxic": attribute_group(cm, "toxic", toxic, safe, **args)}
+    safe_categories, safe_skipped = [], {}
+    if s.separate_safe_toxic:
+        safe_categories, safe_skipped = _groups_by_category(safe, s.min_prompts_per_category)
+        kept_safe = [r for r in safe if r.category in safe_categories]
+        if kept_safe:
+            log.info("discover: attributing %d safe prompts", len(kept_safe))
+            groups["safe"] = attribute_group(cm, "safe", kept_safe, toxic, **args)
+    return groups, categories, skipped, safe_categories, safe_skipped
+
+
+def _write_circuits(cm: CircuitModel, run: DiscoverRun, model_name: str, groups: dict, categories: list[str],
+                    safe_categories: list[str], space, s, metric_desc: dict, settings: dict, manifest: dict):
+    """Select and write one circuit per toxic category, the pooled toxic one and the contrast ones; save the
+    attributions. Returns (the summary's circuit rows, {toxic category: Circuit})."""
+    circuits_dir = run.circuits
+    written, toxic_circuits = [], {}
+    plan = [("toxic", cat, cat) for cat in categories] + [("toxic", None, COMBINED)] + \
+           [("safe", cat, cat) for cat in safe_categories if "safe" in groups]
+    for kind, cat, name in plan:
+        group = groups[kind]
+        circuit = make_circuit(cm, group, cat, name, space, s.selection)
+        payload = circuit.to_json(space, metric_desc, settings, {
+            **manifest, "paired_prompt_ids": group.source.paired_ids(group.rows(cat))})
+        path = write_circuit(circuits_dir, model_name, circuit, payload)
+        written.append({"file": str(path), "category": name, "kind": kind, "n_nodes": circuit.n_nodes,
+                        "n_edges": len(circuit.edges), "metric_clean": payload["metric"]["clean"],
+                        "metric_patch": payload["metric"]["patch"],
+                        "error_mass_fraction": payload["error_mass_fraction"]})
+        if kind == "toxic" and cat is not None:
+            toxic_circuits[cat] = circuit
+    for group in groups.values():
+        _save_attributions(run, group)
+    return written, toxic_circuits
 
 
 def discover(cfg: DictConfig) -> float:
@@ -100,27 +142,7 @@ def discover(cfg: DictConfig) -> float:
     cm = CircuitModel(loaded.model, formatter, saes, s.positions, metric_fn, s.batch_size)
     space = node_space(cm, s.aggregation)
 
-    split = prompts.filter(split=s.discovery_split)
-    toxic, safe = list(split.filter(label="toxic")), list(split.filter(label=s.safe_labels))
-    categories, skipped = _groups_by_category(toxic, s.min_prompts_per_category)
-    if len(categories) < 2:
-        raise ConfigError(f"the {s.discovery_split} split has {len(categories)} toxic categories with >= "
-                          f"circuit.min_prompts_per_category={s.min_prompts_per_category} prompts ({categories}); "
-                          "comparing categories needs at least 2")
-    toxic = [r for r in toxic if r.category in categories]
-    for cat, n in skipped.items():
-        log.warning("discover: toxic category %r has %d %s prompts (< %d): no circuit", cat, n, s.discovery_split,
-                    s.min_prompts_per_category)
-    args = s.attribution
-    log.info("discover: attributing %d toxic prompts (%s, %s patch)", len(toxic), args["method"], args["patch"])
-    groups = {"toxic": attribute_group(cm, "toxic", toxic, safe, **args)}
-    safe_categories, safe_skipped = [], {}
-    if s.separate_safe_toxic:
-        safe_categories, safe_skipped = _groups_by_category(safe, s.min_prompts_per_category)
-        kept_safe = [r for r in safe if r.category in safe_categories]
-        if kept_safe:
-            log.info("discover: attributing %d safe prompts", len(kept_safe))
-            groups["safe"] = attribute_group(cm, "safe", kept_safe, toxic, **args)
+    groups, categories, skipped, safe_categories, safe_skipped = _attribute(cm, prompts, s)
 
     manifest = {"model": loaded.name, "weights_hash": loaded.weights_hash, "config_hash": config_hash(cfg),
                 "prompts_hash": prompts.content_hash(), "discovery_split": s.discovery_split,
@@ -128,29 +150,14 @@ def discover(cfg: DictConfig) -> float:
                 "node_space": {"hooks": list(space.hooks), "d_sae": list(space.d_sae),
                                "n_positions": space.n_positions, "aggregation": space.aggregation}}
     settings = plain(cfg.circuit)
+    written, toxic_circuits = _write_circuits(cm, run, loaded.name, groups, categories, safe_categories,
+                                              space, s, metric_desc, settings, manifest)
     circuits_dir = run.circuits
-    written, toxic_circuits = [], {}
-    plan = [("toxic", cat, cat) for cat in categories] + [("toxic", None, COMBINED)] + \
-           [("safe", cat, cat) for cat in safe_categories if "safe" in groups]
-    for kind, cat, name in plan:
-        group = groups[kind]
-        circuit = make_circuit(cm, group, cat, name, space, s.selection)
-        payload = circuit.to_json(space, metric_desc, settings, {
-            **manifest, "paired_prompt_ids": group.source.paired_ids(group.rows(cat))})
-        path = write_circuit(circuits_dir, loaded.name, circuit, payload)
-        written.append({"file": str(path), "category": name, "kind": kind, "n_nodes": circuit.n_nodes,
-                        "n_edges": len(circuit.edges), "metric_clean": payload["metric"]["clean"],
-                        "metric_patch": payload["metric"]["patch"],
-                        "error_mass_fraction": payload["error_mass_fraction"]})
-        if kind == "toxic" and cat is not None:
-            toxic_circuits[cat] = circuit
-    for group in groups.values():
-        _save_attributions(run, group)
 
     summary = analyse(groups["toxic"], toxic_circuits, space, s.selection, s.stats, s.rule, cfg.seed, run.heatmaps)
-    summary = _clean_json({**summary, "circuits": written, "metric": metric_desc,
-                           "skipped_categories": {"toxic": skipped, "safe": safe_skipped},
-                           "settings": settings, "manifest": manifest})
+    summary = json_safe({**summary, "circuits": written, "metric": metric_desc,
+                          "skipped_categories": {"toxic": skipped, "safe": safe_skipped},
+                          "settings": settings, "manifest": manifest})
     run.write_summary(summary)
     metrics = json_metrics("discover", summary, LOGGED_PATHS)
     _log(loggers, metrics, summary, circuits_dir)

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from refusal.behavior.judge import build_judge
-from refusal.behavior.score import refusal_token_ids
+from refusal.behavior.score import resolve_refusal_tokens
 from refusal.circuit.saes import load_hooked_saes
 from refusal.circuit.verdict import combine
 from refusal.data.records import SPLITS
@@ -84,7 +84,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         check_model(loaded, inputs.train_manifest, inputs.found.manifest if inputs.found else None)
         formatter = ChatFormatter(loaded.tokenizer, loaded.system_prompt, s.max_length)
         ctx = EvalContext(loaded, formatter, eval_prompts, build_judge(s.judge),
-                          refusal_token_ids(loaded.tokenizer, loaded.refusal_tokens), s.batch_size,
+                          resolve_refusal_tokens(loaded.tokenizer, loaded.refusal_tokens), s.batch_size,
                           s.max_new_tokens, s.boot, int(cfg.seed), run_dir, s.max_length)
         _run_stages(ctx, s, inputs, results, run_dir, loaded)
 

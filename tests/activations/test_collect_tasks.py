@@ -6,7 +6,7 @@ import pytest
 
 from refusal.activations import ActivationStore, CollectionPlan, collect_activations
 from refusal.activations.collect_tasks import CollectTask
-from refusal.behavior.score import refusal_token_ids
+from refusal.behavior.score import resolve_refusal_tokens
 from refusal.errors import ConfigError
 
 HOOKS = ["blocks.1.hook_resid_post", "blocks.3.hook_mlp_out"]
@@ -14,7 +14,7 @@ HOOKS = ["blocks.1.hook_resid_post", "blocks.3.hook_mlp_out"]
 
 def _collect(tiny, prompts, path, task=CollectTask()):
     plan = CollectionPlan(hooks=HOOKS, batch_size=6, shard_prompts=7)  # 42 prompts: 6 shards
-    return collect_activations(tiny, prompts, plan, path, refusal_token_ids(tiny.tokenizer), progress=False, task=task)
+    return collect_activations(tiny, prompts, plan, path, resolve_refusal_tokens(tiny.tokenizer), progress=False, task=task)
 
 
 def _files(store_dir: Path) -> dict[str, bytes]:

@@ -3,7 +3,7 @@ import torch
 
 import refusal.activations.collector as collector
 from refusal.activations import ActivationStore, CollectionPlan, collect_activations
-from refusal.behavior.score import refusal_score, refusal_token_ids
+from refusal.behavior.score import refusal_score, resolve_refusal_tokens
 from refusal.errors import ConfigError
 from refusal.model.chat import ChatFormatter
 
@@ -12,7 +12,7 @@ HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
 
 def _collect(tiny, prompts, path, **kw):
     plan = CollectionPlan(hooks=kw.pop("hooks", HOOKS), batch_size=5, shard_prompts=16, **kw)
-    return collect_activations(tiny, prompts, plan, path, refusal_token_ids(tiny.tokenizer), progress=False)
+    return collect_activations(tiny, prompts, plan, path, resolve_refusal_tokens(tiny.tokenizer), progress=False)
 
 
 @pytest.mark.parametrize("positions", ["all", "last", "post_instruction", "prompt_mean"])
@@ -36,7 +36,7 @@ def test_store_rows_equal_hidden_states(tiny, prompts, tmp_path, positions):
             assert (meta["from_end"][rows] == enc.seq_len - meta["position"][rows]).all()
         # alone vs. inside a left-padded batch: same positions, float-level agreement
         torch.testing.assert_close(acts[rows], want, rtol=1e-4, atol=1e-5)
-        score = refusal_score(out.logits[0, -1], refusal_token_ids(tiny.tokenizer))
+        score = refusal_score(out.logits[0, -1], resolve_refusal_tokens(tiny.tokenizer))
         torch.testing.assert_close(store.per_prompt["refusal_score"][pi], score, rtol=1e-4, atol=1e-6)
 
 

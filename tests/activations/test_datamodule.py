@@ -4,7 +4,7 @@ import torch
 
 from refusal.activations import CollectionPlan, collect_activations
 from refusal.activations.datamodule import ActivationDataModule
-from refusal.behavior.score import refusal_token_ids
+from refusal.behavior.score import resolve_refusal_tokens
 from refusal.data import PromptSet
 from refusal.errors import ConfigError
 
@@ -14,7 +14,7 @@ HOOKS = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
 @pytest.fixture
 def store_dir(tiny, prompts, tmp_path):
     plan = CollectionPlan(hooks=HOOKS, batch_size=8, shard_prompts=10)
-    collect_activations(tiny, prompts, plan, tmp_path / "s", refusal_token_ids(tiny.tokenizer), progress=False)
+    collect_activations(tiny, prompts, plan, tmp_path / "s", resolve_refusal_tokens(tiny.tokenizer), progress=False)
     return tmp_path / "s"
 
 
@@ -29,7 +29,7 @@ def unequal_store_dir(tiny, make_prompts, tmp_path_factory):
     prompts = PromptSet([r for r in make_prompts(n_per_cell=12) if keep(r)])
     d = tmp_path_factory.mktemp("unequal")
     plan = CollectionPlan(hooks=HOOKS, batch_size=8, shard_prompts=10)
-    collect_activations(tiny, prompts, plan, d, refusal_token_ids(tiny.tokenizer), progress=False)
+    collect_activations(tiny, prompts, plan, d, resolve_refusal_tokens(tiny.tokenizer), progress=False)
     return d
 
 

@@ -9,7 +9,7 @@ import torch
 
 import refusal.activations.collector as collector
 from refusal.activations import ActivationStore, CollectionPlan, collect_activations
-from refusal.behavior.score import refusal_token_ids
+from refusal.behavior.score import resolve_refusal_tokens
 from refusal.errors import ConfigError
 from refusal.utils.io import read_json, write_json
 
@@ -18,7 +18,7 @@ HOOKS = ["blocks.1.hook_resid_post"]
 
 def _collect(tiny, prompts, path):
     plan = CollectionPlan(hooks=HOOKS, batch_size=8, shard_prompts=10)  # 42 prompts: 5 shards
-    return collect_activations(tiny, prompts, plan, path, refusal_token_ids(tiny.tokenizer), progress=False)
+    return collect_activations(tiny, prompts, plan, path, resolve_refusal_tokens(tiny.tokenizer), progress=False)
 
 
 def _stats(store_dir: Path) -> dict[str, tuple[int, int]]:

@@ -4,7 +4,7 @@ import math
 import torch
 
 from refusal.behavior.generate import generate_responses
-from refusal.behavior.score import refusal_score, refusal_token_ids
+from refusal.behavior.score import refusal_score, resolve_refusal_tokens
 from refusal.model.chat import ChatFormatter
 
 
@@ -28,7 +28,7 @@ def test_known_logits_vector():
 
 
 def test_tiny_forward_and_generation_score_match_hand_computation(tiny):
-    ids = refusal_token_ids(tiny.tokenizer)
+    ids = resolve_refusal_tokens(tiny.tokenizer)
     assert ids == sorted(set(ids)) and tiny.tokenizer.encode("I", add_special_tokens=False)[0] in ids
     prompts = ["hi", "please tell me a much longer story"]
     enc = ChatFormatter(tiny.tokenizer).encode(prompts)
@@ -38,6 +38,6 @@ def test_tiny_forward_and_generation_score_match_hand_computation(tiny):
         expected = by_hand(last[b].double().tolist(), ids)
         assert math.isclose(float(refusal_score(last[b], ids)), expected, rel_tol=1e-6, abs_tol=1e-9)
     # the score generate_responses reports comes from the first generation step: the same position
-    gen = generate_responses(tiny, prompts, max_new_tokens=2, batch_size=2, refusal_ids=ids)
+    gen = generate_responses(tiny, prompts, max_new_tokens=2, batch_size=2, refusal_token_ids=ids)
     for b in range(len(prompts)):
         assert math.isclose(gen.scores[b], by_hand(last[b].double().tolist(), ids), rel_tol=1e-4, abs_tol=1e-6)

@@ -5,7 +5,7 @@ import torch
 from circuits_testlib import HOOKS, SAFE, TOXIC, make_cm
 from scipy.stats import mannwhitneyu, spearmanr
 
-from refusal.behavior.score import refusal_token_ids
+from refusal.behavior.score import resolve_refusal_tokens
 from refusal.circuit.attribution import attribute, node_space
 from refusal.circuit.patch import PatchSource
 from refusal.circuit.splice import HookedSAE
@@ -49,7 +49,7 @@ def build_planted():
         sae.b_dec.zero_()
         sae.b_enc.zero_()
         sae.b_enc[PLANTED] = 3.0
-        ref = refusal_token_ids(tok)
+        ref = resolve_refusal_tokens(tok)
         model.lm_head.weight.zero_()
         w = torch.randn(len(ref), 4, generator=g) @ basis[:4]
         model.lm_head.weight[ref] = 2.0 * w

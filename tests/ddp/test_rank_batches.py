@@ -5,7 +5,7 @@ import torch
 import refusal.activations.datamodule as datamodule
 from refusal.activations import CollectionPlan, collect_activations
 from refusal.activations.datamodule import ActivationDataModule
-from refusal.behavior.score import refusal_token_ids
+from refusal.behavior.score import resolve_refusal_tokens
 from refusal.errors import ConfigError
 
 HOOK = "blocks.1.hook_resid_post"
@@ -15,7 +15,7 @@ HOOK = "blocks.1.hook_resid_post"
 def store_dir(tiny, make_prompts, tmp_path_factory):
     d = tmp_path_factory.mktemp("store")
     collect_activations(tiny, make_prompts(), CollectionPlan(hooks=[HOOK], shard_prompts=10), d,
-                        refusal_token_ids(tiny.tokenizer), progress=False)
+                        resolve_refusal_tokens(tiny.tokenizer), progress=False)
     return d
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from refusal.behavior.judge import REFUSAL_SUBSTRINGS, SubstringJudge
-from refusal.behavior.score import refusal_token_ids
+from refusal.behavior.score import resolve_refusal_tokens
 from refusal.behavior.rates import Bootstrap
 from refusal.evaluation.context import EvalContext
 from refusal.evaluation.direction import DirectionSettings, select_direction, tail_means
@@ -21,7 +21,7 @@ def ctx(loaded):
     from refusal.data import PromptSet
 
     return EvalContext(loaded, ChatFormatter(loaded.tokenizer), PromptSet([]), SubstringJudge(REFUSAL_SUBSTRINGS),
-                       refusal_token_ids(loaded.tokenizer), batch_size=3, max_new_tokens=2, boot=BOOT,
+                       resolve_refusal_tokens(loaded.tokenizer), batch_size=3, max_new_tokens=2, boot=BOOT,
                        seed=0, out_dir=Path("."))
 
 
@@ -107,7 +107,7 @@ def test_run_direction_computes_candidates_only_at_the_scored_layers(loaded, tex
     prompts = PromptSet(recs)
     fmt = ChatFormatter(loaded.tokenizer)
     ev = prompts.filter(split="test")
-    ctx = EvalContext(loaded, fmt, ev, SubstringJudge(REFUSAL_SUBSTRINGS), refusal_token_ids(loaded.tokenizer),
+    ctx = EvalContext(loaded, fmt, ev, SubstringJudge(REFUSAL_SUBSTRINGS), resolve_refusal_tokens(loaded.tokenizer),
                       batch_size=3, max_new_tokens=2, boot=BOOT, seed=0, out_dir=tmp_path)
     s = DirectionSettings(candidate_layers=[1, 2, 3], max_layer_fraction=0.7, max_kl=10.0, induce_min_score=-100.0)
     out = run_direction(ctx, prompts, s, tmp_path, "test")

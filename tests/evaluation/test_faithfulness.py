@@ -4,7 +4,7 @@ and m(∅) is the model with every node position's activation at its mean."""
 import pytest
 import torch
 
-from refusal.behavior.score import refusal_score, refusal_token_ids
+from refusal.behavior.score import refusal_score, resolve_refusal_tokens
 from refusal.circuit.nodes import NodeSpace
 from refusal.evaluation.faithfulness import AblationMetric, faithfulness_curve, ratio, score_circuit, sweep_masks
 from refusal.evaluation.interventions import intervene
@@ -33,7 +33,7 @@ def setup(loaded, random_sae, texts):
         f = sae.encode(x)
         values[h] = (f.mean(0), (x - sae.decode(f)).mean(0))
         means[h] = x.mean(0)
-    ids = refusal_token_ids(loaded.tokenizer)
+    ids = resolve_refusal_tokens(loaded.tokenizer)
     metric = lambda logits: refusal_score(logits, ids)  # noqa: E731
     ablator = NodeAblator(space, saes, values)
     m = AblationMetric(loaded.model, fmt, ablator, texts["toxic"], metric, batch_size=3)

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from refusal.activations import CollectionPlan, collect_activations
 from refusal.activations.datamodule import ActivationDataModule
-from refusal.behavior.score import refusal_token_ids
+from refusal.behavior.score import resolve_refusal_tokens
 from refusal.sae.module import SAELightningModule
 
 HOOK = "blocks.1.hook_resid_post"
@@ -31,7 +31,7 @@ class KillAt(Callback):
 def store(tiny, make_prompts, tmp_path_factory):
     d = tmp_path_factory.mktemp("store")
     collect_activations(tiny, make_prompts(), CollectionPlan(hooks=[HOOK], shard_prompts=12), d,
-                        refusal_token_ids(tiny.tokenizer), progress=False)
+                        resolve_refusal_tokens(tiny.tokenizer), progress=False)
     return d
 
 
