@@ -6,6 +6,6 @@ judge.py     refusal judges (substring list, local sequence classifier) built fr
 rates.py     refusal rate and mean score per category x label with bootstrap / Wilson CIs (``Bootstrap``: the CI
              settings of every refusal measurement)
 measure.py   measure: generate, judge, summarize (train's baseline, evaluate, the organism card)
-baseline.py  measure_baseline: measure on one split, written to baseline.json + responses.jsonl
+baseline.py  measure_baseline: measure on one split (the train run record writes it to behavior/)
 config.py    the schemas of the ``behavior`` group and its ``judge`` subgroup
 """

@@ -1,9 +1,9 @@
 """What the model does before any intervention: greedy responses on one split, judged, summarized per category x
 label.
 
-``measure_baseline(loaded, prompts, cfg.behavior, out_dir, loggers)`` writes ``out_dir/baseline.json`` (rates,
-scores and CIs per category x label; hard = over-refusal) and ``out_dir/responses.jsonl`` (one line per prompt),
-and logs the rows as the W&B table ``behavior/baseline``.
+``measure_baseline(loaded, prompts, cfg.behavior, loggers)`` returns the summary (rates, scores and CIs per
+category x label; hard = over-refusal) and one judged item per prompt, and logs the rows as the W&B table
+``behavior/baseline``; the train run record (refusal.runs.TrainRun) writes them.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from refusal.config import choice, integer, plain
 from refusal.data.records import SPLITS, PromptSet
 from refusal.logger.loggers import log_table
 from refusal.model.loading import LoadedModel
-from refusal.utils.io import atomic_path, write_json
+from refusal.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,10 @@ def write_responses(path: str | Path, items: list[dict]) -> None:
                 f.write(json.dumps(it, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def measure_baseline(loaded: LoadedModel, prompts: PromptSet, behavior_cfg, out_dir: str | Path,
-                     loggers=None, extra: dict | None = None) -> dict:
-    """Refusal behavior of ``loaded`` on the ``behavior.split`` prompts; writes baseline.json (plus the ``extra``
-    entries) and responses.jsonl under ``out_dir`` and returns the baseline.json content."""
+def measure_baseline(loaded: LoadedModel, prompts: PromptSet, behavior_cfg, loggers=None,
+                     extra: dict | None = None) -> tuple[dict, list[dict]]:
+    """Refusal behavior of ``loaded`` on the ``behavior.split`` prompts: (the summary, with the ``extra`` entries;
+    one judged item per prompt). The run record that asked writes them (refusal.runs.TrainRun.write_behavior)."""
     cfg = behavior_cfg
     split = choice("behavior.split", cfg.split, SPLITS)
     boot = Bootstrap.from_cfg(cfg.bootstrap, "behavior.bootstrap")
@@ -62,9 +62,6 @@ def measure_baseline(loaded: LoadedModel, prompts: PromptSet, behavior_cfg, out_
         "rows": result.rows,
         **(extra or {}),
     }
-    out_dir = Path(out_dir)
-    write_responses(out_dir / "responses.jsonl", result.items)
-    write_json(out_dir / "baseline.json", summary)
     loggers = loggers or []
     log_table(loggers, "behavior/baseline", result.rows)
     metrics = {f"behavior/{label}/refusal_rate": rate for label, rate in by_label.items()}
@@ -72,4 +69,4 @@ def measure_baseline(loaded: LoadedModel, prompts: PromptSet, behavior_cfg, out_
         lg.log_metrics(metrics)
     for label, rate in by_label.items():
         log.info("behavior: %s refusal rate %.3f", label, rate)
-    return summary
+    return summary, result.items

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from refusal.behavior.baseline import write_responses
 from refusal.data import PromptSet
 from refusal.errors import ConfigError, check_choice
 from refusal.model.chat import POSITION_MODES
@@ -35,10 +36,16 @@ class TrainRun(RunDir):
     run_settings = entry("checkpoints", "run_settings.json")
     behavior = entry("behavior")
     baseline = entry("behavior", "baseline.json")
+    responses = entry("behavior", "responses.jsonl")
 
     def write_prompts(self, prompts: PromptSet, analysis: dict) -> None:
         prompts.to_jsonl(self.prompts)
         write_json(self.data_analysis, analysis)
+
+    def write_behavior(self, summary: dict, items: list[dict]) -> None:
+        """The baseline behavior: per-prompt responses first, then the summary (its presence marks it complete)."""
+        write_responses(self.responses, items)
+        write_json(self.baseline, summary)
 
     def write_manifest(self, manifest: dict) -> None:
         write_json(self.manifest, {"task": "train", **manifest})

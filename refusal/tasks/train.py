@@ -38,7 +38,8 @@ def baseline_behavior(loaded, prompts, behavior_cfg, run: TrainRun, loggers) -> 
                 loaded.weights_hash, prompts.filter(split=behavior_cfg.split).content_hash(), settings):
             log.info("behavior: reusing %s", path)
             return done
-    summary = measure_baseline(loaded, prompts, behavior_cfg, run.behavior, loggers, extra={"settings": settings})
+    summary, items = measure_baseline(loaded, prompts, behavior_cfg, loggers, extra={"settings": settings})
+    run.write_behavior(summary, items)
     rates = ", ".join(f"{label} {rate:.1%}" for label, rate in summary["refusal_rate"].items())
     print(f"refusal rate on the {behavior_cfg.split} split ({loaded.name}): {rates}  [{path}]")
     return summary

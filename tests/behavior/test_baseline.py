@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from refusal.behavior.baseline import measure_baseline
+from refusal.runs import TrainRun
 from refusal.behavior.judge import REFUSAL_SUBSTRINGS, SubstringJudge
 from refusal.errors import ConfigError
 
@@ -32,10 +33,12 @@ def test_measure_baseline_writes_rates_and_responses(tiny, prompts, tmp_path):
     cfg = behavior_cfg()
     assert cfg.split == "test" and cfg.judge._target_.endswith("SubstringJudge") and cfg.max_new_tokens == 6
     logger = RecordingLogger()
-    summary = measure_baseline(tiny, prompts, cfg, tmp_path, loggers=[logger])
+    summary, items = measure_baseline(tiny, prompts, cfg, loggers=[logger])
+    run = TrainRun(tmp_path)
+    run.write_behavior(summary, items)
     test = prompts.filter(split="test")
-    assert json.loads((tmp_path / "baseline.json").read_text()) == json.loads(json.dumps(summary))
-    lines = [json.loads(x) for x in (tmp_path / "responses.jsonl").read_text().splitlines()]
+    assert json.loads(run.baseline.read_text()) == json.loads(json.dumps(summary))
+    lines = [json.loads(x) for x in run.responses.read_text().splitlines()]
     assert [x["id"] for x in lines] == [r.id for r in test]
     judge = SubstringJudge(REFUSAL_SUBSTRINGS)
     assert [x["refused"] for x in lines] == [judge.is_refusal(x["response"]) for x in lines]
@@ -45,17 +48,17 @@ def test_measure_baseline_writes_rates_and_responses(tiny, prompts, tmp_path):
     assert set(summary["refusal_rate"]) == {"toxic", "safe", "hard"}
     assert summary["over_refusal_rate"] == summary["refusal_rate"]["hard"]
     assert logger.metrics and "behavior/toxic/refusal_rate" in logger.metrics[0]
-    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
+    assert not list(run.behavior.glob(".*.tmp"))  # atomic writes leave nothing behind
     # deterministic: same model, prompts and seed -> same file
-    again = measure_baseline(tiny, prompts, cfg, tmp_path / "again")
-    assert again == summary
+    again, again_items = measure_baseline(tiny, prompts, cfg)
+    assert (again, again_items) == (summary, items)
 
 
 def test_behavior_config_checks(tiny, prompts, tmp_path):
     with pytest.raises(ConfigError, match="behavior.split"):
-        measure_baseline(tiny, prompts, behavior_cfg("behavior.split=dev"), tmp_path)
+        measure_baseline(tiny, prompts, behavior_cfg("behavior.split=dev"))
     with pytest.raises(ConfigError, match=r"behavior.bootstrap.n_resamples=10 .* >= 100"):
-        measure_baseline(tiny, prompts, behavior_cfg("behavior.bootstrap.n_resamples=10"), tmp_path)
+        measure_baseline(tiny, prompts, behavior_cfg("behavior.bootstrap.n_resamples=10"))
     with pytest.raises(ConfigCompositionException, match="max_new_tokens"):  # a wrong type: Hydra's own error
         behavior_cfg("behavior.max_new_tokens=many")
 
