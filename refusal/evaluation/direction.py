@@ -43,15 +43,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DirectionSettings:
-    candidate_split: str = "train"
-    selection_split: str = "val"
-    n_selection_prompts: int = 32
-    ablation_hooks: tuple[str, ...] = ARDITI_KINDS
-    max_kl: float = 0.1
-    max_layer_fraction: float = 0.8
-    induce_min_score: float = 0.0
-    actadd_coeff: float = 1.0
-    candidate_layers: object = "all"  # layer spec: the layers whose candidates are scored (before max_layer_fraction)
+    """``evaluation.direction`` (values: conf/evaluation/default.yaml, checked in refusal/evaluation/config.py)."""
+    candidate_split: str
+    selection_split: str
+    n_selection_prompts: int
+    ablation_hooks: tuple[str, ...]
+    max_kl: float
+    max_layer_fraction: float
+    induce_min_score: float
+    actadd_coeff: float
+    candidate_layers: object  # layer spec: the layers whose candidates are scored (before max_layer_fraction)
 
 
 @torch.inference_mode()

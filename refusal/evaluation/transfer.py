@@ -58,11 +58,12 @@ PLOTS = (("score_drop", "refusal-score drop (baseline − ablated)"),
 
 @dataclass(frozen=True)
 class TransferSettings:
-    generate: bool = True
-    include_error_nodes: bool = False
-    n_random: int = 3
-    n_permutations: int = 2000
-    rule: TransferRule = TransferRule()
+    """``evaluation.transfer`` (values: conf/evaluation/default.yaml, checked in refusal/evaluation/config.py)."""
+    generate: bool
+    include_error_nodes: bool
+    n_random: int
+    n_permutations: int
+    rule: TransferRule
 
 
 # ----------------------------------------------------------------------------------------------- the statistic

@@ -1,19 +1,31 @@
 """The refusal direction on the tiny model: difference-in-means candidates by hand, the selection filters
 (layer cut, KL, induced refusal) and the fallback when nothing passes."""
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from refusal.behavior.judge import REFUSAL_SUBSTRINGS, SubstringJudge
 from refusal.behavior.score import resolve_refusal_tokens
 from refusal.behavior.rates import Bootstrap
+from refusal.evaluation.config import settings_from
 from refusal.evaluation.context import EvalContext
-from refusal.evaluation.direction import DirectionSettings, select_direction, tail_means
+from refusal.evaluation.direction import select_direction, tail_means
 from refusal.model.chat import ChatFormatter
 from refusal.model.hooks import capture_activations
 
 BOOT = Bootstrap(n_resamples=100, ci_level=0.95, ci_method="percentile")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def direction_settings(**overrides):
+    """The direction settings of conf/evaluation/default.yaml, with ``overrides``."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["model=tiny_llama", "logger=csv"])
+    return dataclasses.replace(settings_from(cfg.evaluation).direction, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +59,7 @@ def candidates(ctx, texts):
 
 
 def test_selection_respects_the_layer_cut_and_picks_the_lowest_ablation_score(ctx, texts, candidates):
-    s = DirectionSettings(max_layer_fraction=0.5, max_kl=10.0, induce_min_score=-100.0)
+    s = direction_settings(max_layer_fraction=0.5, max_kl=10.0, induce_min_score=-100.0)
     out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], s)
     # layer 0 (the embeddings of identical template tokens) has zero candidates: skipped
     assert torch.all(candidates[0] == 0)
@@ -58,7 +70,7 @@ def test_selection_respects_the_layer_cut_and_picks_the_lowest_ablation_score(ct
 
 
 def test_nothing_passes_falls_back_and_says_so(ctx, texts, candidates):
-    s = DirectionSettings(max_layer_fraction=1.0, max_kl=0.0, induce_min_score=100.0)
+    s = direction_settings(max_layer_fraction=1.0, max_kl=0.0, induce_min_score=100.0)
     out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], s)
     assert not out["filters_passed"] and not any(r["passes"] for r in out["candidates"])
     assert out["fallback"] == "max_kl and induce_min_score relaxed"
@@ -67,17 +79,17 @@ def test_nothing_passes_falls_back_and_says_so(ctx, texts, candidates):
 
 
 def test_kl_filter_is_applied(ctx, texts, candidates):
-    out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], DirectionSettings(
+    out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], direction_settings(
         max_layer_fraction=1.0, induce_min_score=-100.0, max_kl=0.0))
     assert not out["filters_passed"]
     kls = sorted(r["kl_safe"] for r in out["candidates"])
     mid = (kls[0] + kls[-1]) / 2
-    out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], DirectionSettings(
+    out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], direction_settings(
         max_layer_fraction=1.0, induce_min_score=-100.0, max_kl=mid))
     assert all(r["passes"] == (r["kl_safe"] <= mid) for r in out["candidates"])
     assert out["selected"]["kl_safe"] <= mid and out["fallback"] is None
     # nothing induces refusal: the KL filter still holds in the fallback
-    out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], DirectionSettings(
+    out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], direction_settings(
         max_layer_fraction=1.0, induce_min_score=100.0, max_kl=mid))
     assert not out["filters_passed"] and out["fallback"] == "induce_min_score relaxed"
     assert out["selected"]["kl_safe"] <= mid
@@ -85,10 +97,10 @@ def test_kl_filter_is_applied(ctx, texts, candidates):
 
 
 def test_candidate_layers_restricts_the_scored_layers(ctx, texts, candidates):
-    s = DirectionSettings(max_layer_fraction=1.0, max_kl=10.0, induce_min_score=-100.0, candidate_layers=[1, 3])
+    s = direction_settings(max_layer_fraction=1.0, max_kl=10.0, induce_min_score=-100.0, candidate_layers=[1, 3])
     out = select_direction(ctx, candidates, texts["toxic"], texts["safe"], s)
     assert {r["layer"] for r in out["candidates"]} == {1, 3}
-    s = DirectionSettings(max_layer_fraction=0.5, candidate_layers="3")
+    s = direction_settings(max_layer_fraction=0.5, candidate_layers="3")
     with pytest.raises(Exception, match="candidate_layers='3'"):
         select_direction(ctx, candidates, texts["toxic"], texts["safe"], s)
 
@@ -109,7 +121,7 @@ def test_run_direction_computes_candidates_only_at_the_scored_layers(loaded, tex
     ev = prompts.filter(split="test")
     ctx = EvalContext(loaded, fmt, ev, SubstringJudge(REFUSAL_SUBSTRINGS), resolve_refusal_tokens(loaded.tokenizer),
                       batch_size=3, max_new_tokens=2, boot=BOOT, seed=0, out_dir=tmp_path)
-    s = DirectionSettings(candidate_layers=[1, 2, 3], max_layer_fraction=0.7, max_kl=10.0, induce_min_score=-100.0)
+    s = direction_settings(candidate_layers=[1, 2, 3], max_layer_fraction=0.7, max_kl=10.0, induce_min_score=-100.0)
     out = run_direction(ctx, prompts, s, tmp_path, "test")
     saved = load_file(str(tmp_path / "direction.safetensors"))
     assert saved["candidate_layers"].tolist() == [1, 2]  # 3 is not below 0.7 * 4
