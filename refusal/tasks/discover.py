@@ -134,6 +134,7 @@ def discover(cfg: DictConfig) -> float:
     log_config(loggers, cfg)
 
     loaded = organism.load(cfg.model)
+    torch.manual_seed(cfg.seed)  # an organism built on first use drew random numbers: the same state either way
     check_model(loaded, train_manifest)
     saes = load_hooked_saes(sae_dirs, loaded)
     metric_fn, metric_desc = build_metric(s.metric, loaded.tokenizer, loaded.refusal_tokens,

@@ -80,6 +80,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     model_name = (inputs.train_manifest or {}).get("model") or configured_name(cfg.model)
     if any(v is None for v in results.values()):
         loaded = organism.load(cfg.model)
+        torch.manual_seed(cfg.seed)  # an organism built on first use drew random numbers: the same state either way
         model_name = loaded.name
         check_model(loaded, inputs.train_manifest, inputs.found.manifest if inputs.found else None)
         formatter = ChatFormatter(loaded.tokenizer, loaded.system_prompt, s.max_length)

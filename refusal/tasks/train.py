@@ -58,6 +58,8 @@ def train(cfg: DictConfig) -> float:
     prompts, analysis = prepare_prompts(cfg, run)
     log_table(loggers, "data/split_counts", analysis["counts"])
     loaded = organism.load(cfg.model)
+    # building an organism (first use) draws random numbers: re-seed, so a cold cache gives the SAE a warm one gives
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("behavior") is not None:
         baseline_behavior(loaded, prompts, cfg.behavior, run, loggers)
     store_dir, collect, plan = activation_store(cfg, loaded, prompts)
