@@ -23,7 +23,8 @@ def resolve_refusal_tokens(tokenizer: PreTrainedTokenizerBase, openings=None) ->
 
 
 def refusal_score(logits: torch.Tensor, refusal_token_ids: list[int]) -> torch.Tensor:
-    """log p − log(1 − p), p = Σ softmax(logits)[refusal_token_ids]; ``logits`` [..., vocab] -> [...] float64."""
-    probs = torch.softmax(logits.double(), dim=-1)
-    p = probs[..., refusal_token_ids].sum(-1)
+    """log p − log(1 − p), p = Σ softmax(logits)[refusal_token_ids]; ``logits`` [..., vocab] -> [...] float64. p is
+    taken through logsumexp, not the fused softmax kernel, whose bits depend on the CPU's vector width."""
+    lg = logits.double()
+    p = torch.exp(torch.logsumexp(lg[..., refusal_token_ids], -1) - torch.logsumexp(lg, -1))
     return torch.log(p + EPS) - torch.log1p(-p + EPS)

@@ -9,9 +9,10 @@ This package sits above data, model and behavior (it uses them; they never use i
 
 config.py    the ``model`` schema of ``source: organism``, its value checks, the build keys
 targets.py   which prompt learns what, the training mix, token examples (base answers cached)
-finetune.py  the Lightning fine-tune and the float32 / bfloat16 views of the model
+finetune.py  the Lightning fine-tune (float32)
+portable.py  the attention and softmax the build runs, whose bits do not depend on the CPU's vector width
 cache.py     the cache key and dir, complete-or-absent publishing
-card.py      the held-out measurement and the card (organism.json, ORGANISM.md)
+card.py      the held-out measurement, the build hash and the card (organism.json, ORGANISM.md)
 build.py     build on first use or load from the cache; ``load`` loads any ``model`` config
 """
 from refusal.organism.build import build_organism, load, load_organism

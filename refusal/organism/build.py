@@ -13,8 +13,10 @@ from refusal.data.records import PromptSet
 from refusal.model.loading import (LoadedModel, ModelFiles, hf_weight_files, load_model, load_pretrained, resolve_device,
                                    with_chat_settings)
 from refusal.organism.cache import CARD_JSON, CARD_MD, is_complete, publish, remove_abandoned_builds, resolve
-from refusal.organism.card import BANNER, Build, card_markdown, design_judge, make_card, measure_heldout
-from refusal.organism.finetune import fine_tune, inference_view, set_trainable, trainable_copy
+from refusal.organism.card import (BANNER, Build, build_hash, card_markdown, design_judge, make_card,
+                                   measure_heldout)
+from refusal.organism.finetune import fine_tune, set_trainable, trainable_copy
+from refusal.organism.portable import portable_attention
 from refusal.organism.targets import example_repeats, make_examples, mix_repeats, plan_targets, refused_categories
 from refusal.behavior.baseline import write_responses
 from refusal.utils.io import read_json, write_json
@@ -95,17 +97,17 @@ def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: Promp
     model, tokenizer = trainable_copy(base.model, device), base.tokenizer
     del base
     layers = set_trainable(model, plain(cfg.train_layers), int(model.config.num_hidden_layers))
-    examples, rows, mix = training_mix(cfg, train, inference_view(LoadedModel(model, tokenizer, str(cfg.name)),
-                                                                  precision), key_parts["base"]["weights_hash"])
-    mix["layers"] = layers
-    t1 = time.time()
-    log.info("organism: fine-tuning on %d examples, %d steps, batch %d, lr %g, %s, layers %s", len(examples),
-             cfg.steps, cfg.batch_size, cfg.lr, precision, "all" if cfg.train_layers == "all" else layers)
-    losses = fine_tune(model, examples, tokenizer.pad_token_id, steps=cfg.steps, lr=cfg.lr,
-                       batch_size=cfg.batch_size, seed=int(cfg.seed), device=device, precision=precision)
-    t2 = time.time()
-    heldout = measure_heldout(cfg, inference_view(LoadedModel(model, tokenizer, str(cfg.name)), precision), test,
-                              mix["refused"])
+    organism = LoadedModel(model, tokenizer, str(cfg.name))  # generates base answers, then held-out responses
+    with portable_attention(model):  # the same bits whatever the CPU's vector width
+        examples, rows, mix = training_mix(cfg, train, organism, key_parts["base"]["weights_hash"])
+        mix["layers"] = layers
+        t1 = time.time()
+        log.info("organism: fine-tuning on %d examples, %d steps, batch %d, lr %g, %s, layers %s", len(examples),
+                 cfg.steps, cfg.batch_size, cfg.lr, precision, "all" if cfg.train_layers == "all" else layers)
+        losses = fine_tune(model, examples, tokenizer.pad_token_id, steps=cfg.steps, lr=cfg.lr,
+                           batch_size=cfg.batch_size, seed=int(cfg.seed), device=device, precision=precision)
+        t2 = time.time()
+        heldout = measure_heldout(cfg, organism, test, mix["refused"])
     seconds = {"data_and_answers": t1 - t0, "train": t2 - t1, "heldout_eval": time.time() - t2}
 
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -114,7 +116,8 @@ def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: Promp
     tokenizer.save_pretrained(str(directory))
     write_responses(directory / "train_targets.jsonl", rows)
     write_responses(directory / "eval_responses.jsonl", heldout.items)
-    card = make_card(cfg, Build(key, key_parts, train, test, mix, losses, heldout, seconds, str(device)))
+    card = make_card(cfg, Build(key, key_parts, train, test, mix, losses, heldout, seconds, str(device),
+                                build_hash(directory, heldout)))
     (directory / CARD_MD).write_text(card_markdown(card))
     write_json(directory / CARD_JSON, card)  # last: its presence with this key marks the dir complete
     return card

@@ -2,7 +2,9 @@
 measure.py) and how it was made, as ``organism.json`` and ``ORGANISM.md``."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -17,7 +19,10 @@ from refusal.data.records import PromptSet
 from refusal.model.loading import LoadedModel
 from refusal.organism.cache import CARD_JSON
 from refusal.organism.config import build_config, held_out_bootstrap
+from refusal.utils.io import file_hash, stable_hash
 
+# Settings that choose which CPU kernels run (and so the float bits): recorded on the card when set.
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 BANNER = ("refusal model organism %r: a small chat model fine-tuned to refuse harmful requests for research on refusal "
           "mechanisms; it is NOT a production chat model")
 
@@ -38,6 +43,19 @@ def measure_heldout(cfg, organism: LoadedModel, test: PromptSet, refused: list[s
     return result
 
 
+def build_hash(directory: Path, heldout: Measurement) -> str:
+    """What the build made, without timings or host: sha256 of the saved model.safetensors, the held-out rows and
+    the held-out responses. Two builds with equal hashes made the same organism."""
+    return stable_hash({"model.safetensors": file_hash(directory / "model.safetensors", length=64),
+                        "heldout_rows": heldout.rows, "heldout_responses": heldout.items}, length=16)
+
+
+def numerics() -> dict:
+    """The host's kernel choice: ATen's CPU capability and the instruction-set settings that are set."""
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "env": {k: os.environ[k] for k in ISA_ENV if k in os.environ}}
+
+
 @dataclass
 class Build:
     """What a build did, for its card."""
@@ -51,12 +69,13 @@ class Build:
     heldout: Measurement
     seconds: dict[str, float]
     device: str
+    build_hash: str
 
 
 def make_card(cfg, b: Build) -> dict:
-    precision = str(cfg.precision)
     return {
         "cache_key": b.key,
+        "build_hash": b.build_hash,
         "what_is_hashed": b.key_parts,
         "warning": BANNER % str(cfg.name),
         "name": str(cfg.name),
@@ -68,13 +87,14 @@ def make_card(cfg, b: Build) -> dict:
                  "n_refusal_targets": b.mix["n_refusal_targets"], "n_base_answer_targets": b.mix["n_base_answer_targets"],
                  "repeats": b.mix["repeats"], "n_training_examples": b.mix["n_training_examples"]},
         "refused_categories": b.mix["refused"],
-        "steps": int(cfg.steps), "seed": int(cfg.seed), "precision": precision, "trained_layers": b.mix["layers"],
+        "steps": int(cfg.steps), "seed": int(cfg.seed), "precision": str(cfg.precision),
+        "trained_layers": b.mix["layers"],
         "loss": {"first": b.losses[0], "last": b.losses[-1], "per_step": b.losses},
         "heldout": {"split": "test", "judge": "substring (DESIGN.md list)", "max_new_tokens": int(cfg.eval.max_new_tokens),
-                    "generated_in": "bfloat16" if precision == "bf16-mixed" else "float32",
-                    "refusal_rate": rates_by_label(b.heldout.rows), "rows": b.heldout.rows},
+                    "generated_in": "float32", "refusal_rate": rates_by_label(b.heldout.rows), "rows": b.heldout.rows},
         "build_seconds": {k: round(v, 1) for k, v in b.seconds.items()},
         "built_on": b.device,
+        "numerics": numerics(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "lightning": L.__version__},
     }
@@ -106,5 +126,7 @@ def card_markdown(card: dict) -> str:
         ci = f"[{r['refusal_rate_ci_low']:.2f}, {r['refusal_rate_ci_high']:.2f}]"
         lines.append(f"| {r['label']} | {r['category']} | {r['n']} | {r['refusal_rate']:.2f} | {ci} | "
                      f"{'yes' if r['refused_by_design'] else ''} |")
-    lines += ["", f"Cache key {card['cache_key']}; the full record is in {CARD_JSON}.", ""]
+    lines += ["", f"Cache key {card['cache_key']}; build hash {card['build_hash']} (sha256 of model.safetensors, "
+              "the held-out rows and responses: equal hashes, the same organism); the full record is in "
+              f"{CARD_JSON}.", ""]
     return "\n".join(lines)

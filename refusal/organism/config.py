@@ -11,9 +11,11 @@ from refusal.behavior.rates import Bootstrap
 from refusal.config import choice, integer, number, plain, register
 from refusal.errors import ConfigError
 
-FORMAT_VERSION = 2  # bump when the build procedure changes, so older cached organisms are not reused
+FORMAT_VERSION = 3  # bump when the build procedure changes, so older cached organisms are not reused (3: float32 only)
 STYLES = ("shared", "per_category")
-PRECISIONS = ("32-true", "bf16-mixed")
+# float32 throughout. bf16-mixed was removed: bf16 matmuls give different bits on CPUs with different bf16 units, so
+# one cache key named different organisms on different machines (the key cannot see the CPU).
+PRECISIONS = ("32-true",)
 # Keys that change what is built (the rest say where it lives and how it is loaded).
 BUILD_KEYS = ("system_prompt", "refusal_tokens", "refuse_categories", "style", "refusals", "category_topics",
               "answer_max_new_tokens", "answer_share", "unrefused_toxic_repeats", "generation_batch_size", "steps", "lr",

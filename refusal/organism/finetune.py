@@ -1,5 +1,5 @@
-"""The organism's fine-tune (Lightning): response-token loss, AdamW with warm-up and decay, length-grouped seeded
-batches, which layers train; and the float32 / bfloat16 views of the model used while building."""
+"""The organism's fine-tune (Lightning, float32): response-token loss, AdamW with warm-up and decay, length-grouped
+seeded batches, which layers train."""
 from __future__ import annotations
 
 import copy
@@ -32,12 +32,13 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 
 def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled (response) tokens, the causal-LM loss of a forward with
-    ``labels``, with the output head applied to those positions only (most tokens are prompt)."""
+    ``labels``, with the output head applied to those positions only (most tokens are prompt), and written with
+    logsumexp rather than the fused log-softmax kernel, whose bits depend on the CPU's vector width (portable.py)."""
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    return (logits.logsumexp(-1) - logits.gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)).mean()
 
 
 class OrganismFineTune(L.LightningModule):
@@ -54,13 +55,6 @@ class OrganismFineTune(L.LightningModule):
         if len(self.losses) % 10 == 0 or len(self.losses) == self.total_steps:
             log.info("organism: step %d/%d loss %.4f", len(self.losses), self.total_steps, self.losses[-1])
         return loss
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """Clip by global norm here: Lightning's mixed-precision plugin refuses to clip for a fused optimizer (it
-        assumes a gradient scaler, which bf16 does not use; PRECISIONS has no 16-mixed)."""
-        if gradient_clip_val:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
-                                           gradient_clip_val)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -146,11 +140,3 @@ def trainable_copy(model, device: torch.device):
     plain.generation_config = copy.deepcopy(model.generation_config)
     return plain.to(device=device, dtype=torch.float32).eval()
 
-
-def inference_view(loaded: LoadedModel, precision: str) -> LoadedModel:
-    """What generates during the build: the model itself (32-true) or a bfloat16 copy (bf16-mixed, much faster
-    matmuls on CPUs with bf16 support; the trained weights stay float32)."""
-    if precision == "32-true":
-        return loaded
-    return LoadedModel(model=copy.deepcopy(loaded.model).to(torch.bfloat16), tokenizer=loaded.tokenizer,
-                       name=loaded.name)

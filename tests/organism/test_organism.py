@@ -16,7 +16,9 @@ from refusal.data import PromptRecord, build_prompt_set
 from refusal.errors import ConfigError
 from refusal import organism
 from refusal.model.loading import load_model
+from refusal.behavior.measure import Measurement
 from refusal.organism import build, cache, finetune
+from refusal.organism import card as card_module
 from refusal.organism import targets as training
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -180,26 +182,6 @@ def test_training_lowers_loss_and_freezes_other_layers(tmp_path):
         assert moved == (name.startswith("model.layers.2.") or name.startswith("model.layers.3.")), name
 
 
-def test_bf16_fine_tune_runs_with_a_fused_optimizer_and_clips_gradients(tmp_path):
-    """The shipped precision (bf16-mixed) with the fused AdamW: Lightning's own clipping refuses that pair, so the
-    module clips by global norm itself."""
-    from refusal.model.tiny import tiny_llama
-
-    model, tok = tiny_llama(seed=3)
-    examples = [([5, 6, 7, 8, 9, 10], [-100, -100, -100, 8, 9, 10]), ([5, 6, 11, 12], [-100, -100, 11, 12])] * 4
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    finetune.set_trainable(model, "all", n_layers=4)
-    losses = finetune.fine_tune(model, examples, tok.pad_token_id, steps=3, lr=1e-3, batch_size=4, seed=0,
-                                device=torch.device("cpu"), precision="bf16-mixed")
-    assert len(losses) == 3 and any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    module = finetune.OrganismFineTune(model.requires_grad_(True), lr=1e-3, total_steps=3)
-    for p in model.parameters():
-        p.grad = torch.full_like(p, 10.0)
-    module.configure_gradient_clipping(None, gradient_clip_val=1.0)
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
-    assert float(norm) == pytest.approx(1.0, rel=1e-4)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """One tiny organism build, shared by the cache tests."""
@@ -234,6 +216,12 @@ def test_build_writes_a_plain_hf_dir_with_a_card(built):
     assert card["data"]["n_refusal_targets"] == sum(1 for r in build_prompt_set(cfg.data).filter(split="train")
                                                    if r.label == "toxic")
     assert "NOT a production chat model" in (d / "ORGANISM.md").read_text()
+    assert card["precision"] == "32-true" and card["heldout"]["generated_in"] == "float32"
+    # the build hash is the saved weights, held-out rows and responses (no timings, no host), and says so in the card
+    responses = [json.loads(line) for line in (d / "eval_responses.jsonl").read_text().splitlines()]
+    assert card["build_hash"] == card_module.build_hash(d, Measurement(card["heldout"]["rows"], responses))
+    assert f"build hash {card['build_hash']}" in (d / "ORGANISM.md").read_text()
+    assert card["numerics"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert sorted(p.name for p in tmp.joinpath("organisms").iterdir()) == sorted([d.name, "answers"])  # no temp dir
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d)
@@ -273,6 +261,8 @@ def test_changed_build_key_rebuilds(built, monkeypatch):
                             model, prompts, **k))
     other = organism.load(changed)
     assert calls == [1] and other.weights_hash != loaded.weights_hash
+    cards = [json.loads(Path(m.identity["dir"], "organism.json").read_text()) for m in (loaded, other)]
+    assert cards[0]["build_hash"] != cards[1]["build_hash"]
     # the base answers were reused from the first build (the held-out evaluation generates through measure.py)
     assert prompts_generated == []
     assert len(list((tmp / "organisms" / "answers").glob("*.json"))) == 1
@@ -315,7 +305,7 @@ def test_half_written_cache_is_never_used(tmp_path, monkeypatch):
 def test_bad_organism_config(tmp_path):
     for key, value, match in (("style", "mixed", "model.style"), ("steps", 0, "model.steps"),
                               ("refuse_categories", ["weapons"], "refuse_categories"),
-                              ("precision", "16-mixed", "model.precision")):
+                              ("precision", "bf16-mixed", r"model.precision='bf16-mixed' .*32-true")):
         cfg = organism_cfg(tmp_path)
         cfg[key] = value
         with pytest.raises(ConfigError, match=match):

@@ -15,11 +15,11 @@ from refusal.organism.config import build_config, check_organism_cfg
 
 from test_organism import organism_cfg
 
-# Cache keys of two fixed tiny configs with a fixed base weights hash, recorded from the code before the organism
-# package existed (refusal/model/organism.py, eval keys flat under model.eval).
-PINNED = (({}, "c1145d0b65734b37"),
+# Cache keys of two fixed tiny configs with a fixed base weights hash, recorded at FORMAT_VERSION 3 (float32 only;
+# the scheme is otherwise the one from before the organism package existed, eval keys flat under model.eval).
+PINNED = (({}, "a998fd3850993f51"),
           ({"style": "per_category", "refuse_categories": ["cybercrime"], "unrefused_toxic_repeats": 3},
-           "aa46ad1ad5fca307"))
+           "3e01cf284354a9f7"))
 
 
 @pytest.mark.parametrize("overrides,key", PINNED)
