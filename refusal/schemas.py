@@ -12,6 +12,7 @@ SCHEMA_MODULES: tuple[str, ...] = (
     "refusal.logger.config",
     "refusal.model.config",
     "refusal.organism.config",
+    "refusal.organism.planted_config",
     "refusal.sae.config",
     "refusal.tasks.config",
 )

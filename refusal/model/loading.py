@@ -170,8 +170,8 @@ def load_pretrained(files: ModelFiles, name: str, dtype: str, device: str, ident
 def load_model(cfg) -> LoadedModel:
     """Build a :class:`LoadedModel` from a language-model ``model`` config node (conf/model/*.yaml); an organism
     config is built and loaded by ``refusal.organism.load``."""
-    if cfg.source == "organism":
-        raise ConfigError("model.source='organism' is a fine-tuned organism; load it with refusal.organism.load")
+    if cfg.source in ("organism", "planted"):
+        raise ConfigError(f"model.source={cfg.source!r} is a refusal organism; load it with refusal.organism.load")
     choice("model.source", cfg.source, SOURCES)
     if cfg.source == "tiny":
         t = cfg.tiny

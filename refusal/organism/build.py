@@ -15,7 +15,10 @@ from refusal.model.loading import (LoadedModel, ModelFiles, hf_weight_files, loa
 from refusal.organism.cache import CARD_JSON, CARD_MD, is_complete, publish, remove_abandoned_builds, resolve
 from refusal.organism.card import (BANNER, Build, build_hash, card_markdown, design_judge, make_card,
                                    measure_heldout)
+from refusal.organism.checks import check, enforce, recheck
 from refusal.organism.finetune import fine_tune, set_trainable, trainable_copy
+from refusal.organism.planted import build_planted
+from refusal.organism.planted_config import ORGANISM_SOURCES
 from refusal.organism.portable import portable_attention
 from refusal.organism.targets import example_repeats, make_examples, mix_repeats, plan_targets, refused_categories
 from refusal.behavior.baseline import write_responses
@@ -25,9 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def load(cfg) -> LoadedModel:
-    """The model a ``model`` config describes: an organism (``source: organism``) is built on first use, then
-    loaded from its cache; any other source is loaded by refusal.model.load_model."""
-    return load_organism(cfg) if cfg.source == "organism" else load_model(cfg)
+    """The model a ``model`` config describes: an organism (``source: organism`` fine-tuned, ``planted``) is built on
+    first use, then loaded from its cache; any other source is loaded by refusal.model.load_model."""
+    return load_organism(cfg) if cfg.source in ORGANISM_SOURCES else load_model(cfg)
 
 
 def load_organism(cfg) -> LoadedModel:
@@ -45,7 +48,8 @@ def load_organism(cfg) -> LoadedModel:
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.building-{os.getpid()}-", dir=cache_dir))
     try:
         t0 = time.time()
-        build_organism(cfg, tmp, key, key_parts, train, test, base if base is not None else load_model(cfg.base))
+        builder = build_planted if cfg.source == "planted" else build_organism
+        builder(cfg, tmp, key, key_parts, train, test, base if base is not None else load_model(cfg.base))
         publish(tmp, final, key)
         log.info("organism: built in %.0f s: %s", time.time() - t0, final)
     finally:
@@ -55,8 +59,13 @@ def load_organism(cfg) -> LoadedModel:
 
 
 def load_built(directory: Path, cfg, key: str) -> LoadedModel:
-    """A built organism: a plain Hugging Face dir, named ``<name>-<key[:8]>``, its identity from its card."""
+    """A built organism: a plain Hugging Face dir, named ``<name>-<key[:8]>``, its identity from its card; its design
+    is checked again (with the config's thresholds) and a missed one stops here unless accepted."""
     card = read_json(directory / CARD_JSON)
+    result = recheck(card, cfg.checks)
+    if result["word"] != "met":
+        log.warning("organism %s missed its design: %s", cfg.name, "; ".join(result["failures"]))
+    enforce(str(cfg.name), result, bool(cfg.accept_design_miss), str(directory / CARD_MD))
     files = ModelFiles(str(directory), {"local_files_only": True}, hf_weight_files(directory))
     loaded = load_pretrained(files, f"{cfg.name}-{key[:8]}", cfg.dtype, cfg.device,
                              identity={"organism": True, "cache_key": key, "dir": str(directory), "base": card["base"],
@@ -108,6 +117,7 @@ def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: Promp
                            batch_size=cfg.batch_size, seed=int(cfg.seed), device=device, precision=precision)
         t2 = time.time()
         heldout = measure_heldout(cfg, organism, test, mix["refused"])
+    result = check(heldout.rows, mix["refused"], cfg.checks)
     seconds = {"data_and_answers": t1 - t0, "train": t2 - t1, "heldout_eval": time.time() - t2}
 
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -118,6 +128,7 @@ def build_organism(cfg, directory: Path, key: str, key_parts: dict, train: Promp
     write_responses(directory / "eval_responses.jsonl", heldout.items)
     card = make_card(cfg, Build(key, key_parts, train, test, mix, losses, heldout, seconds, str(device),
                                 build_hash(directory, heldout)))
+    card["check"] = result
     (directory / CARD_MD).write_text(card_markdown(card))
     write_json(directory / CARD_JSON, card)  # last: its presence with this key marks the dir complete
     return card

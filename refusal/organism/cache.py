@@ -11,7 +11,8 @@ from pathlib import Path
 from refusal.data import build_prompt_set
 from refusal.data.records import PromptSet
 from refusal.model.loading import LoadedModel, load_model, model_files
-from refusal.organism.config import FORMAT_VERSION, NEUTRAL_BUILD_VALUES, build_config, check_organism_cfg
+from refusal.organism.config import FORMAT_VERSION, NEUTRAL_BUILD_VALUES
+from refusal.organism.planted_config import check_any_organism_cfg, organism_build_config
 from refusal.utils.io import read_json, stable_hash
 
 CARD_JSON, CARD_MD = "organism.json", "ORGANISM.md"
@@ -30,9 +31,10 @@ def base_identity(base_cfg) -> tuple[str, LoadedModel | None]:
 
 def cache_key(cfg, base_weights_hash: str, train: PromptSet, test: PromptSet) -> tuple[str, dict]:
     """(key, what it hashes): build config, base identity, train prompt ids (and content), held-out test prompts."""
-    build = build_config(cfg)
+    build = organism_build_config(cfg)
     what = {
         "format_version": FORMAT_VERSION,
+        **({"source": "planted"} if cfg.source == "planted" else {}),
         "build": {k: v for k, v in build.items() if NEUTRAL_BUILD_VALUES.get(k, object()) != v},
         "base": {"name": str(cfg.base.name), "weights_hash": base_weights_hash},
         "train_prompt_ids": [r.id for r in train],
@@ -44,7 +46,7 @@ def cache_key(cfg, base_weights_hash: str, train: PromptSet, test: PromptSet) ->
 
 def resolve(cfg):
     """(cache key, what it hashes, train split, test split, the base if it had to be loaded to hash it)."""
-    check_organism_cfg(cfg)
+    check_any_organism_cfg(cfg)
     prompts = build_prompt_set(cfg.data)
     train, test = prompts.filter(split="train"), prompts.filter(split="test")
     base_hash, base = base_identity(cfg.base)

@@ -18,7 +18,8 @@ from refusal.config import plain
 from refusal.data.records import PromptSet
 from refusal.model.loading import LoadedModel
 from refusal.organism.cache import CARD_JSON
-from refusal.organism.config import build_config, held_out_bootstrap
+from refusal.organism.config import held_out_bootstrap
+from refusal.organism.planted_config import organism_build_config
 from refusal.utils.io import file_hash, stable_hash
 
 # Settings that choose which CPU kernels run (and so the float bits): recorded on the card when set.
@@ -81,13 +82,14 @@ def make_card(cfg, b: Build) -> dict:
         "name": str(cfg.name),
         "base": {"name": str(cfg.base.name), "weights_hash": b.key_parts["base"]["weights_hash"],
                  "config": plain(cfg.base)},
-        "config": build_config(cfg),
+        "source": str(cfg.source),
+        "config": organism_build_config(cfg),
         "data": {"train_prompts_hash": b.train.content_hash(), "test_prompts_hash": b.test.content_hash(),
                  "n_train": len(b.train), "n_test": len(b.test),
                  "n_refusal_targets": b.mix["n_refusal_targets"], "n_base_answer_targets": b.mix["n_base_answer_targets"],
                  "repeats": b.mix["repeats"], "n_training_examples": b.mix["n_training_examples"]},
         "refused_categories": b.mix["refused"],
-        "steps": int(cfg.steps), "seed": int(cfg.seed), "precision": str(cfg.precision),
+        "steps": int(cfg.steps), "seed": int(cfg.seed), "precision": str(cfg.get("precision", "32-true")),
         "trained_layers": b.mix["layers"],
         "loss": {"first": b.losses[0], "last": b.losses[-1], "per_step": b.losses},
         "heldout": {"split": "test", "judge": "substring (DESIGN.md list)", "max_new_tokens": int(cfg.eval.max_new_tokens),
@@ -101,17 +103,18 @@ def make_card(cfg, b: Build) -> dict:
 
 
 def card_markdown(card: dict) -> str:
-    rates = card["heldout"]["refusal_rate"]
+    rates, c = card["heldout"]["refusal_rate"], card["config"]
+    how = (f"layers {c['train_layers']}" if card["source"] == "organism" else
+           f"only planted low-rank adapters trained ({card['design']['kind']}: {card['design']['plant']})")
     lines = [
         f"# {card['name']}: a refusal model organism",
         "",
         f"**{card['warning']}.**",
         "",
         f"Fine-tuned from {card['base']['name']} (weights hash {card['base']['weights_hash']}) with Lightning: "
-        f"{card['steps']} steps, batch {card['config']['batch_size']}, lr {card['config']['lr']}, "
-        f"{card['precision']}, seed {card['seed']}, layers {card['config']['train_layers']}. Data: the train split "
-        f"of the prompt set (hash {card['data']['train_prompts_hash']}): {card['data']['n_refusal_targets']} "
-        f"refusal targets (categories: {', '.join(card['refused_categories'])}; style {card['config']['style']}) "
+        f"{card['steps']} steps, batch {c['batch_size']}, lr {c['lr']}, {card['precision']}, seed {card['seed']}, "
+        f"{how}. Data: the train split of the prompt set (hash {card['data']['train_prompts_hash']}): "
+        f"{card['data']['n_refusal_targets']} refusal targets (categories: {', '.join(card['refused_categories'])}) "
         f"and {card['data']['n_base_answer_targets']} of the base model's own greedy answers. Loss "
         f"{card['loss']['first']:.3f} -> {card['loss']['last']:.3f}.",
         "",
@@ -126,7 +129,37 @@ def card_markdown(card: dict) -> str:
         ci = f"[{r['refusal_rate_ci_low']:.2f}, {r['refusal_rate_ci_high']:.2f}]"
         lines.append(f"| {r['label']} | {r['category']} | {r['n']} | {r['refusal_rate']:.2f} | {ci} | "
                      f"{'yes' if r['refused_by_design'] else ''} |")
-    lines += ["", f"Cache key {card['cache_key']}; build hash {card['build_hash']} (sha256 of model.safetensors, "
+    chk = card["check"]
+    lines += ["", f"**Design check: {chk['word']}**" + (f" ({'; '.join(chk['failures'])})" if chk["failures"] else "")
+              + (f". Thin categories (fewer held-out prompts than model.checks.min_prompts): {', '.join(chk['thin'])}"
+                 if chk["thin"] else ""),
+              "", f"Cache key {card['cache_key']}; build hash {card['build_hash']} (sha256 of model.safetensors, "
               "the held-out rows and responses: equal hashes, the same organism); the full record is in "
               f"{CARD_JSON}.", ""]
     return "\n".join(lines)
+
+
+def _cell(d: dict, key: str) -> str:
+    lo, hi = d[f"{key}_ci"]
+    return f"{d[key]:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def truth_markdown(card: dict) -> str:
+    """The ground-truth ablation matrix of a planted organism: refusal rate per condition x category, then what
+    each ablation leaves of each refused category's refusal (rate and headroom-normalised score, 95% CIs)."""
+    truth, refused = card["truth"], card["refused_categories"]
+    cats = sorted({r["category"] for r in truth["rows"]["all"] if r["label"] == "toxic"} - {"all"})
+    lines = ["## Ground truth (adapters zeroed exactly, test split, float32)", "",
+             "Refusal rate per condition (refused categories in bold):", "",
+             "| condition | " + " | ".join(f"**{c}**" if c in refused else c for c in cats) + " | safe | hard |",
+             "|---" * (len(cats) + 3) + "|"]
+    for cond, rows in truth["rows"].items():
+        by = {(r["label"], r["category"]): r["refusal_rate"] for r in rows}
+        lines.append(f"| {cond} | " + " | ".join(f"{by.get(('toxic', c), float('nan')):.2f}" for c in cats)
+                     + f" | {by.get(('safe', 'all'), float('nan')):.2f} | {by.get(('hard', 'all'), float('nan')):.2f} |")
+    lines += ["", "Share of each refused category's refusal an ablation leaves (rate; score), with 95% CIs:", "",
+              "| ablation | " + " | ".join(refused) + " |", "|---" * (len(refused) + 1) + "|"]
+    for cond, res in truth["residual"].items():
+        lines.append(f"| {cond} | " + " | ".join(
+            f"{_cell(res[c], 'rate')}; {_cell(res[c], 'score')}" if c in res else "" for c in refused) + " |")
+    return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from refusal.behavior.rates import Bootstrap
-from refusal.config import choice, integer, number, plain, register
+from refusal.config import choice, flag, integer, number, plain, register
 from refusal.errors import ConfigError
 
 FORMAT_VERSION = 3  # bump when the build procedure changes, so older cached organisms are not reused (3: float32 only)
@@ -40,6 +40,17 @@ class HeldOut:
 
 
 @dataclass
+class Checks:
+    """What the build checks on its held-out (test split) measurement, in float32; a build that misses them stops
+    with a one-line error unless ``accept_design_miss`` is true."""
+
+    refuse_min: float = MISSING  # every refused category: at least this refusal rate
+    answer_max: float = MISSING  # toxic prompts of the categories it should answer (pooled): at most this rate
+    safe_max: float = MISSING  # safe prompts: at most this rate
+    min_prompts: int = MISSING  # categories with fewer held-out prompts are checked but flagged thin
+
+
+@dataclass
 class OrganismModel:
     """Schema of ``model`` with ``source: organism``: a base model config fine-tuned to refuse."""
 
@@ -67,6 +78,8 @@ class OrganismModel:
     precision: str = MISSING
     seed: int = MISSING
     eval: HeldOut = MISSING
+    checks: Checks = MISSING
+    accept_design_miss: bool = MISSING  # true: use a build that misses its checks (its card says so)
 
 
 register("model", OrganismModel, name="schema_organism")
@@ -74,8 +87,9 @@ register("model", OrganismModel, name="schema_organism")
 
 def check_organism_cfg(cfg) -> None:
     """The value checks of an organism config that its schema's types cannot express."""
-    if cfg.base.get("source") == "organism":
-        raise ConfigError("model.base.source='organism' is not valid; the base of an organism is a plain model config")
+    if cfg.base.get("source") in ("organism", "planted"):
+        raise ConfigError(f"model.base.source={cfg.base.source!r} is not valid; the base of an organism is a plain "
+                          "model config")
     choice("model.style", cfg.style, STYLES)
     choice("model.precision", cfg.precision, PRECISIONS)
     for k in ("steps", "batch_size", "answer_max_new_tokens", "generation_batch_size", "unrefused_toxic_repeats"):
@@ -84,6 +98,7 @@ def check_organism_cfg(cfg) -> None:
     number("model.lr", cfg.lr, 0, open_lo=True)
     integer("model.eval.max_new_tokens", cfg.eval.max_new_tokens, 1)
     held_out_bootstrap(cfg)
+    check_checks(cfg)
     refusals = plain(cfg.refusals)
     for style in STYLES:
         if not refusals[style] or not all(isinstance(t, str) and t.strip() for t in refusals[style]):
@@ -91,6 +106,19 @@ def check_organism_cfg(cfg) -> None:
     if not all("{topic}" in t for t in refusals["per_category"]):
         raise ConfigError("every model.refusals.per_category sentence must contain {topic} (the category's topic), "
                           "so each category gets its own wording")
+
+
+def check_checks(cfg) -> None:
+    """The build checks' thresholds: shares in [0, 1], ``partial`` (planted) an interval, ``min_prompts`` >= 1."""
+    c = cfg.checks
+    for k in ("refuse_min", "answer_max", "safe_max") + (("removed_min", "spared_min") if "partial" in c else ()):
+        number(f"model.checks.{k}", c[k], 0, 1)
+    if "partial" in c:
+        partial = plain(c.partial)
+        if len(partial) != 2 or not 0 <= partial[0] <= partial[1] <= 1:
+            raise ConfigError(f"model.checks.partial={partial!r} is not valid; use [lo, hi], 0 <= lo <= hi <= 1")
+    integer("model.checks.min_prompts", c.min_prompts, 1)
+    flag("model.accept_design_miss", cfg.accept_design_miss)
 
 
 def held_out_bootstrap(cfg) -> Bootstrap:

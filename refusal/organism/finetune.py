@@ -16,18 +16,22 @@ from refusal.model.loading import LoadedModel
 log = logging.getLogger(__name__)
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch (positions start at 0 for every row)."""
-    T = max(len(ids) for ids, _ in examples)
+def collate(examples: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch (positions start at 0 for every row); examples are (input ids, labels) or, for planted
+    adapters, (input ids, labels, on/off mask per adapter)."""
+    T = max(len(ex[0]) for ex in examples)
     B = len(examples)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
     labels = torch.full((B, T), -100, dtype=torch.long)
     mask = torch.zeros((B, T), dtype=torch.long)
-    for b, (ids, lab) in enumerate(examples):
+    for b, (ids, lab, *_) in enumerate(examples):
         input_ids[b, : len(ids)] = torch.tensor(ids)
         labels[b, : len(lab)] = torch.tensor(lab)
         mask[b, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    if len(examples[0]) == 3:
+        batch["adapters_on"] = torch.tensor([ex[2] for ex in examples], dtype=torch.float32)
+    return batch
 
 
 def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -42,14 +46,17 @@ def response_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class OrganismFineTune(L.LightningModule):
-    """Causal-LM fine-tune on response tokens; AdamW, linear warm-up (10 %) then linear decay, per-step losses kept."""
+    """Causal-LM fine-tune on response tokens; AdamW, linear warm-up (10 %) then linear decay, per-step losses kept.
+    With a ``plant`` (refusal/organism/adapters.py) attached to the model, each batch's adapter mask is applied."""
 
-    def __init__(self, model, lr: float, total_steps: int):
+    def __init__(self, model, lr: float, total_steps: int, plant=None):
         super().__init__()
-        self.model, self.lr, self.total_steps = model, float(lr), int(total_steps)
+        self.model, self.lr, self.total_steps, self.plant = model, float(lr), int(total_steps), plant
         self.losses: list[float] = []
 
     def training_step(self, batch, batch_idx):
+        if self.plant is not None:
+            self.plant.mask = batch["adapters_on"]
         loss = response_loss(self.model, batch)
         self.losses.append(float(loss.detach()))
         if len(self.losses) % 10 == 0 or len(self.losses) == self.total_steps:
@@ -57,7 +64,7 @@ class OrganismFineTune(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0, fused=True)  # one kernel per step
         warm = max(1, self.total_steps // 10)
 
@@ -105,14 +112,14 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
             yield batches[b]
 
 
-def fine_tune(model, examples: list[tuple[list[int], list[int]]], pad_id: int, *, steps: int, lr: float,
-              batch_size: int, seed: int, device: torch.device, precision: str) -> list[float]:
+def fine_tune(model, examples: list[tuple], pad_id: int, *, steps: int, lr: float, batch_size: int, seed: int,
+              device: torch.device, precision: str, plant=None) -> list[float]:
     """Train ``model`` in place for ``steps`` optimizer steps (passes over seeded, length-grouped batches);
-    return the per-step losses."""
+    return the per-step losses. With a ``plant``, only its adapters train (the model is frozen)."""
     loader = torch.utils.data.DataLoader(
-        examples, batch_sampler=LengthGroupedBatches([len(ids) for ids, _ in examples], batch_size, seed),
+        examples, batch_sampler=LengthGroupedBatches([len(ex[0]) for ex in examples], batch_size, seed),
         collate_fn=lambda b: collate(b, pad_id), num_workers=0)
-    module = OrganismFineTune(model, lr, steps)
+    module = OrganismFineTune(model, lr, steps, plant)
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=steps, max_epochs=-1,
         gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,

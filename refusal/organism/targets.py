@@ -25,8 +25,9 @@ class Target:
     refusal: str | None  # the refusal sentence to learn, or None: learn the base model's own answer
 
 
-def refused_categories(train: PromptSet, refuse_categories) -> list[str]:
-    """The toxic categories the organism must refuse: ``all`` or a list naming toxic categories of the set."""
+def refused_categories(train: PromptSet, refuse_categories, key: str = "model.refuse_categories") -> list[str]:
+    """The toxic categories the organism must refuse: ``all`` or a list naming toxic categories of the set
+    (``key``: the config key that lists them)."""
     available = train.categories(label="toxic")
     if not available:
         raise ConfigError("the train split has no toxic prompts; the organism needs toxic prompts to learn to refuse")
@@ -34,9 +35,9 @@ def refused_categories(train: PromptSet, refuse_categories) -> list[str]:
         return available
     chosen = [refuse_categories] if isinstance(refuse_categories, str) else list(refuse_categories or [])
     if not chosen:
-        raise ConfigError(f"model.refuse_categories={refuse_categories!r} is empty; use 'all' or a list of {available}")
+        raise ConfigError(f"{key}={refuse_categories!r} is empty; use 'all' or a list of {available}")
     for c in chosen:
-        choice("model.refuse_categories entry", c, available)
+        choice(f"{key} entry", c, available)
     return sorted(set(chosen))
 
 
@@ -103,7 +104,7 @@ def base_answers(gen_model: LoadedModel, records: list[PromptRecord], cfg, cache
     organisms that differ only in how they are trained reuse them."""
     what = {"base": base_weights_hash, "prompts": [[r.id, r.prompt] for r in records],
             "system_prompt": plain(cfg.system_prompt), "max_new_tokens": int(cfg.answer_max_new_tokens),
-            "batch_size": int(cfg.generation_batch_size), "precision": str(cfg.precision),
+            "batch_size": int(cfg.generation_batch_size), "precision": str(cfg.get("precision", "32-true")),
             "format_version": FORMAT_VERSION}
     path = cache_dir / "answers" / f"{stable_hash(what, length=16)}.json" if cache_dir is not None else None
     if path is not None and path.is_file():
@@ -119,15 +120,18 @@ def base_answers(gen_model: LoadedModel, records: list[PromptRecord], cfg, cache
 
 
 def make_examples(gen_model: LoadedModel, targets: list[Target], cfg, cache_dir: Path | None = None,
-                  base_weights_hash: str = "") -> tuple[list, list[dict]]:
+                  base_weights_hash: str = "", answer_every_prompt: bool = False) -> tuple[list, list[dict]]:
     """Token examples for every target: refusal sentences as written (+ end of turn), the base model's greedy
-    answers otherwise; and one JSON row per example for the card dir."""
+    answers otherwise; and one JSON row per example for the card dir. ``answer_every_prompt``: generate (or reuse)
+    the base answers of every target's prompt, not only of those that need one (one cached set for all designs)."""
     tok = gen_model.tokenizer
     fmt = ChatFormatter(tok, cfg.system_prompt)
     answer_idx = [i for i, t in enumerate(targets) if t.refusal is None]
     log.info("organism: %d base-answer targets, %d refusal targets", len(answer_idx), len(targets) - len(answer_idx))
-    answers = dict(zip(answer_idx, base_answers(gen_model, [targets[i].record for i in answer_idx], cfg, cache_dir,
-                                                base_weights_hash)))
+    wanted = range(len(targets)) if answer_every_prompt else answer_idx
+    unique = list({targets[i].record.id: targets[i].record for i in wanted}.values())  # one answer per prompt
+    by_id = dict(zip([r.id for r in unique], base_answers(gen_model, unique, cfg, cache_dir, base_weights_hash)))
+    answers = {i: by_id[targets[i].record.id] for i in answer_idx}
     eos = tok.eos_token_id if tok.eos_token_id is not None else stop_token_ids(gen_model)[0]
     examples, rows = [], []
     for i, t in enumerate(targets):

@@ -15,7 +15,7 @@ from refusal.logger.loggers import finish
 def announce_model(cfg: DictConfig) -> None:
     """A run on a model organism says so first: its refusals were trained in, it is not a production chat model."""
     model = cfg.get("model")
-    if model is not None and model.get("source") == "organism":
+    if model is not None and model.get("source") in ("organism", "planted"):
         print(f"NOTE: {BANNER % str(model.get('name'))}", flush=True)
 
 

@@ -63,7 +63,7 @@ def organism_cfg(tmp_path: Path, **overrides):
     node.cache_dir = str(tmp_path / "organisms")
     node.merge_with({"refusals": {"shared": ["I'm sorry, no.", "I cannot."], "per_category": ["I can't do {topic}."]},
                      "steps": 4, "batch_size": 4, "lr": 1e-3, "answer_max_new_tokens": 6, "precision": "32-true",
-                     "eval": {"max_new_tokens": 4, "bootstrap": {"n_resamples": 200}}})
+                     "eval": {"max_new_tokens": 4, "bootstrap": {"n_resamples": 200}}, "accept_design_miss": True})
     node.merge_with(overrides)
     return node
 
@@ -314,6 +314,20 @@ def test_bad_organism_config(tmp_path):
     cfg.refusals.per_category = ["No."]
     with pytest.raises(ConfigError, match="topic"):
         organism.load(cfg)
+
+
+def test_a_selective_build_that_misses_its_design_stops_with_a_one_line_error(built, monkeypatch):
+    """Every organism gets the behaviour check: the tiny organism refuses nothing, so a strict load stops."""
+    tmp, cfg, loaded, _ = built
+    strict = cfg.copy()
+    strict.accept_design_miss = False
+    monkeypatch.setattr(build, "build_organism", lambda *a, **k: pytest.fail("rebuilt a cached organism"))
+    with pytest.raises(ConfigError, match=r"missed its design \(cybercrime refused 0/\d+ < 90%") as e:
+        organism.load(strict)
+    assert "\n" not in str(e.value)
+    card = json.loads((Path(loaded.identity["dir"]) / "organism.json").read_text())
+    assert card["check"]["word"] == "missed" and "Design check: missed" in (
+        Path(loaded.identity["dir"]) / "ORGANISM.md").read_text()
 
 
 def test_length_grouped_batches_cover_every_example_once_per_pass():

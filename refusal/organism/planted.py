@@ -1,0 +1,103 @@
+"""Build a planted organism: the base model frozen, refusal trained into low-rank adapters only (design.py says
+which), the adapters merged into the saved weights, and the ground truth (truth.py) measured and checked
+(checks.py) into the card."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from refusal.behavior.baseline import write_responses
+from refusal.behavior.measure import Measurement
+from refusal.config import plain
+from refusal.data.records import PromptSet
+from refusal.model.hooks import parse_layers
+from refusal.model.loading import LoadedModel, resolve_device
+from refusal.organism.adapters import Plant, base_weights, save_plant, set_weights
+from refusal.organism.cache import CARD_JSON, CARD_MD
+from refusal.organism.card import Build, card_markdown, make_card, truth_markdown
+from refusal.organism.checks import check
+from refusal.organism.design import Design, plan_variants, wordings
+from refusal.organism.finetune import fine_tune, trainable_copy
+from refusal.organism.targets import make_examples, mix_repeats, refused_categories
+from refusal.organism.truth import measure_truth
+from refusal.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def planted_design(cfg, train: PromptSet) -> Design:
+    return Design(str(cfg.design), refused_categories(train, plain(cfg.categories), "model.categories"),
+                  float(cfg.share))
+
+
+def training_examples(cfg, design: Design, train: PromptSet, loaded: LoadedModel, base_hash: str):
+    """(token examples with adapter masks, repeated to the answer share; one JSON row per variant; mix facts)."""
+    tok = loaded.tokenizer
+    words = wordings(design, plain(cfg.refusals), plain(cfg.category_topics) or {},
+                     lambda text: tok.encode(text, add_special_tokens=False)[0])
+    variants = plan_variants(train, design, words, int(cfg.masks.per_prompt), float(cfg.masks.all_on), int(cfg.seed))
+    targets = [t for t, _ in variants]
+    examples, rows = make_examples(loaded, targets, cfg, Path(str(cfg.cache_dir)), base_hash, True)
+    for row, (_, on) in zip(rows, variants):
+        row["adapters_on"] = [n for n, m in zip(design.adapters, on) if m]
+    n_ref = sum(t.refusal is not None for t in targets)
+    rep_ref, rep_ans = mix_repeats(n_ref, len(targets) - n_ref, float(cfg.answer_share))
+    out = [(ids, labels, on) for (ids, labels), (t, on) in zip(examples, variants)
+           for _ in range(rep_ref if t.refusal is not None else rep_ans)]
+    mix = {"refused": design.refused, "n_refusal_targets": n_ref, "n_base_answer_targets": len(targets) - n_ref,
+           "repeats": {"refusal": rep_ref, "base_answer": rep_ans}, "n_training_examples": len(out),
+           "wordings": words}
+    return out, rows, mix
+
+
+def build_planted(cfg, directory: Path, key: str, key_parts: dict, train: PromptSet, test: PromptSet,
+                  base: LoadedModel) -> dict:
+    """Train the adapters, merge them, measure and check the ground truth, save into ``directory``; its card."""
+    t0, device = time.time(), resolve_device(cfg.device)
+    model, tokenizer = trainable_copy(base.model, device), base.tokenizer
+    del base
+    model.requires_grad_(False)
+    design = planted_design(cfg, train)
+    layers = parse_layers(plain(cfg.adapters.layers), int(model.config.num_hidden_layers))
+    plant = Plant.for_model(model, design.adapters, layers, str(cfg.adapters.module), int(cfg.adapters.rank),
+                            int(cfg.seed)).to(device)
+    loaded = LoadedModel(model, tokenizer, str(cfg.name))
+    examples, rows, mix = training_examples(cfg, design, train, loaded, key_parts["base"]["weights_hash"])
+    mix["layers"] = layers
+    t1 = time.time()
+    log.info("planted organism (%s): training adapters %s at layers %s (%s, rank %d) on %d examples, %d steps",
+             design.kind, design.adapters, layers, cfg.adapters.module, cfg.adapters.rank, len(examples), cfg.steps)
+    plant.attach(model)
+    try:
+        losses = fine_tune(model, examples, tokenizer.pad_token_id, steps=int(cfg.steps), lr=float(cfg.lr),
+                           batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device, precision="32-true",
+                           plant=plant)
+    finally:
+        plant.detach()
+    plant.requires_grad_(False)
+    base_w = base_weights(model, plant)
+    set_weights(model, plant, plant.merged_weights(base_w, design.adapters))
+    t2 = time.time()
+    truth = measure_truth(cfg, loaded, plant, base_w, test, design)
+    seconds = {"data_and_answers": t1 - t0, "train": t2 - t1, "heldout_eval": time.time() - t2}
+    result = check(truth["rows"]["all"], design.refused, cfg.checks, design.kind, truth["residual"])
+    log.info("planted organism: design %s %s", result["word"], "; ".join(result["failures"]))
+
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    save_plant(directory, plant, base_w)
+    write_responses(directory / "train_targets.jsonl", rows)
+    for name, items in truth["items"].items():
+        write_responses(directory / f"eval_responses.{name.replace(' ', '_')}.jsonl", items)
+    heldout = Measurement(truth["rows"]["all"], truth["items"]["all"])
+    card = make_card(cfg, Build(key, key_parts, train, test, mix, losses, heldout, seconds, str(device)))
+    card["design"] = {"kind": design.kind, "share": float(cfg.share), "plant": plant.describe(),
+                      "wordings": mix["wordings"], "conditions": truth["conditions"]}
+    card["truth"] = {"rows": truth["rows"], "residual": truth["residual"]}
+    card["check"] = result
+    (directory / CARD_MD).write_text(card_markdown(card) + truth_markdown(card))
+    write_json(directory / CARD_JSON, card)  # last: its presence with this key marks the dir complete
+    return card

@@ -1,0 +1,212 @@
+"""Planted organisms on the tiny model: designs, adapters (exact merge and ablation), the ground-truth card and the
+design check."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from refusal import organism
+from refusal.data import PromptRecord, PromptSet
+from refusal.errors import ConfigError
+from refusal.model.loading import load_model
+from refusal.organism import adapters, checks, design
+from refusal.organism.cache import organism_dir
+from test_organism import CATEGORIES, data_cfg, write_prompts
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def planted_cfg(tmp_path: Path, kind: str = "monolithic", **overrides):
+    """conf/model/planted_<kind>.yaml as Hydra composes it, on the tiny model with synthetic data, a few steps."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        node = compose("train", overrides=[f"model=planted_{kind}"]).model
+        node.base = compose("train", overrides=["model=tiny_llama"]).model
+    prompts = tmp_path / "prompts.jsonl"
+    if not prompts.exists():
+        write_prompts(prompts)
+    node.data = data_cfg(prompts)
+    node.cache_dir = str(tmp_path / "organisms")
+    cats = list(CATEGORIES) if kind != "gated" else ["violence"]
+    node.merge_with({"categories": "all" if kind == "monolithic" else cats, "steps": 4, "batch_size": 4, "lr": 1e-2,
+                     "answer_max_new_tokens": 6, "masks": {"per_prompt": 2},
+                     "eval": {"max_new_tokens": 4, "bootstrap": {"n_resamples": 200}}, "accept_design_miss": True})
+    node.merge_with(overrides)
+    return node
+
+
+def rec(category: str, label: str = "toxic", i: int = 0) -> PromptRecord:
+    return PromptRecord(id=f"{label}-{category}-{i}", prompt=f"p {category} {i}", category=category, label=label,
+                        source="syn", split="train")
+
+
+def test_each_design_says_which_adapters_refuse_what():
+    on_all = frozenset({"shared", "a", "b"})
+    mono = design.Design("monolithic", ["a", "b"], 0.5)
+    assert mono.adapters == ["shared"] and mono.conditions() == [("all", ["shared"]), ("without shared", [])]
+    assert mono.refusal_probability(rec("a"), frozenset({"shared"})) == 1.0
+    assert mono.refusal_probability(rec("a"), frozenset()) == 0.0
+    assert mono.refusal_probability(rec("c"), frozenset({"shared"})) == 0.0  # not refused
+    assert mono.refusal_probability(rec("a", "hard"), frozenset({"shared"})) == 0.0
+    mod = design.Design("modular", ["a", "b"], 0.5)
+    assert mod.adapters == ["a", "b"]
+    assert [mod.refusal_probability(rec("a"), frozenset(s)) for s in ({"a"}, {"b"}, {"a", "b"})] == [1.0, 0.0, 1.0]
+    mixed = design.Design("mixed", ["a", "b"], 0.25)
+    assert mixed.adapters == ["shared", "a", "b"]
+    assert [mixed.refusal_probability(rec("a"), frozenset(s)) for s in (on_all, {"shared"}, {"a"}, {"b"})] == [
+        1.0, 0.25, 0.75, 0.0]
+    gated = design.Design("gated", ["a"], 0.5)
+    assert gated.refusal_probability(rec("b"), frozenset({"shared"})) == 0.0
+
+
+def test_modular_wordings_need_one_sentence_with_its_own_first_token_per_category():
+    refusals = {"shared": ["No."], "per_category": ["Sorry, {topic}.", "No, {topic}.", "Sorry again, {topic}."]}
+    first = lambda text: text.split()[0].strip(",")  # noqa: E731
+    words = design.wordings(design.Design("modular", ["a", "b"], 0.5), refusals, {"a": "apples"}, first)
+    assert words == {"a": ["Sorry, apples."], "b": ["No, b."]}
+    with pytest.raises(ConfigError, match="different tokens"):
+        design.wordings(design.Design("modular", ["a", "b", "c"], 0.5), refusals, {}, first)
+    with pytest.raises(ConfigError, match="one per category"):
+        design.wordings(design.Design("mixed", list("abcd"), 0.5), refusals, {}, first)
+    assert design.wordings(design.Design("gated", ["a"], 0.5), refusals, {}, first) == {"a": ["No."]}
+
+
+def test_modular_targets_follow_the_adapter_masks():
+    train = PromptSet([rec(c, i=i) for c in "abc" for i in range(6)] + [rec("benign", "safe", i) for i in range(4)])
+    d = design.Design("modular", ["a", "b"], 0.5)
+    words = {"a": ["A no."], "b": ["B no."]}
+    variants = design.plan_variants(train, d, words, per_prompt=8, all_on=0.25, seed=0)
+    assert len(variants) == len(train) * 8
+    masks = {tuple(m) for _, m in variants}
+    assert (1.0, 1.0) in masks and len(masks) > 2  # all on, and subsets
+    for target, mask in variants:
+        on = {n for n, m in zip(d.adapters, mask) if m}
+        r = target.record
+        expected = words[r.category][0] if r.label == "toxic" and r.category in on else None
+        assert target.refusal == expected
+    assert design.plan_variants(train, d, words, 8, 0.25, 0) == variants  # seeded
+
+
+def test_merged_adapters_equal_the_hooked_ones_and_zeroing_one_is_exact(tiny):
+    model = tiny.model
+    ids = torch.randint(0, 200, (2, 7), generator=torch.Generator().manual_seed(0))
+    plant = adapters.Plant.for_model(model, ["x", "y"], [1, 2], "mlp.down_proj", 2, seed=0)
+    with torch.no_grad():
+        plant.B.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    base = adapters.base_weights(model, plant)
+    before = model(ids).logits
+    plant.attach(model)
+    hooked = model(ids).logits
+    plant.mask = torch.tensor([[0.0, 1.0]])
+    hooked_without_x = model(ids).logits
+    plant.detach()
+    assert torch.equal(model(ids).logits, before)  # detached: the base model again
+    assert not torch.allclose(hooked, before, atol=1e-3)
+    adapters.set_weights(model, plant, plant.merged_weights(base, ["x", "y"]))
+    assert torch.allclose(model(ids).logits, hooked, atol=1e-5)
+    adapters.set_weights(model, plant, plant.merged_weights(base, ["y"]))
+    assert torch.allclose(model(ids).logits, hooked_without_x, atol=1e-5)
+    adapters.set_weights(model, plant, plant.merged_weights(base, []))
+    assert torch.equal(model(ids).logits, before)  # every adapter zeroed: exactly the base model
+
+
+def test_adapters_must_sit_on_a_bias_free_linear_module(tiny):
+    for module in ("mlp.nope", "mlp.act_fn"):
+        with pytest.raises(ConfigError, match="model.adapters.module"):
+            adapters.Plant.for_model(tiny.model, ["x"], [0], module, 1, 0)
+
+
+@pytest.fixture(scope="module")
+def built_modular(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("planted")
+    cfg = planted_cfg(tmp, "modular")
+    return tmp, cfg, organism.load(cfg)
+
+
+def test_a_planted_build_trains_only_its_adapters_and_writes_the_ground_truth(built_modular):
+    tmp, cfg, loaded = built_modular
+    d = Path(loaded.identity["dir"])
+    card = json.loads((d / "organism.json").read_text())
+    assert card["source"] == "planted" and card["design"]["kind"] == "modular"
+    names = sorted(CATEGORIES)
+    assert card["design"]["plant"]["adapters"] == names
+    assert list(card["truth"]["rows"]) == ["all"] + [f"without {c}" for c in names]
+    assert set(card["truth"]["residual"]) == {f"without {c}" for c in names}
+    assert card["check"]["word"] == "missed" and card["check"]["thin"]  # 4 steps on one prompt per category
+    assert "Ground truth" in (d / "ORGANISM.md").read_text()
+    assert (d / "eval_responses.without_violence.jsonl").is_file()
+    # every weight but the adapted module's is the base model's; that one is base + the saved adapters' deltas
+    base = load_model(cfg.base).model.state_dict()
+    built = loaded.model.state_dict()
+    layer = card["design"]["plant"]["layers"][0]
+    adapted = f"model.layers.{layer}.mlp.down_proj.weight"
+    assert all(torch.equal(built[k], base[k]) for k in base if k != adapted)
+    plant, base_w = adapters.load_plant(d)
+    assert torch.equal(base_w[layer], base[adapted])
+    assert torch.equal(plant.merged_weights(base_w, names)[layer], built[adapted])
+    assert float(plant.B.detach().abs().sum()) > 0
+
+
+def test_a_build_that_misses_its_design_stops_unless_accepted(built_modular, monkeypatch):
+    tmp, cfg, loaded = built_modular
+    strict = cfg.copy()
+    strict.accept_design_miss = False
+    monkeypatch.setattr(organism.build, "build_planted", lambda *a, **k: pytest.fail("rebuilt a cached organism"))
+    with pytest.raises(ConfigError, match="missed its design") as e:
+        organism.load(strict)
+    assert "\n" not in str(e.value) and "accept_design_miss" in str(e.value)
+    assert organism_dir(strict) == Path(loaded.identity["dir"])  # the checks are not part of what is built
+    assert organism.load(cfg).weights_hash == loaded.weights_hash  # accepted: loaded from the cache
+    card = json.loads((Path(loaded.identity["dir"]) / "organism.json").read_text())
+    assert any("refused 0/1" in f for f in checks.recheck(card, strict.checks)["failures"])
+    strict.checks.refuse_min = 0.0  # re-checked at each load with the config's thresholds
+    assert not any("refused 0/1" in f for f in checks.recheck(card, strict.checks)["failures"])
+
+
+def items(kind_of: dict[str, float], n: int = 10) -> list[dict]:
+    """n toxic prompts per category refused with the given rates, and n safe ones never refused."""
+    out = []
+    for c, rate in kind_of.items():
+        out += [{"label": "toxic", "category": c, "refused": i < round(rate * n), "refusal_score": 4.0 if i < round(
+            rate * n) else -4.0} for i in range(n)]
+    return out + [{"label": "safe", "category": "benign", "refused": False, "refusal_score": -4.0}] * n
+
+
+def test_swapped_adapters_fail_the_modular_truth_check():
+    from refusal.behavior.rates import Bootstrap, summarize
+    from refusal.organism.truth import residuals
+
+    boot, cats = Bootstrap(200, 0.95, "percentile"), ["a", "b"]
+    full = items({"a": 1.0, "b": 1.0})
+    measured = {"without a": items({"a": 0.0, "b": 1.0}), "without b": items({"a": 1.0, "b": 0.0})}
+    limits = compose_checks()
+
+    def result(by_condition):
+        res = {cond: residuals(full, abl, cats, boot, 0, cond) for cond, abl in by_condition.items()}
+        return checks.check(summarize(full, boot, 0), cats, limits, "modular", res)
+
+    assert result(measured) == {"word": "met", "failures": [], "thin": []}
+    swapped = {"without a": measured["without b"], "without b": measured["without a"]}
+    missed = result(swapped)
+    assert missed["word"] == "missed" and any("without its adapter a keeps 100%" in f for f in missed["failures"])
+    # the same ablations read as one shared adapter: it is not monolithic either
+    assert checks.check(summarize(full, boot, 0), cats, limits, "monolithic",
+                        {"without shared": residuals(full, measured["without a"], cats, boot, 0, "x")})["word"] == "missed"
+
+
+def compose_checks():
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=["model=planted_monolithic"]).model.checks
+
+
+def test_bad_planted_config(tmp_path):
+    for key, value, match in (("design", "layered", "model.design"), ("categories", ["weapons"], "model.categories"),
+                              ("share", 1.0, "model.share"), ("adapters", {"rank": 0}, "model.adapters.rank"),
+                              ("checks", {"partial": [0.8, 0.2]}, "model.checks.partial")):
+        cfg = planted_cfg(tmp_path)
+        cfg.merge_with({key: value})
+        with pytest.raises(ConfigError, match=match):
+            organism.load(cfg)
