@@ -1,8 +1,9 @@
 """Planted low-rank adapters: the only trained weights of a planted organism, so zeroing one is the exact
 ground-truth ablation of the mechanism it carries.
 
-Adapter k adds ``x A_k^T B_k^T`` (rank r: A_k is r x d_in, B_k is d_out x r) to the output of one linear module
-(``module``, e.g. ``mlp.down_proj``) in each of ``layers``; what it writes lies in the span of B_k's columns. A
+Adapter k adds ``x A_kl^T B_k^T`` (rank r: A_kl is r x d_in, B_k is d_out x r) to the output of one linear module
+(``module``, e.g. ``mlp.down_proj``) in each layer l of ``layers``: it reads each layer on its own but writes along
+the same r vectors (B_k's columns) in every layer, so everything it adds to the residual stream lies in their span. A
 per-example on/off mask (training: adapter dropout with matching targets) says which adapters are active. Because
 the module is linear, the trained adapters merge exactly into its weight: the saved organism is a plain model, and
 each ablation is the base weight plus the deltas of the adapters that stay on.
@@ -45,7 +46,7 @@ class Plant(nn.Module):
         g = torch.Generator().manual_seed(int(seed))
         k, n = len(self.names), len(self.layers)
         self.A = nn.Parameter(torch.randn(k, n, rank, d_in, generator=g) / d_in ** 0.5)
-        self.B = nn.Parameter(torch.zeros(k, n, d_out, rank))  # zero: the organism starts as the base model
+        self.B = nn.Parameter(torch.zeros(k, d_out, rank))  # zero: the organism starts as the base model
         self.mask = torch.ones(1, k)  # [batch or 1, adapters]: 1 = on
         self._handles: list = []
 
@@ -70,14 +71,14 @@ class Plant(nn.Module):
         def add(_module, args, out):
             x = args[0]
             low = torch.einsum("btd,krd->btkr", x, self.A[:, j].to(x.dtype))
-            delta = torch.einsum("btkr,kor->btko", low, self.B[:, j].to(x.dtype))
+            delta = torch.einsum("btkr,kor->btko", low, self.B.to(x.dtype))
             mask = self.mask.to(device=x.device, dtype=x.dtype)[:, None, :, None]
             return out + (delta * mask).sum(2)
         return add
 
     def delta(self, k: int, j: int) -> torch.Tensor:
         """Adapter k's weight update in its j-th layer, d_out x d_in."""
-        return (self.B[k, j] @ self.A[k, j]).detach()
+        return (self.B[k] @ self.A[k, j]).detach()
 
     def merged_weights(self, base: dict[int, torch.Tensor], on: list[str]) -> dict[int, torch.Tensor]:
         """{layer: base weight + the deltas of the adapters in ``on``, added in adapter order}."""

@@ -20,6 +20,7 @@ from refusal.organism.targets import Target, topic_of
 from refusal.utils.io import stable_hash
 
 SHARED = "shared"
+NONE = "none"  # the condition with every adapter zeroed
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,11 @@ class Design:
         return 1.0 if shared and own else self.share if shared else 1.0 - self.share if own else 0.0
 
     def conditions(self) -> list[tuple[str, list[str]]]:
-        """The ground-truth conditions: every adapter on, then each one zeroed."""
+        """The ground-truth conditions: every adapter on, each one zeroed, and (several adapters) all zeroed: the
+        base model, whose own refusals no adapter carries."""
         names = self.adapters
-        return [("all", names)] + [(f"without {n}", [m for m in names if m != n]) for n in names]
+        without = [(f"without {n}", [m for m in names if m != n]) for n in names]
+        return [("all", names)] + without + ([(NONE, [])] if len(names) > 1 else [])
 
 
 def wordings(design: Design, refusals: dict, topics: dict, first_token) -> dict[str, list[str]]:

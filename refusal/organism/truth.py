@@ -2,9 +2,9 @@
 (exact: the merged weight minus that adapter's delta), in float32, and what share of each refused category's
 refusal each ablation leaves, with paired bootstrap intervals over prompts.
 
-Residual (what an ablation leaves of category c's refusal): by rate, rate_c(ablated) / rate_c(all on); by score
-(DESIGN.md §4, headroom-normalised), (s_c(ablated) - s_safe) / (s_c(all on) - s_safe), s_safe the mean refusal
-score of the safe prompts with every adapter on.
+Residual (what an ablation leaves of category c's planted refusal): (x_c(ablated) - x_c(base)) / (x_c(all on) -
+x_c(base)), x the refusal rate or the mean refusal score of c's toxic prompts, "base" every adapter zeroed (the base
+model, whose own refusals no adapter carries; they are in the matrix's last row).
 """
 from __future__ import annotations
 
@@ -20,58 +20,54 @@ from refusal.model.loading import LoadedModel
 from refusal.organism.adapters import Plant, set_weights
 from refusal.organism.card import measure_heldout
 from refusal.organism.config import held_out_bootstrap
-from refusal.organism.design import Design
+from refusal.organism.design import NONE, Design
 
 log = logging.getLogger(__name__)
 
 
-def _interval(stat, full: np.ndarray, abl: np.ndarray, boot: Bootstrap, rng) -> list[float]:
-    """Paired bootstrap interval of ``stat(full, abl)`` over prompts; [nan, nan] when it is undefined."""
-    point = stat(full, abl, axis=-1)
+def share_left(full, abl, base, axis=-1):
+    """What an ablation leaves of the planted refusal: (mean(abl) - mean(base)) / (mean(full) - mean(base))."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f, b = np.mean(full, axis=axis), np.mean(base, axis=axis)
+        return (np.mean(abl, axis=axis) - b) / (f - b)
+
+
+def _interval(full: np.ndarray, abl: np.ndarray, base: np.ndarray, boot: Bootstrap, rng) -> list[float]:
+    """Paired bootstrap interval (over prompts) of ``share_left``; [nan, nan] where it is undefined."""
+    point = float(share_left(full, abl, base))
     if not math.isfinite(point):
         return [math.nan, math.nan]
-    if np.all(full == full[0]) and np.all(abl == abl[0]):
-        return [float(point), float(point)]
+    if all(np.all(x == x[0]) for x in (full, abl, base)):
+        return [point, point]
     with np.errstate(divide="ignore", invalid="ignore"):
-        res = stats.bootstrap((full, abl), stat, paired=True, vectorized=True, n_resamples=boot.n_resamples,
-                              confidence_level=boot.ci_level, method="percentile", random_state=rng)
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return [low, high]
+        res = stats.bootstrap((full, abl, base), share_left, paired=True, vectorized=True,
+                              n_resamples=boot.n_resamples, confidence_level=boot.ci_level, method="percentile",
+                              random_state=rng)
+    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
-def residuals(full_items: list[dict], abl_items: list[dict], refused: list[str], boot: Bootstrap,
-              seed: int, condition: str) -> dict[str, dict]:
-    """{category: {rate, rate_ci, score, score_ci}}: what ``abl_items`` leave of ``full_items``' refusal."""
-    safe = [it["refusal_score"] for it in full_items if it["label"] == "safe"]
-    s_safe = float(np.mean(safe)) if safe else 0.0
-
-    def by_rate(f, a, axis=-1):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.mean(a, axis=axis) / np.mean(f, axis=axis)
-
-    def by_score(f, a, axis=-1):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (np.mean(a, axis=axis) - s_safe) / (np.mean(f, axis=axis) - s_safe)
-
+def residuals(full_items: list[dict], abl_items: list[dict], base_items: list[dict], refused: list[str],
+              boot: Bootstrap, seed: int, condition: str) -> dict[str, dict]:
+    """{category: {rate, rate_ci, score, score_ci}}: the share of the planted refusal (all adapters on minus
+    every adapter zeroed) that ``abl_items`` leave, by refusal rate and by mean refusal score."""
     out = {}
     for c in refused:
-        pairs = [(f, a) for f, a in zip(full_items, abl_items) if f["label"] == "toxic" and f["category"] == c]
-        if not pairs:
+        idx = [i for i, f in enumerate(full_items) if f["label"] == "toxic" and f["category"] == c]
+        if not idx:
             continue
-        fr = np.array([float(f["refused"]) for f, _ in pairs])
-        ar = np.array([float(a["refused"]) for _, a in pairs])
-        fs = np.array([f["refusal_score"] for f, _ in pairs], dtype=float)
-        as_ = np.array([a["refusal_score"] for _, a in pairs], dtype=float)
-        rate, score = float(by_rate(fr, ar)), float(by_score(fs, as_))
-        out[c] = {"rate": rate, "rate_ci": _interval(by_rate, fr, ar, boot, cell_rng(seed, "rate", condition, c)),
-                  "score": score,
-                  "score_ci": _interval(by_score, fs, as_, boot, cell_rng(seed, "score", condition, c))}
+        entry = {}
+        for by, field in (("rate", "refused"), ("score", "refusal_score")):
+            f, a, b = (np.array([float(items[i][field]) for i in idx]) for items in (full_items, abl_items, base_items))
+            entry[by] = float(share_left(f, a, b))
+            entry[f"{by}_ci"] = _interval(f, a, b, boot, cell_rng(seed, by, condition, c))
+        out[c] = entry
     return out
 
 
 def measure_truth(cfg, organism: LoadedModel, plant: Plant, base: dict, test: PromptSet, design: Design) -> dict:
     """Every condition's held-out rows and items, and each ablation's residuals; leaves every adapter on."""
     boot, conditions, items, rows = held_out_bootstrap(cfg), design.conditions(), {}, {}
+    zeroed = conditions[-1][0]  # every adapter zeroed: "none", or "without shared" for a single adapter
     try:
         for name, on in conditions:
             set_weights(organism.model, plant, plant.merged_weights(base, on))
@@ -83,7 +79,7 @@ def measure_truth(cfg, organism: LoadedModel, plant: Plant, base: dict, test: Pr
     return {
         "conditions": {name: on for name, on in conditions},
         "rows": rows,
-        "residual": {name: residuals(items["all"], items[name], design.refused, boot, int(cfg.seed), name)
-                     for name, _ in conditions[1:]},
+        "residual": {name: residuals(items["all"], items[name], items[zeroed], design.refused, boot, int(cfg.seed), name)
+                     for name, _ in conditions[1:] if name != NONE},
         "items": items,
     }

@@ -47,6 +47,8 @@ def test_each_design_says_which_adapters_refuse_what():
     on_all = frozenset({"shared", "a", "b"})
     mono = design.Design("monolithic", ["a", "b"], 0.5)
     assert mono.adapters == ["shared"] and mono.conditions() == [("all", ["shared"]), ("without shared", [])]
+    assert design.Design("modular", ["a", "b"], 0.5).conditions() == [
+        ("all", ["a", "b"]), ("without a", ["b"]), ("without b", ["a"]), ("none", [])]
     assert mono.refusal_probability(rec("a"), frozenset({"shared"})) == 1.0
     assert mono.refusal_probability(rec("a"), frozenset()) == 0.0
     assert mono.refusal_probability(rec("c"), frozenset({"shared"})) == 0.0  # not refused
@@ -133,7 +135,7 @@ def test_a_planted_build_trains_only_its_adapters_and_writes_the_ground_truth(bu
     assert card["source"] == "planted" and card["design"]["kind"] == "modular"
     names = sorted(CATEGORIES)
     assert card["design"]["plant"]["adapters"] == names
-    assert list(card["truth"]["rows"]) == ["all"] + [f"without {c}" for c in names]
+    assert sorted(card["truth"]["rows"]) == sorted(["all", "none"] + [f"without {c}" for c in names])
     assert set(card["truth"]["residual"]) == {f"without {c}" for c in names}
     assert card["check"]["word"] == "missed" and card["check"]["thin"]  # 4 steps on one prompt per category
     assert "Ground truth" in (d / "ORGANISM.md").read_text()
@@ -180,12 +182,12 @@ def test_swapped_adapters_fail_the_modular_truth_check():
     from refusal.organism.truth import residuals
 
     boot, cats = Bootstrap(200, 0.95, "percentile"), ["a", "b"]
-    full = items({"a": 1.0, "b": 1.0})
-    measured = {"without a": items({"a": 0.0, "b": 1.0}), "without b": items({"a": 1.0, "b": 0.0})}
+    full, base = items({"a": 1.0, "b": 1.0}), items({"a": 0.2, "b": 0.0})  # the base refuses some of a itself
+    measured = {"without a": items({"a": 0.2, "b": 1.0}), "without b": items({"a": 1.0, "b": 0.0})}
     limits = compose_checks()
 
     def result(by_condition):
-        res = {cond: residuals(full, abl, cats, boot, 0, cond) for cond, abl in by_condition.items()}
+        res = {cond: residuals(full, abl, base, cats, boot, 0, cond) for cond, abl in by_condition.items()}
         return checks.check(summarize(full, boot, 0), cats, limits, "modular", res)
 
     assert result(measured) == {"word": "met", "failures": [], "thin": []}
@@ -194,7 +196,8 @@ def test_swapped_adapters_fail_the_modular_truth_check():
     assert missed["word"] == "missed" and any("without its adapter a keeps 100%" in f for f in missed["failures"])
     # the same ablations read as one shared adapter: it is not monolithic either
     assert checks.check(summarize(full, boot, 0), cats, limits, "monolithic",
-                        {"without shared": residuals(full, measured["without a"], cats, boot, 0, "x")})["word"] == "missed"
+                        {"without shared": residuals(full, measured["without a"], base, cats, boot, 0, "x")})[
+        "word"] == "missed"
 
 
 def compose_checks():
