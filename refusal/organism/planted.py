@@ -15,10 +15,11 @@ from refusal.model.hooks import parse_layers
 from refusal.model.loading import LoadedModel, resolve_device
 from refusal.organism.adapters import Plant, base_weights, save_plant, set_weights
 from refusal.organism.cache import CARD_JSON, CARD_MD
-from refusal.organism.card import Build, card_markdown, make_card, truth_markdown
+from refusal.organism.card import Build, build_hash, card_markdown, make_card, truth_markdown
 from refusal.organism.checks import check
 from refusal.organism.design import Design, plan_variants, wordings
 from refusal.organism.finetune import fine_tune, trainable_copy
+from refusal.organism.portable import portable_attention
 from refusal.organism.targets import make_examples, mix_repeats, refused_categories
 from refusal.organism.truth import measure_truth
 from refusal.utils.io import write_json
@@ -63,23 +64,25 @@ def build_planted(cfg, directory: Path, key: str, key_parts: dict, train: Prompt
     plant = Plant.for_model(model, design.adapters, layers, str(cfg.adapters.module), int(cfg.adapters.rank),
                             int(cfg.seed)).to(device)
     loaded = LoadedModel(model, tokenizer, str(cfg.name))
-    examples, rows, mix = training_examples(cfg, design, train, loaded, key_parts["base"]["weights_hash"])
-    mix["layers"] = layers
-    t1 = time.time()
-    log.info("planted organism (%s): training adapters %s at layers %s (%s, rank %d) on %d examples, %d steps",
-             design.kind, design.adapters, layers, cfg.adapters.module, cfg.adapters.rank, len(examples), cfg.steps)
-    plant.attach(model)
-    try:
-        losses = fine_tune(model, examples, tokenizer.pad_token_id, steps=int(cfg.steps), lr=float(cfg.lr),
-                           batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device, precision="32-true",
-                           plant=plant)
-    finally:
-        plant.detach()
-    plant.requires_grad_(False)
-    base_w = base_weights(model, plant)
-    set_weights(model, plant, plant.merged_weights(base_w, design.adapters))
-    t2 = time.time()
-    truth = measure_truth(cfg, loaded, plant, base_w, test, design)
+    with portable_attention(model):  # the same bits whatever the CPU's vector width
+        examples, rows, mix = training_examples(cfg, design, train, loaded, key_parts["base"]["weights_hash"])
+        mix["layers"] = layers
+        t1 = time.time()
+        log.info("planted organism (%s): training adapters %s at layers %s (%s, rank %d) on %d examples, %d steps",
+                 design.kind, design.adapters, layers, cfg.adapters.module, cfg.adapters.rank, len(examples),
+                 cfg.steps)
+        plant.attach(model)
+        try:
+            losses = fine_tune(model, examples, tokenizer.pad_token_id, steps=int(cfg.steps), lr=float(cfg.lr),
+                               batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
+                               precision="32-true", plant=plant)
+        finally:
+            plant.detach()
+        plant.requires_grad_(False)
+        base_w = base_weights(model, plant)
+        set_weights(model, plant, plant.merged_weights(base_w, design.adapters))
+        t2 = time.time()
+        truth = measure_truth(cfg, loaded, plant, base_w, test, design)
     seconds = {"data_and_answers": t1 - t0, "train": t2 - t1, "heldout_eval": time.time() - t2}
     result = check(truth["rows"]["all"], design.refused, cfg.checks, design.kind, truth["residual"])
     log.info("planted organism: design %s %s", result["word"], "; ".join(result["failures"]))
@@ -93,7 +96,8 @@ def build_planted(cfg, directory: Path, key: str, key_parts: dict, train: Prompt
     for name, items in truth["items"].items():
         write_responses(directory / f"eval_responses.{name.replace(' ', '_')}.jsonl", items)
     heldout = Measurement(truth["rows"]["all"], truth["items"]["all"])
-    card = make_card(cfg, Build(key, key_parts, train, test, mix, losses, heldout, seconds, str(device)))
+    card = make_card(cfg, Build(key, key_parts, train, test, mix, losses, heldout, seconds, str(device),
+                                build_hash(directory, heldout)))
     card["design"] = {"kind": design.kind, "share": float(cfg.share), "plant": plant.describe(),
                       "wordings": mix["wordings"], "conditions": truth["conditions"]}
     card["truth"] = {"rows": truth["rows"], "residual": truth["residual"]}

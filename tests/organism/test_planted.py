@@ -32,7 +32,7 @@ def planted_cfg(tmp_path: Path, kind: str = "monolithic", **overrides):
     node.cache_dir = str(tmp_path / "organisms")
     cats = list(CATEGORIES) if kind != "gated" else ["violence"]
     node.merge_with({"categories": "all" if kind == "monolithic" else cats, "steps": 4, "batch_size": 4, "lr": 1e-2,
-                     "answer_max_new_tokens": 6, "masks": {"per_prompt": 2},
+                     "answer_max_new_tokens": 6, "masks": {"per_prompt": 2}, "adapters": {"layers": "1-2"},
                      "eval": {"max_new_tokens": 4, "bootstrap": {"n_resamples": 200}}, "accept_design_miss": True})
     node.merge_with(overrides)
     return node
@@ -143,12 +143,14 @@ def test_a_planted_build_trains_only_its_adapters_and_writes_the_ground_truth(bu
     # every weight but the adapted module's is the base model's; that one is base + the saved adapters' deltas
     base = load_model(cfg.base).model.state_dict()
     built = loaded.model.state_dict()
-    layer = card["design"]["plant"]["layers"][0]
-    adapted = f"model.layers.{layer}.mlp.down_proj.weight"
-    assert all(torch.equal(built[k], base[k]) for k in base if k != adapted)
+    layers = card["design"]["plant"]["layers"]
+    assert layers == [1, 2]
+    adapted = {layer: f"model.layers.{layer}.mlp.down_proj.weight" for layer in layers}
+    assert all(torch.equal(built[k], base[k]) for k in base if k not in adapted.values())
     plant, base_w = adapters.load_plant(d)
-    assert torch.equal(base_w[layer], base[adapted])
-    assert torch.equal(plant.merged_weights(base_w, names)[layer], built[adapted])
+    merged = plant.merged_weights(base_w, names)
+    for layer, k in adapted.items():
+        assert torch.equal(base_w[layer], base[k]) and torch.equal(merged[layer], built[k])
     assert float(plant.B.detach().abs().sum()) > 0
 
 
