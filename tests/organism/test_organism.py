@@ -12,6 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from heldout import assert_behaviour, independent_rows
 from refusal.data import PromptRecord, build_prompt_set
 from refusal.errors import ConfigError
 from refusal import organism
@@ -352,11 +353,10 @@ def test_smollm2_organism_refuses_heldout_toxic_and_answers_safe(real_model_cach
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["model=smollm2_organism", f"paths.cache_dir={real_model_cache}"])
-    loaded = organism.load(cfg.model)
+    loaded = organism.load(cfg.model)  # a build that misses its behaviour check stops here
     card = json.loads(Path(loaded.identity["dir"], "organism.json").read_text())
-    rates = card["heldout"]["refusal_rate"]
-    print("held-out refusal rates:", rates, "build seconds:", card["build_seconds"])
-    assert rates["toxic"] >= 0.9 and rates["safe"] <= 0.1
+    print("card rates:", card["heldout"]["refusal_rate"], "build seconds:", card["build_seconds"])
+    assert_behaviour(independent_rows(cfg.model, loaded), card["refused_categories"])  # measured here, not read
     start = time.time()
     again = organism.load(cfg.model)
     seconds = time.time() - start
