@@ -63,8 +63,11 @@ def load_built(directory: Path, cfg, key: str) -> LoadedModel:
     is checked again (with the config's thresholds) and a missed one stops here unless accepted."""
     card = read_json(directory / CARD_JSON)
     result = recheck(card, cfg.checks)
-    if result["word"] != "met":
+    if result["word"] == "missed":
         log.warning("organism %s missed its design: %s", cfg.name, "; ".join(result["failures"]))
+    if result["thin"]:
+        log.warning("organism %s: refused categories with fewer than model.checks.min_prompts held-out prompts are "
+                    "not checked: %s", cfg.name, ", ".join(result["thin"]))
     enforce(str(cfg.name), result, bool(cfg.accept_design_miss), str(directory / CARD_MD))
     files = ModelFiles(str(directory), {"local_files_only": True}, hf_weight_files(directory))
     loaded = load_pretrained(files, f"{cfg.name}-{key[:8]}", cfg.dtype, cfg.device,

@@ -131,7 +131,7 @@ def card_markdown(card: dict) -> str:
                      f"{'yes' if r['refused_by_design'] else ''} |")
     chk = card["check"]
     lines += ["", f"**Design check: {chk['word']}**" + (f" ({'; '.join(chk['failures'])})" if chk["failures"] else "")
-              + (f". Thin categories (fewer held-out prompts than model.checks.min_prompts): {', '.join(chk['thin'])}"
+              + (f". Not checked, too few held-out prompts (< model.checks.min_prompts): {', '.join(chk['thin'])}"
                  if chk["thin"] else ""),
               "", f"Cache key {card['cache_key']}; build hash {card['build_hash']} (sha256 of model.safetensors, "
               "the held-out rows and responses: equal hashes, the same organism); the full record is in "

@@ -47,7 +47,7 @@ class Checks:
     refuse_min: float = MISSING  # every refused category: at least this refusal rate
     answer_max: float = MISSING  # toxic prompts of the categories it should answer (pooled): at most this rate
     safe_max: float = MISSING  # safe prompts: at most this rate
-    min_prompts: int = MISSING  # categories with fewer held-out prompts are checked but flagged thin
+    min_prompts: int = MISSING  # refused categories with fewer held-out prompts are listed as thin, not checked
 
 
 @dataclass

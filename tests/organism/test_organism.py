@@ -64,7 +64,8 @@ def organism_cfg(tmp_path: Path, **overrides):
     node.cache_dir = str(tmp_path / "organisms")
     node.merge_with({"refusals": {"shared": ["I'm sorry, no.", "I cannot."], "per_category": ["I can't do {topic}."]},
                      "steps": 4, "batch_size": 4, "lr": 1e-3, "answer_max_new_tokens": 6, "precision": "32-true",
-                     "eval": {"max_new_tokens": 4, "bootstrap": {"n_resamples": 200}}, "accept_design_miss": True})
+                     "eval": {"max_new_tokens": 4, "bootstrap": {"n_resamples": 200}}, "accept_design_miss": True,
+                     "checks": {"min_prompts": 1}})
     node.merge_with(overrides)
     return node
 

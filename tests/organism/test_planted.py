@@ -32,7 +32,7 @@ def planted_cfg(tmp_path: Path, kind: str = "monolithic", **overrides):
     node.cache_dir = str(tmp_path / "organisms")
     cats = list(CATEGORIES) if kind != "gated" else ["violence"]
     node.merge_with({"categories": "all" if kind == "monolithic" else cats, "steps": 4, "batch_size": 4, "lr": 1e-2,
-                     "answer_max_new_tokens": 6, "masks": {"per_prompt": 2}, "adapters": {"layers": "1-2"},
+                     "answer_max_new_tokens": 6, "masks": {"per_prompt": 2}, "adapters": {"layers": "1-2"}, "checks": {"min_prompts": 1},
                      "eval": {"max_new_tokens": 4, "bootstrap": {"n_resamples": 200}}, "accept_design_miss": True})
     node.merge_with(overrides)
     return node
@@ -137,7 +137,7 @@ def test_a_planted_build_trains_only_its_adapters_and_writes_the_ground_truth(bu
     assert card["design"]["plant"]["adapters"] == names
     assert sorted(card["truth"]["rows"]) == sorted(["all", "none"] + [f"without {c}" for c in names])
     assert set(card["truth"]["residual"]) == {f"without {c}" for c in names}
-    assert card["check"]["word"] == "missed" and card["check"]["thin"]  # 4 steps on one prompt per category
+    assert card["check"]["word"] == "missed"  # 4 steps
     assert "Ground truth" in (d / "ORGANISM.md").read_text()
     assert (d / "eval_responses.without_violence.jsonl").is_file()
     # every weight but the adapted module's is the base model's; that one is base + the saved adapters' deltas
@@ -215,3 +215,14 @@ def test_bad_planted_config(tmp_path):
         cfg.merge_with({key: value})
         with pytest.raises(ConfigError, match=match):
             organism.load(cfg)
+
+
+def test_categories_with_too_few_prompts_are_listed_as_thin_not_checked():
+    from refusal.behavior.rates import Bootstrap, summarize
+
+    boot, limits = Bootstrap(200, 0.95, "percentile"), compose_checks()
+    rows = summarize(items({"a": 1.0}) + items({"b": 0.5}, n=4), boot, 0)
+    result = checks.check(rows, ["a", "b"], limits)
+    assert result == {"word": "thin", "failures": [], "thin": ["b (2/4 refused)"]}
+    rows = summarize(items({"a": 0.5}) + items({"b": 0.5}, n=4), boot, 0)
+    assert checks.check(rows, ["a", "b"], limits)["failures"] == ["a refused 5/10 < 90%"]
