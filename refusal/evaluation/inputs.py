@@ -1,5 +1,6 @@
 """What the evaluation reads from earlier stages: a train.py run and/or a discover.py run (their run records,
-:mod:`refusal.runs`). Either may be absent; a discover dir alone names its train dir in its saved config.
+:mod:`refusal.runs`). Either may be absent; a discover dir alone names its train dir in its saved config. With
+neither, the prompts come from ``data`` and only the stages that need no SAEs or circuits run (baseline, direction).
 Mismatches between them (other prompts, other SAE weights) are refused with a one-line error."""
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ class RunInputs:
 
 def load_inputs(train_dir, discover_dir, data_cfg=None) -> RunInputs:
     """Everything the evaluation can use from ``train_dir`` and/or ``discover_dir`` (prompts from the train dir,
-    else built from ``data_cfg``)."""
-    if not train_dir and not discover_dir:
-        raise ConfigError("give train_dir=<train.py run dir> and/or discover_dir=<discover.py run dir>")
+    else built from ``data_cfg``); with neither dir, the prompts of ``data_cfg`` alone."""
+    if not train_dir and not discover_dir and data_cfg is None:
+        raise ConfigError("give train_dir=<train.py run dir> and/or discover_dir=<discover.py run dir>, or "
+                          "data=<group> for the stages without SAEs (baseline, direction)")
     inputs = RunInputs()
     discover = DiscoverRun(discover_dir) if discover_dir else None
     if not train_dir and discover is not None:

@@ -54,7 +54,7 @@ def test_wrong_types_and_unknown_keys_are_refused_by_hydra():
 
 
 def test_run_dirs_are_checked(tmp_path):
-    with pytest.raises(ConfigError, match="train_dir=<train.py run dir> and/or discover_dir"):
+    with pytest.raises(ConfigError, match="train_dir=<train.py run dir> and/or discover_dir.*or data=<group>"):
         load_inputs(None, None)
     with pytest.raises(ConfigError, match="has no train_manifest.json"):
         load_inputs(tmp_path, None)

@@ -129,3 +129,15 @@ def test_train_only_run_marks_circuit_sections_missing(runs, tmp_path):
         assert "Missing:" not in body and "<table>" in body, key
     assert json.loads((out / "transfer.json").read_text())["status"] == "missing"
     assert json.loads((out / "direction.json").read_text())["status"] == "skipped"
+
+
+def test_without_run_dirs_the_data_prompts_feed_baseline_and_direction(tmp_path):
+    out = tmp_path / "no_runs"
+    evaluate(_compose("evaluate", out, "data=tiny", "evaluation.stages=[baseline,sae_quality,transfer,direction]",
+                      *FAST_EVAL))
+    results = {k: json.loads((out / f"{k}.json").read_text()) for k in ("baseline", "sae_quality", "transfer",
+                                                                        "direction")}
+    assert results["baseline"]["status"] == results["direction"]["status"] == "done"
+    assert results["sae_quality"]["status"] == results["transfer"]["status"] == "missing"
+    assert results["direction"]["selected"]["layer"] < 2  # max_layer_fraction 0.5 of 4 layers
+    assert {r["condition"] for r in results["direction"]["rates"]} == {"baseline", "ablation", "actadd"}
