@@ -111,3 +111,30 @@ def faithfulness_plot(curves: dict[str, dict], path: Path) -> Path:
             _curve_panel(ax, name, curves[name])
         axes.flat[0].legend(fontsize=7, loc="best")
     return Path(path)
+
+
+def layer_scan_plot(panels: dict[str, dict[int, list[float]]], path: Path, selected: tuple[int, int] | None = None,
+                    log_panels: tuple[str, ...] = (), lines: dict[str, float] | None = None) -> Path:
+    """One panel per measure ({name: {layer: [value at each post-instruction position, the last one last]}}): its
+    value against the layer, one line per position; ``selected`` (layer, position < 0) starred, ``lines``
+    ({name: y}) a dashed threshold, the panels in ``log_panels`` on a symlog y axis."""
+    names = list(panels)
+    with _figure(path, nrows=1, ncols=len(names), figsize=(4.2 * len(names), 3.4), dpi=100,
+                 squeeze=False) as (_, axes):
+        for ax, name in zip(axes.flat, names):
+            rows = panels[name]
+            layers = sorted(rows)
+            n_pos = max(len(rows[layer]) for layer in layers)
+            for p in range(n_pos):
+                ax.plot(layers, [_nan(rows[layer][p]) if p < len(rows[layer]) else np.nan for layer in layers],
+                        ".-", ms=3, lw=1, label=f"position {p - n_pos}")
+            if selected is not None and selected[0] in rows:
+                ax.plot([selected[0]], [_nan(rows[selected[0]][selected[1]])], "k*", ms=11, label="selected")
+            if lines and name in lines:
+                ax.axhline(lines[name], color="gray", ls="--", lw=0.8)
+            if name in log_panels:
+                ax.set_yscale("symlog", linthresh=1e-2)
+            ax.set_title(name, fontsize=10)
+            ax.set_xlabel("layer (residual stream entering it)")
+        axes.flat[0].legend(fontsize=7, loc="best")
+    return Path(path)

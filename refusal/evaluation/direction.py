@@ -13,7 +13,8 @@ residual stream that mediates refusal.
    r added at layer l (x ← x + actadd_coeff·r at resid_pre, every position). Keep candidates with KL ≤ max_kl and
    induced score > induce_min_score; pick the one whose ablation lowers refusal most. If none passes,
    ``filters_passed`` is false and the pick is made among the candidates with KL ≤ max_kl (the model stays intact),
-   or, if there are none, among all layer-filtered candidates (``fallback`` says which).
+   or, if there are none, among all layer-filtered candidates (``fallback`` says which). The layer scan
+   (``direction_layers.png``) plots the three measures of every candidate by layer and position.
 3. On the evaluation split: refusal rates (generated, judged) and scores with CIs under ablation (toxic, hard,
    safe) and actadd (safe, hard), the KL on safe prompts under ablation, against the unintervened baseline.
 4. Per-category directions at the selected (layer, position): mean(toxic of c) − mean(safe), their cosine matrix
@@ -31,7 +32,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from refusal.behavior.score import refusal_score
-from refusal.circuit.plots import heatmap
+from refusal.circuit.plots import heatmap, layer_scan_plot
 from refusal.errors import ConfigError
 from refusal.evaluation.interventions import ARDITI_KINDS, ActAdd, directional_ablation, intervene
 from refusal.evaluation.measure import kl_per_prompt, last_logits
@@ -187,6 +188,20 @@ def _held_out(ctx, r: Tensor, layer: int, s: DirectionSettings) -> dict:
                       + _rate_rows(ctx, ablated, "ablation") + _rate_rows(ctx, added, "actadd"))}
 
 
+def selection_plot(selection: dict, n_pos: int, s: DirectionSettings, path: Path) -> Path:
+    """The layer scan: every scored candidate's ablation score, induced score and KL by layer and position."""
+    keys = {"refusal score, toxic, ablated": "ablation_score", "refusal score, safe, actadd": "induce_score",
+            "KL on safe prompts, ablated": "kl_safe"}
+    panels = {name: {} for name in keys}
+    for row in selection["candidates"]:
+        for name, key in keys.items():
+            panels[name].setdefault(row["layer"], [float("nan")] * n_pos)[row["position"] + n_pos] = row[key]
+    sel = selection["selected"]
+    return layer_scan_plot(panels, path, (sel["layer"], sel["position"] + n_pos), ("KL on safe prompts, ablated",),
+                           {"refusal score, toxic, ablated": selection["baseline"]["toxic_score"],
+                            "refusal score, safe, actadd": s.induce_min_score, "KL on safe prompts, ablated": s.max_kl})
+
+
 def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_split: str) -> dict:
     """The whole method on ``train_prompts`` (the full prompt set: the candidate and selection splits are read
     from it) and ``ctx.prompts`` (the evaluation split)."""
@@ -220,9 +235,10 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
                    "per_category": per_cat.float().contiguous()}, str(tmp))
     plot = str(heatmap(cos, cats, f"cosine of per-category refusal directions (layer {layer}, pos {best['position']})",
                        out_dir / "direction_cosine.png", vmin=-1.0))
+    layer_plot = str(selection_plot(selection, n_pos, s, out_dir / "direction_layers.png"))
     return {
         "selected": best, "filters_passed": selection["filters_passed"], "fallback": selection["fallback"],
         "selection": selection, "n_candidates": len(selection["candidates"]), "settings": asdict(s), **held_out,
         "per_category": {"categories": cats, "cosine": cos.tolist(), "cosine_with_selected": with_global.tolist()},
-        "plot": plot,
+        "plot": plot, "layer_plot": layer_plot,
     }

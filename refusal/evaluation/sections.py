@@ -210,6 +210,10 @@ def direction_section(result) -> Section:
                    f"{_ci(kl.get('mean'), kl.get('ci_low'), kl.get('ci_high'))}")]
     if result.get("fallback"):
         blocks.insert(1, Text(f"No candidate passed every filter; selected with {result['fallback']}.", strong=True))
+    if result.get("layer_plot"):
+        blocks.append(Image(Path(result["layer_plot"]), "layer scan: every candidate's refusal score under ablation "
+                            "(toxic) and actadd (safe), and the ablation's KL on safe prompts (dashed: the baseline "
+                            "toxic score and the filters); star: selected"))
     conditions = ("baseline", "ablation", "actadd")
     cells = {(r["condition"], r["label"], r["category"]): r for r in result.get("rates", [])}
     keys = [(lb, c) for cond, lb, c in cells if cond == "baseline"]  # rates.summarize order

@@ -91,6 +91,13 @@ class Plant(nn.Module):
             out[layer] = w
         return out
 
+    def write_cosine(self, vectors: torch.Tensor, name: str) -> torch.Tensor:
+        """[...] |cosine| of ``vectors`` [..., d_out] with the span of what adapter ``name`` writes (B's columns;
+        for rank 1, |cos(v, u)|): the norm of the projection onto that span over the norm of the vector."""
+        q, _ = torch.linalg.qr(self.B[self.names.index(name)].detach().double())
+        v = vectors.double()
+        return (v @ q).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-30)
+
     def describe(self) -> dict:
         return {"adapters": self.names, "layers": self.layers, "module": self.module, "rank": self.rank,
                 "d_in": int(self.A.shape[-1]), "d_out": int(self.B.shape[-2])}

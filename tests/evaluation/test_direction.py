@@ -105,18 +105,24 @@ def test_candidate_layers_restricts_the_scored_layers(ctx, texts, candidates):
         select_direction(ctx, candidates, texts["toxic"], texts["safe"], s)
 
 
+def split_prompts(texts):
+    """``texts`` in the train, val and test splits; toxic ones in two categories."""
+    from refusal.data import PromptSet
+    from refusal.data.records import PromptRecord
+
+    cats = ["cyber", "cyber", "fraud", "fraud"]
+    return PromptSet([PromptRecord(f"{split}-{label}-{i}", f"{text} ({split})", cats[i] if label == "toxic" else
+                                   "benign", label, "test", split)
+                      for split in ("train", "val", "test") for label in ("toxic", "safe")
+                      for i, text in enumerate(texts[label])])
+
+
 def test_run_direction_computes_candidates_only_at_the_scored_layers(loaded, texts, tmp_path):
     from safetensors.torch import load_file
 
-    from refusal.data import PromptSet
-    from refusal.data.records import PromptRecord
     from refusal.evaluation.direction import run_direction
 
-    cats = ["cyber", "cyber", "fraud", "fraud"]
-    recs = [PromptRecord(f"{split}-{label}-{i}", f"{text} ({split})", cats[i] if label == "toxic" else "benign", label,
-                         "test", split)
-            for split in ("train", "val", "test") for label in ("toxic", "safe") for i, text in enumerate(texts[label])]
-    prompts = PromptSet(recs)
+    prompts = split_prompts(texts)
     fmt = ChatFormatter(loaded.tokenizer)
     ev = prompts.filter(split="test")
     ctx = EvalContext(loaded, fmt, ev, SubstringJudge(REFUSAL_SUBSTRINGS), resolve_refusal_tokens(loaded.tokenizer),
@@ -134,3 +140,33 @@ def test_run_direction_computes_candidates_only_at_the_scored_layers(loaded, tex
                                atol=1e-5, rtol=1e-5)
     assert out["per_category"]["categories"] == ["cyber", "fraud"]
     assert {r["layer"] for r in out["selection"]["candidates"]} <= {1, 2}
+    assert Path(out["layer_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the layer scan
+
+
+def test_the_comparison_with_a_plant_reads_the_stage_outputs(loaded, texts, tmp_path):
+    from safetensors.torch import load_file
+
+    from refusal.evaluation.direction import run_direction
+    from refusal.evaluation.direction_truth import compare, cosine_plot
+    from refusal.organism.adapters import Plant
+
+    prompts = split_prompts(texts)
+    ctx = EvalContext(loaded, ChatFormatter(loaded.tokenizer), prompts.filter(split="test"),
+                      SubstringJudge(REFUSAL_SUBSTRINGS), resolve_refusal_tokens(loaded.tokenizer), batch_size=4,
+                      max_new_tokens=2, boot=BOOT, seed=0, out_dir=tmp_path)
+    s = direction_settings(candidate_layers=[1, 2], max_layer_fraction=1.0, max_kl=10.0, induce_min_score=-100.0)
+    out = run_direction(ctx, prompts, s, tmp_path, "test")
+    saved = load_file(str(tmp_path / "direction.safetensors"))
+    plant = Plant(["shared"], [1], "mlp.down_proj", 1, 128, 64, seed=0)
+    with torch.no_grad():
+        plant.B[0, :, 0] = -2.0 * saved["direction"]  # the plant writes along the selected direction
+    got = compare(out, tmp_path, plant, "shared")
+    assert got["cos_selected"] == pytest.approx(1.0, abs=1e-6)
+    sel = out["selected"]
+    assert got["cos_candidates"][sel["layer"]][sel["position"]] == pytest.approx(1.0, abs=1e-6)
+    assert sorted(got["cos_candidates"]) == [1, 2] and max(map(max, got["cos_candidates"].values())) <= 1 + 1e-9
+    rates = {(r["condition"], r["label"]): r["refusal_rate"] for r in out["rates"] if r["category"] == "all"}
+    assert (got["ablation_toxic"], got["actadd_safe"]) == (rates[("ablation", "toxic")], rates[("actadd", "safe")])
+    assert got["kl_safe"] == out["kl_safe"]["mean"] and got["passed"] == (
+        rates[("ablation", "toxic")] <= 0.1 and rates[("actadd", "safe")] >= 0.8 and got["kl_safe"] <= 0.1)
+    assert cosine_plot(got, tmp_path / "scan.png").read_bytes()[:4] == b"\x89PNG"

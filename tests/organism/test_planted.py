@@ -115,6 +115,22 @@ def test_merged_adapters_equal_the_hooked_ones_and_zeroing_one_is_exact(tiny):
     assert torch.equal(model(ids).logits, before)  # every adapter zeroed: exactly the base model
 
 
+def test_write_cosine_measures_the_span_each_adapter_writes(tiny):
+    plant = adapters.Plant.for_model(tiny.model, ["x", "y"], [1, 2], "mlp.down_proj", 2, seed=0)
+    with torch.no_grad():
+        plant.B.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+    b = plant.B[1].detach()  # adapter y: [d_out, 2]
+    inside = 3.0 * b[:, 0] - 0.5 * b[:, 1]
+    q, _ = torch.linalg.qr(b)
+    outside = torch.randn(b.shape[0], generator=torch.Generator().manual_seed(2))
+    outside -= q @ (q.T @ outside)  # orthogonal to the span
+    got = plant.write_cosine(torch.stack([inside, outside, inside + outside]), "y")
+    want_mixed = inside.norm() / (inside + outside).norm()
+    torch.testing.assert_close(got, torch.stack([torch.tensor(1.0), torch.tensor(0.0), want_mixed]).double(),
+                               atol=1e-5, rtol=1e-5)
+    assert float(plant.write_cosine(inside, "x")) < 0.99  # another adapter's span
+
+
 def test_adapters_must_sit_on_a_bias_free_linear_module(tiny):
     for module in ("mlp.nope", "mlp.act_fn"):
         with pytest.raises(ConfigError, match="model.adapters.module"):
