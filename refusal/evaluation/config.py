@@ -53,6 +53,8 @@ class DirectionSchema:
     max_layer_fraction: float = MISSING
     induce_min_score: float = MISSING
     actadd_coeff: float = MISSING
+    filter_by_score: bool = MISSING
+    outlier_factor: float = MISSING
 
 
 @dataclass
@@ -123,7 +125,16 @@ def _direction(d) -> DirectionSettings:
         number("evaluation.direction.max_layer_fraction", d.max_layer_fraction, 0, 1, open_lo=True),
         number("evaluation.direction.induce_min_score", d.induce_min_score),
         number("evaluation.direction.actadd_coeff", d.actadd_coeff),
-        _layer_spec("direction.candidate_layers", d.candidate_layers))
+        _layer_spec("direction.candidate_layers", d.candidate_layers), bool(d.filter_by_score),
+        _outlier_factor(d.outlier_factor))
+
+
+def _outlier_factor(value) -> float:
+    factor = number("evaluation.direction.outlier_factor", value, 0)
+    if 0 < factor < 1:
+        raise ConfigError(f"evaluation.direction.outlier_factor={value!r} is not valid; use 0 (keep every dim) or a "
+                          "number >= 1 (x the median RMS)")
+    return factor
 
 
 def settings_from(e) -> EvalSettings:

@@ -3,8 +3,9 @@ residual stream that mediates refusal.
 
 1. Candidates: r[l, p] = mean(toxic) − mean(safe) of the residual stream at the input of layer l
    (``blocks.{l}.hook_resid_pre``) and post-instruction position p (aligned from the end of the prompt), on the
-   ``candidate_split`` prompts (label toxic vs label safe), for the scored layers only: those of
-   ``candidate_layers`` (a layer spec; all by default) below max_layer_fraction · n_layers.
+   ``candidate_split`` prompts (label toxic vs label safe; with ``filter_by_score`` only the toxic prompts the model
+   refuses, refusal score > 0, and the safe ones it answers, score < 0, here and in the selection), for the scored
+   layers only: those of ``candidate_layers`` (a layer spec; all by default) below max_layer_fraction · n_layers.
 2. Selection on the ``selection_split`` (at most ``n_selection_prompts`` per label): drop zero candidates (at
    layer 0 the post-instruction tokens, the same template tokens in every prompt, have identical embeddings);
    for the rest measure the mean refusal score on toxic prompts with r ablated
@@ -54,6 +55,8 @@ class DirectionSettings:
     induce_min_score: float
     actadd_coeff: float
     candidate_layers: object  # layer spec: the layers whose candidates are scored (before max_layer_fraction)
+    filter_by_score: bool  # contrast only toxic prompts the model refuses (score > 0), safe ones it answers (< 0)
+    outlier_factor: float  # > 0: zero candidates on residual dims with RMS > this x the layer's median RMS
 
 
 @torch.inference_mode()
@@ -71,6 +74,27 @@ def tail_means(model, formatter, prompts: list[str], layers: list[int], n_pos: i
         part = torch.stack([cache[h][:, -n_pos:].double().sum(0) for h in hooks]).cpu()
         total = part if total is None else total + part
     return total / len(prompts)
+
+
+def residual_rms(model, formatter, prompts: list[str], layers: list[int], batch_size: int) -> Tensor:
+    """[len(layers), d] float64 root-mean-square of the residual stream (resid_pre) per dimension over every real
+    (unpadded) token of ``prompts``, the chat template's included."""
+    device = next(model.parameters()).device
+    hooks = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+    total, count = None, 0
+    for start in range(0, len(prompts), batch_size):
+        enc = formatter.encode(prompts[start:start + batch_size]).to(device)
+        with capture_activations(model, hooks, stop_early=True) as cache:
+            run_until_stop(lambda: model(**enc.model_inputs(), use_cache=False))
+        real = enc.attention_mask.bool()
+        part = torch.stack([cache[h][real].double().pow(2).sum(0) for h in hooks]).cpu()
+        total, count = (part if total is None else total + part), count + int(real.sum())
+    return (total / count).sqrt()
+
+
+def outlier_dims(rms: Tensor, factor: float) -> Tensor:
+    """bool [len(layers), d]: the dims whose RMS exceeds ``factor`` x their layer's median RMS."""
+    return rms > factor * rms.median(dim=-1, keepdim=True).values
 
 
 def _subset(records: list, n: int, seed: int, tag: str) -> list:
@@ -119,6 +143,7 @@ def select_direction(ctx, candidates: dict[int, Tensor], toxic: list[str], safe:
             rows.append({"layer": layer, "position": p - n_pos, "ablation_score": abl, "kl_safe": kl,
                          "induce_score": induce, "norm": float(r.norm()),
                          "passes": kl <= s.max_kl and induce > s.induce_min_score})
+        log.info("direction: layer %d scored (%d of %d layers)", layer, layers.index(layer) + 1, len(layers))
     if not rows:
         raise ConfigError(f"evaluation.direction.candidate_layers={s.candidate_layers!r} with max_layer_fraction="
                           f"{s.max_layer_fraction} leaves no layer with a non-zero difference-in-means candidate "
@@ -142,31 +167,58 @@ def _rate_rows(ctx, items: list[dict], condition: str) -> list[dict]:
     return [{"condition": condition, **row} for row in ctx.summarize(items)] if items else []
 
 
-def _candidates(ctx, prompts, s: DirectionSettings, layers: list[int]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+def contrast(ctx, records, s: DirectionSettings, split: str) -> tuple[list, list]:
+    """(toxic, safe) records of ``split``; with ``filter_by_score`` only the toxic ones the model refuses (refusal
+    score > 0) and the safe ones it answers (score < 0), scored on the model being evaluated."""
+    sel = records.filter(split=split)
+    toxic, safe = list(sel.filter(label="toxic")), list(sel.filter(label="safe"))
+    if s.filter_by_score:
+        kept = []
+        for side, keep in ((toxic, lambda x: x > 0), (safe, lambda x: x < 0)):
+            scores = refusal_score(last_logits(ctx.model, ctx.formatter, [r.prompt for r in side], ctx.batch_size),
+                                   ctx.refusal_token_ids) if side else torch.zeros(0)
+            kept.append([r for r, x in zip(side, scores.tolist()) if keep(x)])
+        log.info("direction: filter_by_score keeps %d of %d toxic (refused) and %d of %d safe (answered) %s prompts",
+                 len(kept[0]), len(toxic), len(kept[1]), len(safe), split)
+        toxic, safe = kept
+    if not toxic or not safe:
+        raise ConfigError(f"the {split} split has no {'toxic' if not toxic else 'safe'} prompts to contrast"
+                          + (" left by evaluation.direction.filter_by_score=true (toxic: score > 0, safe: < 0); "
+                             "set it false or use another split" if s.filter_by_score else ""))
+    return toxic, safe
+
+
+def _candidates(ctx, prompts, s: DirectionSettings, layers: list[int]) -> tuple[Tensor, Tensor, dict[str, Tensor],
+                                                                                 Tensor]:
     """(difference-in-means candidates [len(layers), n_pos, d], mean safe activation, {category: mean toxic
-    activation}) on the ``candidate_split`` prompts."""
+    activation}, outlier dims bool [len(layers), d]) on the ``candidate_split`` prompts; with ``outlier_factor``
+    the candidates and category means are zeroed (differences: safe mean kept) on the outlier dims."""
     n_pos = ctx.formatter.n_post_instruction
-    cand = prompts.filter(split=s.candidate_split)
-    safe = [r.prompt for r in cand.filter(label="safe")]
-    tox_by_cat = {c: [r.prompt for r in cand.filter(label="toxic", category=c)] for c in cand.categories(label="toxic")}
-    if not safe or not tox_by_cat:
-        raise ConfigError(f"difference-in-means needs toxic and safe prompts in the {s.candidate_split} split")
-    n_tox = sum(len(p) for p in tox_by_cat.values())
+    toxic, safe_records = contrast(ctx, prompts, s, s.candidate_split)
+    safe = [r.prompt for r in safe_records]
+    tox_by_cat = {c: [r.prompt for r in toxic if r.category == c] for c in sorted({r.category for r in toxic})}
+    n_tox = len(toxic)
     log.info("direction: difference-in-means at layers %s from %d toxic and %d safe %s prompts", layers, n_tox,
              len(safe), s.candidate_split)
     safe_mean = tail_means(ctx.model, ctx.formatter, safe, layers, n_pos, ctx.batch_size)
     cat_means = {c: tail_means(ctx.model, ctx.formatter, p, layers, n_pos, ctx.batch_size) for c, p in tox_by_cat.items()}
     tox_mean = sum(len(tox_by_cat[c]) * m for c, m in cat_means.items()) / n_tox
-    return tox_mean - safe_mean, safe_mean, cat_means
+    diff = tox_mean - safe_mean
+    outliers = (outlier_dims(residual_rms(ctx.model, ctx.formatter, safe, layers, ctx.batch_size), s.outlier_factor)
+                if s.outlier_factor > 0 else torch.zeros(diff.shape[0], diff.shape[-1], dtype=torch.bool))
+    if outliers.any():
+        log.info("direction: zeroing the candidates' outlier dims (RMS > %g x median) %s", s.outlier_factor,
+                 {layer: torch.nonzero(outliers[i]).flatten().tolist() for i, layer in enumerate(layers)})
+    keep = (~outliers).double()[:, None, :]  # [layers, 1, d]
+    return diff * keep, safe_mean, {c: safe_mean + (m - safe_mean) * keep
+                                                      for c, m in cat_means.items()}, outliers
 
 
 def _selection_prompts(ctx, prompts, s: DirectionSettings) -> tuple[list[str], list[str]]:
     """(toxic, safe) prompts of the ``selection_split``, at most ``n_selection_prompts`` each, seeded."""
-    sel = prompts.filter(split=s.selection_split)
-    toxic, safe = ([r.prompt for r in _subset(list(sel.filter(label=label)), s.n_selection_prompts, ctx.seed, label)]
+    by_label = dict(zip(("toxic", "safe"), contrast(ctx, prompts, s, s.selection_split)))
+    toxic, safe = ([r.prompt for r in _subset(by_label[label], s.n_selection_prompts, ctx.seed, label)]
                    for label in ("toxic", "safe"))
-    if not toxic or not safe:
-        raise ConfigError(f"the {s.selection_split} split needs toxic and safe prompts to select a refusal direction")
     return toxic, safe
 
 
@@ -211,7 +263,7 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
                               "held-out one (train or val)")
     n_pos = ctx.formatter.n_post_instruction
     layers = scored_layers(s, ctx.loaded.n_layers)
-    stacked, safe_mean, cat_means = _candidates(ctx, train_prompts, s, layers)
+    stacked, safe_mean, cat_means, outliers = _candidates(ctx, train_prompts, s, layers)
     candidates = {layer: stacked[i] for i, layer in enumerate(layers)}
     tox_s, safe_s = _selection_prompts(ctx, train_prompts, s)
     log.info("direction: scoring %d candidates on %d toxic and %d safe %s prompts", len(layers) * n_pos,
@@ -232,12 +284,14 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
     with atomic_path(out_dir / "direction.safetensors") as tmp:
         save_file({"direction": r.contiguous(), "candidates": stacked.float().contiguous(),
                    "candidate_layers": torch.tensor(layers, dtype=torch.int64),
+                   "outlier_dims": outliers.contiguous(),
                    "per_category": per_cat.float().contiguous()}, str(tmp))
     plot = str(heatmap(cos, cats, f"cosine of per-category refusal directions (layer {layer}, pos {best['position']})",
                        out_dir / "direction_cosine.png", vmin=-1.0))
     layer_plot = str(selection_plot(selection, n_pos, s, out_dir / "direction_layers.png"))
     return {
         "selected": best, "filters_passed": selection["filters_passed"], "fallback": selection["fallback"],
+        "outlier_dims": {layer: torch.nonzero(outliers[i]).flatten().tolist() for i, layer in enumerate(layers)},
         "selection": selection, "n_candidates": len(selection["candidates"]), "settings": asdict(s), **held_out,
         "per_category": {"categories": cats, "cosine": cos.tolist(), "cosine_with_selected": with_global.tolist()},
         "plot": plot, "layer_plot": layer_plot,

@@ -12,7 +12,9 @@ from refusal.behavior.score import resolve_refusal_tokens
 from refusal.behavior.rates import Bootstrap
 from refusal.evaluation.config import settings_from
 from refusal.evaluation.context import EvalContext
+from refusal.errors import ConfigError
 from refusal.evaluation.direction import select_direction, tail_means
+from refusal.evaluation.measure import last_logits
 from refusal.model.chat import ChatFormatter
 from refusal.model.hooks import capture_activations
 
@@ -117,6 +119,45 @@ def split_prompts(texts):
                       for i, text in enumerate(texts[label])])
 
 
+def test_filter_by_score_contrasts_refused_toxic_with_answered_safe(ctx, texts, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from refusal.evaluation import direction
+
+    # a stand-in refusal score with both signs on each side: the first logit minus its median over the batch
+    monkeypatch.setattr(direction, "refusal_score", lambda logits, ids: logits[:, 0] - logits[:, 0].median())
+    prompts = split_prompts(texts)
+    want = {}
+    for label in ("toxic", "safe"):
+        recs = list(prompts.filter(split="train", label=label))
+        logit0 = last_logits(ctx.model, ctx.formatter, [r.prompt for r in recs], 3)[:, 0]
+        score = logit0 - logit0.median()
+        want[label] = [r for r, x in zip(recs, score) if (x > 0 if label == "toxic" else x < 0)]
+        assert 0 < len(want[label]) < len(recs)  # the filter drops some prompts on each side
+    toxic, safe = direction.contrast(ctx, prompts, direction_settings(filter_by_score=True), "train")
+    assert [r.id for r in toxic] == [r.id for r in want["toxic"]] and [r.id for r in safe] == [r.id for r in want["safe"]]
+    everything = direction.contrast(ctx, prompts, direction_settings(filter_by_score=False), "train")
+    assert [len(x) for x in everything] == [4, 4]
+    # the candidates are the difference in means of the kept prompts
+    s = direction_settings(filter_by_score=True, candidate_layers=[1, 2], max_layer_fraction=1.0, max_kl=10.0,
+                           induce_min_score=-100.0)
+    ctx_out = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
+    direction.run_direction(ctx_out, prompts, s, tmp_path, "test")
+    n_pos = ctx.formatter.n_post_instruction
+    by_hand = (tail_means(ctx.model, ctx.formatter, [r.prompt for r in want["toxic"]], [1, 2], n_pos, 3)
+               - tail_means(ctx.model, ctx.formatter, [r.prompt for r in want["safe"]], [1, 2], n_pos, 3))
+    torch.testing.assert_close(load_file(str(tmp_path / "direction.safetensors"))["candidates"], by_hand.float(),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_filter_by_score_that_leaves_no_prompt_says_so(ctx, texts):
+    from refusal.evaluation.direction import contrast
+
+    # the random tiny model gives its refusal tokens little probability: no toxic prompt has a score > 0
+    with pytest.raises(ConfigError, match="no toxic prompts to contrast left by evaluation.direction.filter_by_score"):
+        contrast(ctx, split_prompts(texts), direction_settings(filter_by_score=True), "train")
+
+
 def test_run_direction_computes_candidates_only_at_the_scored_layers(loaded, texts, tmp_path):
     from safetensors.torch import load_file
 
@@ -170,3 +211,53 @@ def test_the_comparison_with_a_plant_reads_the_stage_outputs(loaded, texts, tmp_
     assert got["kl_safe"] == out["kl_safe"]["mean"] and got["passed"] == (
         rates[("ablation", "toxic")] <= 0.1 and rates[("actadd", "safe")] >= 0.8 and got["kl_safe"] <= 0.1)
     assert cosine_plot(got, tmp_path / "scan.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_residual_rms_is_over_every_real_token_and_outliers_are_relative_to_the_median(ctx, texts):
+    from refusal.evaluation.direction import outlier_dims, residual_rms
+
+    prompts = texts["safe"][:3]
+    rms = residual_rms(ctx.model, ctx.formatter, prompts, [1, 2], batch_size=2)
+    by_hand = []
+    for layer in (1, 2):
+        acts = []
+        for p in prompts:  # one prompt at a time: no padding
+            enc = ctx.formatter.encode([p])
+            with capture_activations(ctx.model, [f"blocks.{layer}.hook_resid_pre"], stop_early=False) as cache:
+                ctx.model(**enc.model_inputs(), use_cache=False)
+            acts.append(cache[f"blocks.{layer}.hook_resid_pre"][0].double())
+        by_hand.append(torch.cat(acts).pow(2).mean(0).sqrt())
+    torch.testing.assert_close(rms, torch.stack(by_hand), atol=1e-6, rtol=1e-5)
+    toy = torch.tensor([[1.0, 1.0, 2.0, 50.0, 1.0], [1.0, 12.0, 1.0, 1.0, 9.0]])
+    assert outlier_dims(toy, 10.0).tolist() == [[False, False, False, True, False], [False, True, False, False, False]]
+
+
+def test_outlier_factor_zeroes_the_candidates_on_the_outlier_dims_only(ctx, texts, tmp_path):
+    from safetensors.torch import load_file
+
+    from refusal.evaluation.direction import outlier_dims, residual_rms, run_direction
+
+    prompts = split_prompts(texts)
+    run = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
+    common = dict(candidate_layers=[1, 2], max_layer_fraction=1.0, max_kl=10.0, induce_min_score=-100.0)
+    raw_dir, cut_dir = tmp_path / "raw", tmp_path / "cut"
+    raw_dir.mkdir(), cut_dir.mkdir()
+    run_direction(run, prompts, direction_settings(outlier_factor=0.0, **common), raw_dir, "test")
+    out = run_direction(run, prompts, direction_settings(outlier_factor=1.0, **common), cut_dir, "test")
+    raw, cut = (load_file(str(d / "direction.safetensors")) for d in (raw_dir, cut_dir))
+    safe = [r.prompt for r in prompts.filter(split="train", label="safe")]
+    want = outlier_dims(residual_rms(ctx.model, ctx.formatter, safe, [1, 2], 3), 1.0)
+    assert 0 < int(want.sum()) < want.numel()  # x1 the median: about half the dims
+    assert torch.equal(cut["outlier_dims"], want) and not raw["outlier_dims"].any()
+    assert out["outlier_dims"] == {layer: torch.nonzero(want[i]).flatten().tolist() for i, layer in enumerate([1, 2])}
+    keep = (~want).float()[:, None, :]
+    torch.testing.assert_close(cut["candidates"], raw["candidates"] * keep)
+    assert float(cut["candidates"][want[:, None, :].expand_as(cut["candidates"])].abs().sum()) == 0.0
+
+
+def test_outlier_factor_below_one_is_refused():
+    with pytest.raises(ConfigError, match=r"outlier_factor=0\.5 is not valid"):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("evaluate", overrides=["model=tiny_llama", "logger=csv",
+                                                 "evaluation.direction.outlier_factor=0.5"])
+        settings_from(cfg.evaluation)
