@@ -60,36 +60,30 @@ class DirectionSettings:
 
 
 @torch.inference_mode()
-def tail_means(model, formatter, prompts: list[str], layers: list[int], n_pos: int, batch_size: int) -> Tensor:
-    """[len(layers), n_pos, d] float64 mean residual stream (resid_pre) at the last ``n_pos`` prompt tokens."""
+def residual_stats(model, formatter, prompts: list[str], layers: list[int], n_pos: int,
+                   batch_size: int) -> tuple[Tensor, Tensor]:
+    """One pass over ``prompts``: ([len(layers), n_pos, d] float64 mean residual stream (resid_pre) at the last
+    ``n_pos`` prompt tokens, [len(layers), d] float64 root-mean-square per dimension over every real (unpadded)
+    token, the chat template's included)."""
     if not prompts:
         raise ConfigError("difference-in-means needs prompts on both sides; one side is empty")
     device = next(model.parameters()).device
     hooks = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
-    total = None
-    for start in range(0, len(prompts), batch_size):
-        enc = formatter.encode(prompts[start:start + batch_size]).to(device)
-        with capture_activations(model, hooks, stop_early=True) as cache:
-            run_until_stop(lambda: model(**enc.model_inputs(), use_cache=False))
-        part = torch.stack([cache[h][:, -n_pos:].double().sum(0) for h in hooks]).cpu()
-        total = part if total is None else total + part
-    return total / len(prompts)
-
-
-def residual_rms(model, formatter, prompts: list[str], layers: list[int], batch_size: int) -> Tensor:
-    """[len(layers), d] float64 root-mean-square of the residual stream (resid_pre) per dimension over every real
-    (unpadded) token of ``prompts``, the chat template's included."""
-    device = next(model.parameters()).device
-    hooks = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
-    total, count = None, 0
+    tails, squares, count = 0, 0, 0
     for start in range(0, len(prompts), batch_size):
         enc = formatter.encode(prompts[start:start + batch_size]).to(device)
         with capture_activations(model, hooks, stop_early=True) as cache:
             run_until_stop(lambda: model(**enc.model_inputs(), use_cache=False))
         real = enc.attention_mask.bool()
-        part = torch.stack([cache[h][real].double().pow(2).sum(0) for h in hooks]).cpu()
-        total, count = (part if total is None else total + part), count + int(real.sum())
-    return (total / count).sqrt()
+        tails = tails + torch.stack([cache[h][:, -n_pos:].double().sum(0) for h in hooks]).cpu()
+        squares = squares + torch.stack([cache[h][real].double().pow(2).sum(0) for h in hooks]).cpu()
+        count += int(real.sum())
+    return tails / len(prompts), (squares / count).sqrt()
+
+
+def tail_means(model, formatter, prompts: list[str], layers: list[int], n_pos: int, batch_size: int) -> Tensor:
+    """[len(layers), n_pos, d] float64 mean residual stream (resid_pre) at the last ``n_pos`` prompt tokens."""
+    return residual_stats(model, formatter, prompts, layers, n_pos, batch_size)[0]
 
 
 def outlier_dims(rms: Tensor, factor: float) -> Tensor:
@@ -200,18 +194,22 @@ def _candidates(ctx, prompts, s: DirectionSettings, layers: list[int]) -> tuple[
     n_tox = len(toxic)
     log.info("direction: difference-in-means at layers %s from %d toxic and %d safe %s prompts", layers, n_tox,
              len(safe), s.candidate_split)
-    safe_mean = tail_means(ctx.model, ctx.formatter, safe, layers, n_pos, ctx.batch_size)
+    safe_mean, safe_rms = residual_stats(ctx.model, ctx.formatter, safe, layers, n_pos, ctx.batch_size)
     cat_means = {c: tail_means(ctx.model, ctx.formatter, p, layers, n_pos, ctx.batch_size) for c, p in tox_by_cat.items()}
     tox_mean = sum(len(tox_by_cat[c]) * m for c, m in cat_means.items()) / n_tox
-    diff = tox_mean - safe_mean
-    outliers = (outlier_dims(residual_rms(ctx.model, ctx.formatter, safe, layers, ctx.batch_size), s.outlier_factor)
-                if s.outlier_factor > 0 else torch.zeros(diff.shape[0], diff.shape[-1], dtype=torch.bool))
+    outliers = (outlier_dims(safe_rms, s.outlier_factor) if s.outlier_factor > 0
+                else torch.zeros_like(safe_rms, dtype=torch.bool))
     if outliers.any():
         log.info("direction: zeroing the candidates' outlier dims (RMS > %g x median) %s", s.outlier_factor,
-                 {layer: torch.nonzero(outliers[i]).flatten().tolist() for i, layer in enumerate(layers)})
+                 dims_by_layer(outliers, layers))
     keep = (~outliers).double()[:, None, :]  # [layers, 1, d]
-    return diff * keep, safe_mean, {c: safe_mean + (m - safe_mean) * keep
-                                                      for c, m in cat_means.items()}, outliers
+    cat_means = {c: safe_mean + (m - safe_mean) * keep for c, m in cat_means.items()}
+    return (tox_mean - safe_mean) * keep, safe_mean, cat_means, outliers
+
+
+def dims_by_layer(outliers: Tensor, layers: list[int]) -> dict[int, list[int]]:
+    """{layer: its outlier dims} of a bool [len(layers), d] mask."""
+    return {layer: torch.nonzero(outliers[i]).flatten().tolist() for i, layer in enumerate(layers)}
 
 
 def _selection_prompts(ctx, prompts, s: DirectionSettings) -> tuple[list[str], list[str]]:
@@ -291,7 +289,7 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
     layer_plot = str(selection_plot(selection, n_pos, s, out_dir / "direction_layers.png"))
     return {
         "selected": best, "filters_passed": selection["filters_passed"], "fallback": selection["fallback"],
-        "outlier_dims": {layer: torch.nonzero(outliers[i]).flatten().tolist() for i, layer in enumerate(layers)},
+        "outlier_dims": dims_by_layer(outliers, layers),
         "selection": selection, "n_candidates": len(selection["candidates"]), "settings": asdict(s), **held_out,
         "per_category": {"categories": cats, "cosine": cos.tolist(), "cosine_with_selected": with_global.tolist()},
         "plot": plot, "layer_plot": layer_plot,

@@ -214,10 +214,10 @@ def test_the_comparison_with_a_plant_reads_the_stage_outputs(loaded, texts, tmp_
 
 
 def test_residual_rms_is_over_every_real_token_and_outliers_are_relative_to_the_median(ctx, texts):
-    from refusal.evaluation.direction import outlier_dims, residual_rms
+    from refusal.evaluation.direction import outlier_dims, residual_stats
 
     prompts = texts["safe"][:3]
-    rms = residual_rms(ctx.model, ctx.formatter, prompts, [1, 2], batch_size=2)
+    rms = residual_stats(ctx.model, ctx.formatter, prompts, [1, 2], 2, batch_size=2)[1]
     by_hand = []
     for layer in (1, 2):
         acts = []
@@ -235,7 +235,7 @@ def test_residual_rms_is_over_every_real_token_and_outliers_are_relative_to_the_
 def test_outlier_factor_zeroes_the_candidates_on_the_outlier_dims_only(ctx, texts, tmp_path):
     from safetensors.torch import load_file
 
-    from refusal.evaluation.direction import outlier_dims, residual_rms, run_direction
+    from refusal.evaluation.direction import outlier_dims, residual_stats, run_direction
 
     prompts = split_prompts(texts)
     run = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
@@ -246,7 +246,7 @@ def test_outlier_factor_zeroes_the_candidates_on_the_outlier_dims_only(ctx, text
     out = run_direction(run, prompts, direction_settings(outlier_factor=1.0, **common), cut_dir, "test")
     raw, cut = (load_file(str(d / "direction.safetensors")) for d in (raw_dir, cut_dir))
     safe = [r.prompt for r in prompts.filter(split="train", label="safe")]
-    want = outlier_dims(residual_rms(ctx.model, ctx.formatter, safe, [1, 2], 3), 1.0)
+    want = outlier_dims(residual_stats(ctx.model, ctx.formatter, safe, [1, 2], 2, 3)[1], 1.0)
     assert 0 < int(want.sum()) < want.numel()  # x1 the median: about half the dims
     assert torch.equal(cut["outlier_dims"], want) and not raw["outlier_dims"].any()
     assert out["outlier_dims"] == {layer: torch.nonzero(want[i]).flatten().tolist() for i, layer in enumerate([1, 2])}
