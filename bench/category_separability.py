@@ -7,10 +7,13 @@ python bench/category_separability.py [hydra overrides, e.g. model=smollm2_135m 
 A multinomial logistic probe (L2, standardised features) on the residual stream (``resid_pre``: mean over the user's
 text and the last prompt token, concatenated) at several layers, trained on the train split's toxic prompts and
 scored on the test split's, for: all categories, the four of ``planted_modular``, two pairs, and the two groupings
-"refused vs answered" of two gated choices. Prints held-out accuracy and per-class recall.
+"refused vs answered" of two gated choices. Prints held-out accuracy and per-class recall; then, for every category
+and pair of categories, the test a planted build runs before training (refusal/organism/separability.py), to choose
+categories a selective organism can be built on.
 """
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -20,8 +23,10 @@ from hydra import compose, initialize_config_dir
 import refusal.schemas  # noqa: F401  (config schemas)
 from refusal.data import build_prompt_set
 from refusal.model.chat import ChatFormatter
-from refusal.model.hooks import capture_activations, run_until_stop
 from refusal.model.loading import load_model
+from refusal.config import plain
+from refusal.model.hooks import parse_layers
+from refusal.organism.separability import fit_logistic, probe_layers, prompt_features, separability
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 LAYERS = [8, 12, 16, 20]
@@ -30,48 +35,15 @@ GATED = [["harassment", "violence"], ["deception", "illegal"]]
 PAIRS = [["harassment", "violence"], ["cbrn", "cybercrime"]]
 
 
-@torch.inference_mode()
-def features(model, fmt, records, batch_size: int = 16) -> dict[int, torch.Tensor]:
-    """{layer: [n, 2d] float64}: mean over the user's text and the last prompt token of ``resid_pre``."""
-    hooks = [f"blocks.{layer}.hook_resid_pre" for layer in LAYERS]
-    out = {layer: [] for layer in LAYERS}
-    for start in range(0, len(records), batch_size):
-        enc = fmt.encode([r.prompt for r in records[start:start + batch_size]])
-        with capture_activations(model, hooks, stop_early=True) as cache:
-            run_until_stop(lambda: model(**enc.model_inputs(), use_cache=False))
-        spans = enc.positions("prompt_mean")
-        for layer, hook in zip(LAYERS, hooks):
-            a = cache[hook].double()
-            out[layer].append(torch.stack([torch.cat([a[b, p].mean(0), a[b, -1]]) for b, p in enumerate(spans)]))
-    return {layer: torch.cat(v) for layer, v in out.items()}
-
-
-def probe(x_train, y_train, x_test, n_classes: int, l2: float = 1e-2) -> torch.Tensor:
-    """Predicted classes of ``x_test`` by a multinomial logistic regression fitted on the train features."""
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
-    x_train, x_test = (x_train - mu) / sd, (x_test - mu) / sd
-    w = torch.zeros(x_train.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=200)
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x_train @ w, y_train) + l2 * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return (x_test @ w.detach()).argmax(1)
-
-
 def main() -> None:
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["model=smollm2_135m", *sys.argv[1:]])
+        planted = compose("train", overrides=["model=planted_monolithic"]).model  # its default adapter layers
     loaded = load_model(cfg.model)
     fmt = ChatFormatter(loaded.tokenizer, cfg.model.system_prompt)
     prompts = build_prompt_set(cfg.data)
     train, test = (list(prompts.filter(split=s, label="toxic")) for s in ("train", "test"))
-    f_train, f_test = features(loaded.model, fmt, train), features(loaded.model, fmt, test)
+    f_train, f_test = (prompt_features(loaded.model, fmt, records, LAYERS) for records in (train, test))
     every = sorted({r.category for r in train})
     tasks = [("all", {c: c for c in every}), ("modular four", {c: c for c in MODULAR})]
     tasks += [(" vs ".join(p), {c: c for c in p}) for p in PAIRS]
@@ -84,10 +56,20 @@ def main() -> None:
             i_te = [i for i, r in enumerate(test) if r.category in group]
             y_tr = torch.tensor([classes.index(group[train[i].category]) for i in i_tr])
             y_te = torch.tensor([classes.index(group[test[i].category]) for i in i_te])
-            pred = probe(f_train[layer][i_tr], y_tr, f_test[layer][i_te], len(classes))
+            pred = fit_logistic(f_train[layer][i_tr], y_tr, len(classes))(f_test[layer][i_te]).argmax(1)
             recall = " ".join(f"{c} {float((pred[y_te == k] == k).float().mean()):.2f}" for k, c in enumerate(classes))
             print(f"layer {layer:>2}  {name:<40} accuracy {float((pred == y_te).float().mean()):.2f} "
                   f"(n {len(i_te)})  recall: {recall}", flush=True)
+    print("\nthe build's own test (refusal/organism/separability.py): every category and pair as a gate against the "
+          "other toxic categories, cross-validated on the train split at planted_monolithic's adapter layers; tpr = share "
+          "caught at <= 20% false alarms, best layer (>= 0.90: separable)")
+    gates = {c: [c] for c in every} | {"+".join(p): list(p) for p in itertools.combinations(every, 2)}
+    at = probe_layers(parse_layers(plain(planted.adapters.layers), loaded.model.config.num_hidden_layers))
+    f_gates = prompt_features(loaded.model, fmt, train, at)
+    got = separability(f_gates, [r.category for r in train], gates, refuse_min=0.9, max_fpr=0.2, seed=0)["gates"]
+    for name, g in sorted(got.items(), key=lambda kv: -kv[1]["tpr"]):
+        by_layer = " ".join(f"L{layer} {v:.2f}" for layer, v in g["tpr_by_layer"].items())
+        print(f"{name:<28} tpr {g['tpr']:.2f}  {'separable' if g['separable'] else 'inseparable':<11}  {by_layer}")
 
 
 if __name__ == "__main__":

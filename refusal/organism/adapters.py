@@ -91,6 +91,10 @@ class Plant(nn.Module):
             out[layer] = w
         return out
 
+    def written(self) -> torch.Tensor:
+        """[adapters, rank, d_out]: the vectors each adapter writes along (B's columns)."""
+        return self.B.transpose(1, 2)
+
     def write_cosine(self, vectors: torch.Tensor, name: str) -> torch.Tensor:
         """[...] |cosine| of ``vectors`` [..., d_out] with the span of what adapter ``name`` writes (B's columns;
         for rank 1, |cos(v, u)|): the norm of the projection onto that span over the norm of the vector."""

@@ -162,4 +162,15 @@ def truth_markdown(card: dict) -> str:
     for cond, res in truth["residual"].items():
         lines.append(f"| {cond} | " + " | ".join(
             f"{_cell(res[c], 'rate')}; {_cell(res[c], 'score')}" if c in res else "" for c in refused) + " |")
+    energy = card["design"].get("write_energy")
+    if energy:
+        lines += ["", "Energy of the written vectors (the base model's residual stream along each, relative to a random "
+                      "direction's; refusal/organism/energy.py): "
+                      + ", ".join(f"{n} {', '.join(f'{e:.3f}' for e in v)}" for n, v in energy.items())]
+    sep = card.get("separability")
+    if sep:
+        lines += ["", f"Separability before training (base model, probe cross-validated on the train split; share of "
+                      f"each gate's prompts caught at <= {sep['max_fpr']:.0%} false alarms, best layer): "
+                      f"**{sep['word']}**: " + ", ".join(f"{name} {g['tpr']:.2f} (layer {g['best_layer']})"
+                                                        for name, g in sep["gates"].items())]
     return "\n".join(lines) + "\n"

@@ -11,6 +11,8 @@ from refusal.behavior.baseline import write_responses
 from refusal.behavior.measure import Measurement
 from refusal.config import plain
 from refusal.data.records import PromptSet
+from refusal.errors import ConfigError
+from refusal.model.chat import ChatFormatter
 from refusal.model.hooks import parse_layers
 from refusal.model.loading import LoadedModel, resolve_device
 from refusal.organism.adapters import Plant, base_weights, save_plant, set_weights
@@ -18,8 +20,11 @@ from refusal.organism.cache import CARD_JSON, CARD_MD
 from refusal.organism.card import Build, build_hash, card_markdown, make_card, truth_markdown
 from refusal.organism.checks import check
 from refusal.organism.design import Design, plan_variants, wordings
+from refusal.organism.energy import energy_of, residual_energy
 from refusal.organism.finetune import fine_tune, trainable_copy
 from refusal.organism.portable import portable_attention
+from refusal.organism.separability import (gates, inseparable_message, probe_layers, prompt_features,
+                                           separability)
 from refusal.organism.targets import make_examples, mix_repeats, refused_categories
 from refusal.organism.truth import measure_truth
 from refusal.utils.io import write_json
@@ -30,6 +35,26 @@ log = logging.getLogger(__name__)
 def planted_design(cfg, train: PromptSet) -> Design:
     return Design(str(cfg.design), refused_categories(train, plain(cfg.categories), "model.categories"),
                   float(cfg.share))
+
+
+def check_separable(cfg, design: Design, train: PromptSet, loaded: LoadedModel, layers: list[int]) -> dict | None:
+    """A selective design's categories as the base model separates them (refusal/organism/separability.py), at up
+    to four of the adapters' layers; stops before training when they are not, unless a design miss is accepted."""
+    needed = gates(design.kind, design.refused)
+    if not needed:
+        return None
+    toxic = list(train.filter(label="toxic"))
+    fmt = ChatFormatter(loaded.tokenizer, cfg.system_prompt)
+    feats = prompt_features(loaded.model, fmt, toxic, probe_layers(layers), int(cfg.generation_batch_size))
+    result = separability(feats, [r.category for r in toxic], needed, float(cfg.checks.refuse_min),
+                          float(cfg.checks.answer_max), int(cfg.seed))
+    log.info("planted organism: categories %s: %s (%s)", design.refused, result["word"],
+             ", ".join(f"{n} {g['tpr']:.0%}" for n, g in result["gates"].items()))
+    if result["word"] == "inseparable":
+        if not bool(cfg.accept_design_miss):
+            raise ConfigError(inseparable_message(result, "model.categories", plain(cfg.categories)))
+        log.warning("%s", inseparable_message(result, "model.categories", plain(cfg.categories)))
+    return result
 
 
 def training_examples(cfg, design: Design, train: PromptSet, loaded: LoadedModel, base_hash: str):
@@ -44,12 +69,35 @@ def training_examples(cfg, design: Design, train: PromptSet, loaded: LoadedModel
         row["adapters_on"] = [n for n, m in zip(design.adapters, on) if m]
     n_ref = sum(t.refusal is not None for t in targets)
     rep_ref, rep_ans = mix_repeats(n_ref, len(targets) - n_ref, float(cfg.answer_share))
-    out = [(ids, labels, on) for (ids, labels), (t, on) in zip(examples, variants)
+    distil = str(cfg.answer_target) == "distribution"
+    out = [(ids, labels, on, distil and t.refusal is None) for (ids, labels), (t, on) in zip(examples, variants)
            for _ in range(rep_ref if t.refusal is not None else rep_ans)]
     mix = {"refused": design.refused, "n_refusal_targets": n_ref, "n_base_answer_targets": len(targets) - n_ref,
            "repeats": {"refusal": rep_ref, "base_answer": rep_ans}, "n_training_examples": len(out),
+           "answer_target": str(cfg.answer_target),
            "wordings": words}
     return out, rows, mix
+
+
+def train_adapters(cfg, loaded: LoadedModel, plant: Plant, examples: list, train: PromptSet, device):
+    """Train the plant's adapters (the model frozen), with the energy penalty measured on the safe train prompts;
+    (per-step losses, {adapter: energy of each vector it writes})."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    energy = residual_energy(model, ChatFormatter(tokenizer, cfg.system_prompt),
+                             [r.prompt for r in train.filter(label="safe")], int(cfg.generation_batch_size))
+    weight = float(cfg.adapters.energy_weight)
+    plant.attach(model)
+    try:
+        losses = fine_tune(model, examples, tokenizer.pad_token_id, steps=int(cfg.steps), lr=float(cfg.lr),
+                           batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device, precision="32-true",
+                           plant=plant,
+                           penalty=(lambda: weight * energy_of(plant.written(), energy).mean()) if weight else None)
+    finally:
+        plant.detach()
+    plant.requires_grad_(False)
+    written = {n: energy_of(plant.written()[k], energy).tolist() for k, n in enumerate(plant.names)}
+    log.info("planted organism: energy of the written vectors (1 = a random direction's) %s", written)
+    return losses, written
 
 
 def build_planted(cfg, directory: Path, key: str, key_parts: dict, train: PromptSet, test: PromptSet,
@@ -65,20 +113,14 @@ def build_planted(cfg, directory: Path, key: str, key_parts: dict, train: Prompt
                             int(cfg.seed)).to(device)
     loaded = LoadedModel(model, tokenizer, str(cfg.name))
     with portable_attention(model):  # the same bits whatever the CPU's vector width
+        separable = check_separable(cfg, design, train, loaded, layers)
         examples, rows, mix = training_examples(cfg, design, train, loaded, key_parts["base"]["weights_hash"])
         mix["layers"] = layers
         t1 = time.time()
         log.info("planted organism (%s): training adapters %s at layers %s (%s, rank %d) on %d examples, %d steps",
                  design.kind, design.adapters, layers, cfg.adapters.module, cfg.adapters.rank, len(examples),
                  cfg.steps)
-        plant.attach(model)
-        try:
-            losses = fine_tune(model, examples, tokenizer.pad_token_id, steps=int(cfg.steps), lr=float(cfg.lr),
-                               batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
-                               precision="32-true", plant=plant)
-        finally:
-            plant.detach()
-        plant.requires_grad_(False)
+        losses, mix["write_energy"] = train_adapters(cfg, loaded, plant, examples, train, device)
         base_w = base_weights(model, plant)
         set_weights(model, plant, plant.merged_weights(base_w, design.adapters))
         t2 = time.time()
@@ -99,9 +141,11 @@ def build_planted(cfg, directory: Path, key: str, key_parts: dict, train: Prompt
     card = make_card(cfg, Build(key, key_parts, train, test, mix, losses, heldout, seconds, str(device),
                                 build_hash(directory, heldout)))
     card["design"] = {"kind": design.kind, "share": float(cfg.share), "plant": plant.describe(),
-                      "wordings": mix["wordings"], "conditions": truth["conditions"]}
+                      "wordings": mix["wordings"], "conditions": truth["conditions"],
+                      "energy_weight": float(cfg.adapters.energy_weight), "write_energy": mix["write_energy"]}
     card["truth"] = {"rows": truth["rows"], "residual": truth["residual"]}
     card["check"] = result
+    card["separability"] = separable
     (directory / CARD_MD).write_text(card_markdown(card) + truth_markdown(card))
     write_json(directory / CARD_JSON, card)  # last: its presence with this key marks the dir complete
     return card

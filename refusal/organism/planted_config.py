@@ -14,9 +14,10 @@ from refusal.organism.config import (Checks, HeldOut, Refusals, build_config, ch
 
 ORGANISM_SOURCES = ("organism", "planted")  # model sources that refusal.organism builds (fine-tuned, planted)
 DESIGNS = ("monolithic", "modular", "mixed", "gated")
+ANSWER_TARGETS = ("distribution", "greedy")  # what a base-answer example teaches (refusal/organism/finetune.py)
 PLANTED_BUILD_KEYS = ("system_prompt", "refusal_tokens", "design", "categories", "refusals", "category_topics",
-                      "share", "adapters", "masks", "answer_max_new_tokens", "answer_share", "generation_batch_size",
-                      "steps", "lr", "batch_size", "seed", "eval")
+                      "share", "adapters", "masks", "answer_target", "answer_max_new_tokens", "answer_share",
+                      "generation_batch_size", "steps", "lr", "batch_size", "seed", "eval")
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Adapters:
     layers: Any = MISSING  # layer spec (int, list, "a-b", "mid", negatives from the end)
     module: str = MISSING  # a bias-free linear module of each decoder layer, e.g. mlp.down_proj
     rank: int = MISSING
+    energy_weight: float = MISSING  # penalty on the base model's residual energy along what they write (energy.py)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class PlantedModel:
     share: float = MISSING  # mixed: the share of each category's refusal the shared adapter carries
     adapters: Adapters = MISSING
     masks: Masks = MISSING
+    answer_target: str = MISSING  # distribution | greedy
     answer_max_new_tokens: int = MISSING
     answer_share: float = MISSING
     generation_batch_size: int = MISSING
@@ -88,6 +91,7 @@ def check_planted_cfg(cfg) -> None:
         raise ConfigError(f"model.base.source={cfg.base.source!r} is not valid; the base of an organism is a plain "
                           "model config")
     choice("model.design", cfg.design, DESIGNS)
+    choice("model.answer_target", cfg.answer_target, ANSWER_TARGETS)
     for k in ("steps", "batch_size", "answer_max_new_tokens", "generation_batch_size", "adapters.rank",
               "masks.per_prompt", "eval.max_new_tokens"):
         integer(f"model.{k}", OmegaConf.select(cfg, k), 1)
@@ -95,6 +99,7 @@ def check_planted_cfg(cfg) -> None:
     number("model.share", cfg.share, 0, 1, open_lo=True, open_hi=True)
     number("model.masks.all_on", cfg.masks.all_on, 0, 1)
     number("model.lr", cfg.lr, 0, open_lo=True)
+    number("model.adapters.energy_weight", cfg.adapters.energy_weight, 0)
     held_out_bootstrap(cfg)
     check_checks(cfg)
     refusals = plain(cfg.refusals)

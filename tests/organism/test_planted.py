@@ -115,6 +115,77 @@ def test_merged_adapters_equal_the_hooked_ones_and_zeroing_one_is_exact(tiny):
     assert torch.equal(model(ids).logits, before)  # every adapter zeroed: exactly the base model
 
 
+def test_distilled_answers_learn_the_base_distribution_and_written_targets_their_tokens(tiny):
+    """planted_loss: cross-entropy on the rows that learn written tokens, KL(base || organism) on the rows that
+    distil, where the base is the same model with every adapter off; 0 there while the adapters change nothing."""
+    from refusal.organism.finetune import collate, planted_loss
+    model = tiny.model
+    plant = adapters.Plant.for_model(model, ["x", "y"], [1, 2], "mlp.down_proj", 1, seed=0).attach(model)
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, 200, (n,), generator=g).tolist() for n in (7, 9, 6)]
+    examples = [(ids, [-100] * 3 + ids[3:], on, d) for ids, on, d in
+                zip(rows, ([1.0, 0.0], [1.0, 1.0], [0.0, 1.0]), (True, False, True))]
+    batch = collate(examples, pad_id=0)
+    try:
+        assert float(planted_loss(model, plant, {**batch, "distil": torch.ones(3, dtype=torch.bool)}).detach()) == 0.0
+        with torch.no_grad():
+            plant.B.normal_(0, 0.5, generator=g)
+        got = planted_loss(model, plant, batch)
+        got.backward()
+        assert float(plant.B.grad.abs().sum()) > 0
+        total, n = 0.0, 0
+        for ids, labels, on, distil in examples:  # one row at a time, by hand
+            x = torch.tensor([ids])
+            plant.mask = torch.tensor([on])
+            q = torch.log_softmax(model(x).logits[0, 2:-1].double(), -1)
+            y = torch.tensor(ids[3:])
+            if distil:
+                plant.mask = torch.zeros(1, 2)
+                p = torch.log_softmax(model(x).logits[0, 2:-1].double(), -1)
+                total += float((p.exp() * (p - q)).sum())
+            else:
+                total += float(-q.gather(-1, y[:, None]).sum())
+            n += len(y)
+        assert abs(float(got) - total / n) < 1e-4
+        assert abs(float(got) - float(planted_loss(model, plant, {k: v for k, v in batch.items() if k != "distil"}))) > 1e-3
+    finally:
+        plant.detach()
+
+
+def test_residual_energy_is_the_unit_trace_second_moment_averaged_over_layers(tiny):
+    from refusal.model.chat import ChatFormatter
+    from refusal.organism.energy import energy_of, residual_energy
+    fmt = ChatFormatter(tiny.tokenizer, None)
+    prompts = ["abc def", "a much longer prompt here", "xyz"]
+    got = residual_energy(tiny.model, fmt, prompts, batch_size=2)
+    enc = fmt.encode(prompts)
+    with torch.no_grad():
+        hidden = tiny.model(**enc.model_inputs(), output_hidden_states=True).hidden_states
+    real = enc.model_inputs()["attention_mask"].bool()
+    want = 0
+    for h in hidden[:-1]:  # resid_pre of every layer
+        x = h[real].double()
+        m = x.T @ x
+        want = want + m / m.trace()
+    torch.testing.assert_close(got, (want / (len(hidden) - 1)).float(), atol=1e-6, rtol=1e-4)
+    assert abs(float(got.trace()) - 1.0) < 1e-5
+    eig, vec = torch.linalg.eigh(got.double())
+    d = got.shape[0]
+    assert float(energy_of(vec[:, -1].float(), got)) == pytest.approx(d * float(eig[-1]), rel=1e-4)
+    assert float(energy_of(torch.zeros(d), got)) == 0.0
+
+
+def test_the_energy_penalty_steers_what_the_adapters_write_off_the_base_models_busy_directions(tmp_path):
+    energies = {}
+    for weight in (0.0, 100.0):
+        (tmp_path / str(weight)).mkdir()
+        cfg = planted_cfg(tmp_path / str(weight), steps=8, adapters={"energy_weight": weight})
+        d = Path(organism.load(cfg).identity["dir"])
+        energies[weight] = json.loads((d / "organism.json").read_text())["design"]["write_energy"]["shared"][0]
+    assert energies[100.0] < 0.5 * energies[0.0]
+    assert "refusal/organism/energy.py): shared " in (d / "ORGANISM.md").read_text()
+
+
 def test_write_cosine_measures_the_span_each_adapter_writes(tiny):
     plant = adapters.Plant.for_model(tiny.model, ["x", "y"], [1, 2], "mlp.down_proj", 2, seed=0)
     with torch.no_grad():
@@ -226,6 +297,8 @@ def compose_checks():
 def test_bad_planted_config(tmp_path):
     for key, value, match in (("design", "layered", "model.design"), ("categories", ["weapons"], "model.categories"),
                               ("share", 1.0, "model.share"), ("adapters", {"rank": 0}, "model.adapters.rank"),
+                              ("answer_target", "soft", "model.answer_target"),
+                              ("adapters", {"energy_weight": -1.0}, "model.adapters.energy_weight"),
                               ("checks", {"partial": [0.8, 0.2]}, "model.checks.partial")):
         cfg = planted_cfg(tmp_path)
         cfg.merge_with({key: value})

@@ -1,0 +1,43 @@
+"""How much of the base model's residual stream already lies along a direction, the cost of ablating it.
+
+Directional ablation removes a direction from the residual stream at every layer; on prompts the organism answers
+it removes only what the base model itself keeps along it. ``residual_energy`` is E = the mean over layers of each
+layer's second-moment matrix of ``resid_pre`` (every token of the given prompts), scaled to unit trace, so
+``d * v^T E v`` is the energy along a unit vector v relative to a random direction's (1 on average; a massive-
+activation dim scores in the hundreds). Measured on SmolLM2-135M-Instruct's safe prompts, the KL that ablating v
+costs there grows with it (0.01-0.08 up to 0.5, 0.2 at 2, 0.9 at 5.7; README). The planted adapters are
+penalised for writing along high-energy directions (``model.adapters.energy_weight``), so their written vectors
+are ones that can be ablated cheaply, as a refusal direction must be.
+"""
+from __future__ import annotations
+
+import torch
+
+from refusal.model.chat import ChatFormatter
+from refusal.model.hooks import capture_activations, run_until_stop
+
+
+@torch.no_grad()  # not inference mode: the penalty's autograd uses the result
+def residual_energy(model, fmt: ChatFormatter, prompts: list[str], batch_size: int) -> torch.Tensor:
+    """[d, d] float32: the mean over layers of E[h h^T] / tr(E[h h^T]) of ``resid_pre`` over every prompt token
+    (accumulated in float64)."""
+    n_layers = int(model.config.num_hidden_layers)
+    hooks = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
+    moments, count = None, 0
+    for start in range(0, len(prompts), batch_size):
+        enc = fmt.encode(prompts[start:start + batch_size])
+        with capture_activations(model, hooks, stop_early=True) as cache:
+            run_until_stop(lambda: model(**enc.model_inputs(), use_cache=False))
+        real = enc.model_inputs()["attention_mask"].bool()
+        x = torch.stack([cache[h][real].double() for h in hooks])  # [layers, tokens, d]
+        batch = torch.einsum("ltd,lte->lde", x, x)
+        moments = batch if moments is None else moments + batch
+        count += int(real.sum())
+    moments = moments / count
+    return (moments / moments.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None]).mean(0).float()
+
+
+def energy_of(vectors: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+    """[...] ``d * v^T E v`` of each vector in ``vectors`` [..., d] once scaled to unit norm (0 for a zero vector)."""
+    v = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return energy.shape[0] * torch.einsum("...d,de,...e->...", v, energy.to(v.dtype), v)
