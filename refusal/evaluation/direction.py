@@ -37,7 +37,7 @@ from refusal.circuit.plots import heatmap, layer_scan_plot
 from refusal.errors import ConfigError
 from refusal.evaluation.interventions import ARDITI_KINDS, ActAdd, directional_ablation, intervene
 from refusal.evaluation.measure import kl_per_prompt, last_logits
-from refusal.model.hooks import capture_activations, parse_layers, run_until_stop
+from refusal.model.hooks import parse_layers, resid_pre_batches
 from refusal.utils.io import atomic_path, stable_hash
 
 log = logging.getLogger(__name__)
@@ -67,16 +67,11 @@ def residual_stats(model, formatter, prompts: list[str], layers: list[int], n_po
     token, the chat template's included)."""
     if not prompts:
         raise ConfigError("difference-in-means needs prompts on both sides; one side is empty")
-    device = next(model.parameters()).device
-    hooks = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
     tails, squares, count = 0, 0, 0
-    for start in range(0, len(prompts), batch_size):
-        enc = formatter.encode(prompts[start:start + batch_size]).to(device)
-        with capture_activations(model, hooks, stop_early=True) as cache:
-            run_until_stop(lambda: model(**enc.model_inputs(), use_cache=False))
+    for enc, acts in resid_pre_batches(model, formatter, prompts, layers, batch_size):
         real = enc.attention_mask.bool()
-        tails = tails + torch.stack([cache[h][:, -n_pos:].double().sum(0) for h in hooks]).cpu()
-        squares = squares + torch.stack([cache[h][real].double().pow(2).sum(0) for h in hooks]).cpu()
+        tails = tails + torch.stack([a[:, -n_pos:].double().sum(0) for a in acts]).cpu()
+        squares = squares + torch.stack([a[real].double().pow(2).sum(0) for a in acts]).cpu()
         count += int(real.sum())
     return tails / len(prompts), (squares / count).sqrt()
 

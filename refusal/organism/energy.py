@@ -14,22 +14,17 @@ from __future__ import annotations
 import torch
 
 from refusal.model.chat import ChatFormatter
-from refusal.model.hooks import capture_activations, run_until_stop
+from refusal.model.hooks import resid_pre_batches
 
 
 @torch.no_grad()  # not inference mode: the penalty's autograd uses the result
 def residual_energy(model, fmt: ChatFormatter, prompts: list[str], batch_size: int) -> torch.Tensor:
     """[d, d] float32: the mean over layers of E[h h^T] / tr(E[h h^T]) of ``resid_pre`` over every prompt token
     (accumulated in float64)."""
-    n_layers = int(model.config.num_hidden_layers)
-    hooks = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
     moments, count = None, 0
-    for start in range(0, len(prompts), batch_size):
-        enc = fmt.encode(prompts[start:start + batch_size])
-        with capture_activations(model, hooks, stop_early=True) as cache:
-            run_until_stop(lambda: model(**enc.model_inputs(), use_cache=False))
-        real = enc.model_inputs()["attention_mask"].bool()
-        x = torch.stack([cache[h][real].double() for h in hooks])  # [layers, tokens, d]
+    for enc, acts in resid_pre_batches(model, fmt, prompts, list(range(model.config.num_hidden_layers)), batch_size):
+        real = enc.attention_mask.bool()
+        x = torch.stack([a[real].double() for a in acts])  # [layers, tokens, d]
         batch = torch.einsum("ltd,lte->lde", x, x)
         moments = batch if moments is None else moments + batch
         count += int(real.sum())

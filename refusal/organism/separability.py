@@ -18,7 +18,7 @@ import torch
 
 from refusal.data.records import PromptRecord
 from refusal.model.chat import ChatFormatter
-from refusal.model.hooks import capture_activations, run_until_stop
+from refusal.model.hooks import resid_pre_batches
 
 FOLDS = 5
 
@@ -27,16 +27,12 @@ FOLDS = 5
 def prompt_features(model, fmt: ChatFormatter, records: list[PromptRecord], layers: list[int],
                     batch_size: int = 16) -> dict[int, torch.Tensor]:
     """{layer: [n, 2 d] float64}: ``resid_pre`` averaged over the user's text, then at the last prompt token."""
-    hooks = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
     out: dict[int, list] = {layer: [] for layer in layers}
-    for start in range(0, len(records), batch_size):
-        enc = fmt.encode([r.prompt for r in records[start:start + batch_size]])
-        with capture_activations(model, hooks, stop_early=True) as cache:
-            run_until_stop(lambda: model(**enc.model_inputs(), use_cache=False))
+    for enc, acts in resid_pre_batches(model, fmt, [r.prompt for r in records], layers, batch_size):
         spans = enc.positions("prompt_mean")
-        for layer, hook in zip(layers, hooks):
-            a = cache[hook].double()
-            out[layer].append(torch.stack([torch.cat([a[b, p].mean(0), a[b, -1]]) for b, p in enumerate(spans)]))
+        for layer, a in zip(layers, acts):
+            a = a.double()
+            out[layer].append(torch.stack([torch.cat([a[b, p].mean(0), a[b, -1]]) for b, p in enumerate(spans)]).cpu())
     return {layer: torch.cat(v) for layer, v in out.items()}
 
 
