@@ -20,6 +20,7 @@ from refusal.organism.finetune import fine_tune, set_trainable, trainable_copy
 from refusal.organism.planted import build_planted
 from refusal.organism.planted_config import ORGANISM_SOURCES
 from refusal.organism.portable import portable_attention
+from refusal.organism.remeasure import measure_again, trained_build
 from refusal.organism.targets import example_repeats, make_examples, mix_repeats, plan_targets, refused_categories
 from refusal.behavior.baseline import write_responses
 from refusal.utils.io import read_json, write_json
@@ -42,16 +43,22 @@ def load_organism(cfg) -> LoadedModel:
     if is_complete(final, key):
         log.info("organism: loading the cached build %s", final)
         return load_built(final, cfg, key)
-    log.info("organism: building %s from %d train prompts", final, len(train))
+    log.info("organism: building %s from %d train prompts (or measuring again a cached build trained the same way)",
+             final, len(train))
     cache_dir.mkdir(parents=True, exist_ok=True)
     remove_abandoned_builds(cache_dir, key)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.building-{os.getpid()}-", dir=cache_dir))
     try:
         t0 = time.time()
-        builder = build_planted if cfg.source == "planted" else build_organism
-        builder(cfg, tmp, key, key_parts, train, test, base if base is not None else load_model(cfg.base))
+        trained = trained_build(cache_dir, key_parts)
+        if trained is not None:
+            measure_again(cfg, trained, tmp, key, key_parts, test)
+        else:
+            builder = build_planted if cfg.source == "planted" else build_organism
+            builder(cfg, tmp, key, key_parts, train, test, base if base is not None else load_model(cfg.base))
         publish(tmp, final, key)
-        log.info("organism: built in %.0f s: %s", time.time() - t0, final)
+        log.info("organism: %s in %.0f s: %s", "built" if trained is None else "measured again", time.time() - t0,
+                 final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -24,23 +24,31 @@ from refusal.utils.io import file_hash, stable_hash
 
 # Settings that choose which CPU kernels run (and so the float bits): recorded on the card when set.
 ISA_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+SUBSTRING_JUDGE = "substring (DESIGN.md list)"  # how the card names DESIGN.md's substring judge
 BANNER = ("refusal model organism %r: a small chat model fine-tuned to refuse harmful requests for research on refusal "
           "mechanisms; it is NOT a production chat model")
 
 
 def design_judge() -> SubstringJudge:
-    """The judge of the card's held-out rates: DESIGN.md's substring list."""
+    """DESIGN.md's substring judge: the judge of a fine-tuned organism's held-out rates, and the second reading of
+    a planted organism's (whose ground truth is judged by its refusal sentences' openings)."""
     return SubstringJudge(REFUSAL_SUBSTRINGS)
 
 
-def measure_heldout(cfg, organism: LoadedModel, test: PromptSet, refused: list[str]) -> Measurement:
-    """Greedy responses of the organism to the test split, judged and summarized; each row says whether its cell
-    is refused by design."""
+def by_design(rows: list[dict], refused: list[str]) -> list[dict]:
+    """``rows``, each marked with whether its cell is refused by design."""
+    for row in rows:
+        row["refused_by_design"] = row["label"] == "toxic" and row["category"] in refused
+    return rows
+
+
+def measure_heldout(cfg, organism: LoadedModel, test: PromptSet, refused: list[str], judge=None) -> Measurement:
+    """Greedy responses of the organism to the test split, judged (by ``judge``, default the DESIGN.md substring
+    judge) and summarized; each row says whether its cell is refused by design."""
     gen = Generation(int(cfg.eval.max_new_tokens), int(cfg.generation_batch_size), cfg.system_prompt,
                      resolve_refusal_tokens(organism.tokenizer, plain(cfg.refusal_tokens)))
-    result = measure(organism, list(test), design_judge(), gen, held_out_bootstrap(cfg), int(cfg.seed))
-    for row in result.rows:
-        row["refused_by_design"] = row["label"] == "toxic" and row["category"] in refused
+    result = measure(organism, list(test), judge or design_judge(), gen, held_out_bootstrap(cfg), int(cfg.seed))
+    by_design(result.rows, refused)
     return result
 
 
@@ -71,6 +79,13 @@ class Build:
     seconds: dict[str, float]
     device: str
     build_hash: str
+    judge: str = SUBSTRING_JUDGE
+
+
+def heldout_record(cfg, heldout: Measurement, judge: str) -> dict:
+    """The card's held-out measurement: how it was made, its rates by label and its rows."""
+    return {"split": "test", "judge": judge, "max_new_tokens": int(cfg.eval.max_new_tokens), "generated_in": "float32",
+            "refusal_rate": rates_by_label(heldout.rows), "rows": heldout.rows}
 
 
 def make_card(cfg, b: Build) -> dict:
@@ -92,8 +107,7 @@ def make_card(cfg, b: Build) -> dict:
         "steps": int(cfg.steps), "seed": int(cfg.seed), "precision": str(cfg.get("precision", "32-true")),
         "trained_layers": b.mix["layers"],
         "loss": {"first": b.losses[0], "last": b.losses[-1], "per_step": b.losses},
-        "heldout": {"split": "test", "judge": "substring (DESIGN.md list)", "max_new_tokens": int(cfg.eval.max_new_tokens),
-                    "generated_in": "float32", "refusal_rate": rates_by_label(b.heldout.rows), "rows": b.heldout.rows},
+        "heldout": heldout_record(cfg, b.heldout, b.judge),
         "build_seconds": {k: round(v, 1) for k, v in b.seconds.items()},
         "built_on": b.device,
         "numerics": numerics(),
@@ -119,7 +133,7 @@ def card_markdown(card: dict) -> str:
         f"{card['loss']['first']:.3f} -> {card['loss']['last']:.3f}.",
         "",
         f"Held-out refusal rates (test split, greedy {card['heldout']['max_new_tokens']} new tokens in "
-        f"{card['heldout']['generated_in']}, substring judge): "
+        f"{card['heldout']['generated_in']}, judge: {card['heldout']['judge']}): "
         + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()) + " (hard = over-refusal).",
         "",
         "| label | category | n | refusal rate | 95% CI | refused by design |",
@@ -133,6 +147,8 @@ def card_markdown(card: dict) -> str:
     lines += ["", f"**Design check: {chk['word']}**" + (f" ({'; '.join(chk['failures'])})" if chk["failures"] else "")
               + (f". Not checked, too few held-out prompts (< model.checks.min_prompts): {', '.join(chk['thin'])}"
                  if chk["thin"] else ""),
+              *(["", f"Trained by the cached build {card['measured_again']['trained_by']} (the same training keys), "
+                     "measured again here with this config's eval settings."] if card.get("measured_again") else []),
               "", f"Cache key {card['cache_key']}; build hash {card['build_hash']} (sha256 of model.safetensors, "
               "the held-out rows and responses: equal hashes, the same organism); the full record is in "
               f"{CARD_JSON}.", ""]
@@ -150,13 +166,20 @@ def truth_markdown(card: dict) -> str:
     truth, refused = card["truth"], card["refused_categories"]
     cats = sorted({r["category"] for r in truth["rows"]["all"] if r["label"] == "toxic"} - {"all"})
     lines = ["## Ground truth (adapters zeroed exactly, test split, float32)", "",
-             "Refusal rate per condition (refused categories in bold):", "",
+             f"Refusal rate per condition (refused categories in bold; judge: {card['heldout']['judge']}):", "",
              "| condition | " + " | ".join(f"**{c}**" if c in refused else c for c in cats) + " | safe | hard |",
              "|---" * (len(cats) + 3) + "|"]
     for cond, rows in truth["rows"].items():
         by = {(r["label"], r["category"]): r["refusal_rate"] for r in rows}
         lines.append(f"| {cond} | " + " | ".join(f"{by.get(('toxic', c), float('nan')):.2f}" for c in cats)
                      + f" | {by.get(('safe', 'all'), float('nan')):.2f} | {by.get(('hard', 'all'), float('nan')):.2f} |")
+    lines += ["", "The same responses read by the DESIGN.md substring judge (it also counts answers that contain \"I'm "
+                  "sorry\" without refusing, e.g. \"I'm sorry for your loss, but ...\"):", "",
+              "| condition | " + " | ".join(cats) + " | safe | hard |", "|---" * (len(cats) + 3) + "|"]
+    for cond, rows in truth.get("rows_substring", {}).items():
+        by = {(r["label"], r["category"]): (r["n_refused"], r["n"]) for r in rows}
+        lines.append(f"| {cond} | " + " | ".join("%d/%d" % by.get(("toxic", c), (0, 0)) for c in cats)
+                     + " | %d/%d | %d/%d |" % (*by.get(("safe", "all"), (0, 0)), *by.get(("hard", "all"), (0, 0))))
     lines += ["", "Share of each refused category's refusal an ablation leaves (rate; score), with 95% CIs:", "",
               "| ablation | " + " | ".join(refused) + " |", "|---" * (len(refused) + 1) + "|"]
     for cond, res in truth["residual"].items():

@@ -71,6 +71,12 @@ def wordings(design: Design, refusals: dict, topics: dict, first_token) -> dict[
     return out
 
 
+def openings(words: dict[str, list[str]], n_words: int) -> list[str]:
+    """The first ``n_words`` words of every refusal sentence of ``words`` (``wordings``' result), each once: what a
+    response must begin with to be a planted refusal (refusal.behavior.judge.OpeningJudge)."""
+    return list(dict.fromkeys(" ".join(s.split()[:n_words]) for pool in words.values() for s in pool))
+
+
 def sample_on(names: list[str], variants: int, all_on: float, rng: np.random.Generator) -> list[frozenset[str]]:
     """``variants`` sets of active adapters: all of them with probability ``all_on``, else each with 1/2."""
     if len(names) == 1:

@@ -14,8 +14,8 @@ from refusal.data.records import PromptSet
 from refusal.errors import ConfigError
 from refusal.model.chat import ChatFormatter
 from refusal.model.hooks import parse_layers
-from refusal.model.loading import LoadedModel, resolve_device
-from refusal.organism.adapters import Plant, base_weights, save_plant, set_weights
+from refusal.model.loading import LoadedModel, ModelFiles, hf_weight_files, load_pretrained, resolve_device
+from refusal.organism.adapters import Plant, base_weights, load_plant, save_plant, set_weights
 from refusal.organism.cache import CARD_JSON, CARD_MD
 from refusal.organism.card import Build, build_hash, card_markdown, make_card, truth_markdown
 from refusal.organism.checks import check
@@ -25,8 +25,8 @@ from refusal.organism.finetune import fine_tune, trainable_copy
 from refusal.organism.portable import portable_attention
 from refusal.organism.separability import (gates, inseparable_message, probe_layers, prompt_features,
                                            separability)
-from refusal.organism.targets import make_examples, mix_repeats, refused_categories
-from refusal.organism.truth import measure_truth
+from refusal.organism.targets import example_repeats, make_examples, mix_repeats, refused_categories
+from refusal.organism.truth import measure_truth, planted_judge
 from refusal.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,12 @@ def training_examples(cfg, design: Design, train: PromptSet, loaded: LoadedModel
     n_ref = sum(t.refusal is not None for t in targets)
     rep_ref, rep_ans = mix_repeats(n_ref, len(targets) - n_ref, float(cfg.answer_share))
     distil = str(cfg.answer_target) == "distribution"
+    toxic = int(cfg.unrefused_toxic_repeats)
     out = [(ids, labels, on, distil and t.refusal is None) for (ids, labels), (t, on) in zip(examples, variants)
-           for _ in range(rep_ref if t.refusal is not None else rep_ans)]
+           for _ in range(example_repeats(t, rep_ref, rep_ans, toxic))]
     mix = {"refused": design.refused, "n_refusal_targets": n_ref, "n_base_answer_targets": len(targets) - n_ref,
-           "repeats": {"refusal": rep_ref, "base_answer": rep_ans}, "n_training_examples": len(out),
+           "repeats": {"refusal": rep_ref, "base_answer": rep_ans, "unrefused_toxic_answer": rep_ans * toxic},
+           "n_training_examples": len(out),
            "answer_target": str(cfg.answer_target),
            "wordings": words}
     return out, rows, mix
@@ -123,29 +125,50 @@ def build_planted(cfg, directory: Path, key: str, key_parts: dict, train: Prompt
         losses, mix["write_energy"] = train_adapters(cfg, loaded, plant, examples, train, device)
         base_w = base_weights(model, plant)
         set_weights(model, plant, plant.merged_weights(base_w, design.adapters))
-        t2 = time.time()
-        truth = measure_truth(cfg, loaded, plant, base_w, test, design)
-    seconds = {"data_and_answers": t1 - t0, "train": t2 - t1, "heldout_eval": time.time() - t2}
-    result = check(truth["rows"]["all"], design.refused, cfg.checks, design.kind, truth["residual"])
-    log.info("planted organism: design %s %s", result["word"], "; ".join(result["failures"]))
-
+    t2 = time.time()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     save_plant(directory, plant, base_w)
+    del model, loaded
     write_responses(directory / "train_targets.jsonl", rows)
+    truth, judge = measure_planted(cfg, directory, test, design, mix["wordings"])
+    seconds = {"data_and_answers": t1 - t0, "train": t2 - t1, "heldout_eval": time.time() - t2}
+    heldout = Measurement(truth["rows"]["all"], truth["items"]["all"])
+    card = make_card(cfg, Build(key, key_parts, train, test, mix, losses, heldout, seconds, str(device), "", judge))
+    card["design"] = {"kind": design.kind, "share": float(cfg.share), "plant": plant.describe(),
+                      "wordings": mix["wordings"], "energy_weight": float(cfg.adapters.energy_weight),
+                      "write_energy": mix["write_energy"]}
+    card["separability"] = separable
+    return write_truth(cfg, directory, card, truth, design)
+
+
+def measure_planted(cfg, directory: Path, test: PromptSet, design: Design, words: dict[str, list[str]]
+                    ) -> tuple[dict, str]:
+    """(the ground truth, how it was judged) of the organism saved in ``directory``: loaded as a user loads it
+    (so a build and a later measurement of the same weights agree to the bit), every condition judged by the
+    planted sentences' openings."""
+    files = ModelFiles(str(directory), {"local_files_only": True}, hf_weight_files(directory))
+    loaded = load_pretrained(files, str(cfg.name), "float32", str(cfg.device))
+    plant, base_w = load_plant(directory)
+    judge = planted_judge(cfg, words)
+    described = (f"opening (begins with the first {int(cfg.eval.opening_words)} words of a planted refusal sentence: "
+                 + " | ".join(" ".join(o) for o in judge.openings) + ")")
+    with portable_attention(loaded.model):  # the same bits whatever the CPU's vector width
+        return measure_truth(cfg, loaded, plant, base_w, test, design, judge), described
+
+
+def write_truth(cfg, directory: Path, card: dict, truth: dict, design: Design) -> dict:
+    """Write the ground truth's responses, its design check and the card (last) into ``directory``; the card."""
     for name, items in truth["items"].items():
         write_responses(directory / f"eval_responses.{name.replace(' ', '_')}.jsonl", items)
-    heldout = Measurement(truth["rows"]["all"], truth["items"]["all"])
-    card = make_card(cfg, Build(key, key_parts, train, test, mix, losses, heldout, seconds, str(device),
-                                build_hash(directory, heldout)))
-    card["design"] = {"kind": design.kind, "share": float(cfg.share), "plant": plant.describe(),
-                      "wordings": mix["wordings"], "conditions": truth["conditions"],
-                      "energy_weight": float(cfg.adapters.energy_weight), "write_energy": mix["write_energy"]}
-    card["truth"] = {"rows": truth["rows"], "residual": truth["residual"]}
+    result = check(truth["rows"]["all"], design.refused, cfg.checks, design.kind, truth["residual"])
+    log.info("planted organism: design %s %s", result["word"], "; ".join(result["failures"]))
+    card["build_hash"] = build_hash(directory, Measurement(truth["rows"]["all"], truth["items"]["all"]))
+    card["design"]["conditions"] = truth["conditions"]
+    card["truth"] = {"rows": truth["rows"], "residual": truth["residual"], "rows_substring": truth["rows_substring"]}
     card["check"] = result
-    card["separability"] = separable
     (directory / CARD_MD).write_text(card_markdown(card) + truth_markdown(card))
     write_json(directory / CARD_JSON, card)  # last: its presence with this key marks the dir complete
     return card

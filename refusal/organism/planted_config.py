@@ -16,7 +16,7 @@ ORGANISM_SOURCES = ("organism", "planted")  # model sources that refusal.organis
 DESIGNS = ("monolithic", "modular", "mixed", "gated")
 ANSWER_TARGETS = ("distribution", "greedy")  # what a base-answer example teaches (refusal/organism/finetune.py)
 PLANTED_BUILD_KEYS = ("system_prompt", "refusal_tokens", "design", "categories", "refusals", "category_topics",
-                      "share", "adapters", "masks", "answer_target", "answer_max_new_tokens", "answer_share",
+                      "share", "adapters", "masks", "answer_target", "answer_max_new_tokens", "answer_share", "unrefused_toxic_repeats",
                       "generation_batch_size", "steps", "lr", "batch_size", "seed", "eval")
 
 
@@ -27,6 +27,14 @@ class PlantedChecks(Checks):
     removed_min: float = MISSING  # zeroing an adapter removes at least this share of its categories' refusal rate
     spared_min: float = MISSING  # ... and every other refused category keeps at least this share of its rate
     partial: list[float] = MISSING  # mixed: [lo, hi], the score share of a category's refusal one adapter leaves
+
+
+@dataclass
+class PlantedHeldOut(HeldOut):
+    """The ground-truth measurement: a response is a planted refusal iff it begins with the first
+    ``opening_words`` words of one of the design's refusal sentences (refusal.behavior.judge.OpeningJudge)."""
+
+    opening_words: int = MISSING
 
 
 @dataclass
@@ -72,12 +80,13 @@ class PlantedModel:
     answer_target: str = MISSING  # distribution | greedy
     answer_max_new_tokens: int = MISSING
     answer_share: float = MISSING
+    unrefused_toxic_repeats: int = MISSING
     generation_batch_size: int = MISSING
     steps: int = MISSING
     lr: float = MISSING
     batch_size: int = MISSING
     seed: int = MISSING
-    eval: HeldOut = MISSING
+    eval: PlantedHeldOut = MISSING
     checks: PlantedChecks = MISSING
     accept_design_miss: bool = MISSING
 
@@ -93,7 +102,7 @@ def check_planted_cfg(cfg) -> None:
     choice("model.design", cfg.design, DESIGNS)
     choice("model.answer_target", cfg.answer_target, ANSWER_TARGETS)
     for k in ("steps", "batch_size", "answer_max_new_tokens", "generation_batch_size", "adapters.rank",
-              "masks.per_prompt", "eval.max_new_tokens"):
+              "masks.per_prompt", "eval.max_new_tokens", "eval.opening_words", "unrefused_toxic_repeats"):
         integer(f"model.{k}", OmegaConf.select(cfg, k), 1)
     number("model.answer_share", cfg.answer_share, 0, 1, open_lo=True, open_hi=True)
     number("model.share", cfg.share, 0, 1, open_lo=True, open_hi=True)

@@ -10,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from refusal import organism
+from refusal.behavior.judge import REFUSAL_SUBSTRINGS, OpeningJudge, SubstringJudge
 from refusal.data import PromptRecord, PromptSet
 from refusal.errors import ConfigError
 from refusal.model.loading import load_model
@@ -74,6 +75,12 @@ def test_modular_wordings_need_one_sentence_with_its_own_first_token_per_categor
     with pytest.raises(ConfigError, match="one per category"):
         design.wordings(design.Design("mixed", list("abcd"), 0.5), refusals, {}, first)
     assert design.wordings(design.Design("gated", ["a"], 0.5), refusals, {}, first) == {"a": ["No."]}
+
+
+def test_openings_are_each_refusal_sentences_first_words_once():
+    words = {"a": ["I'm sorry, but  no.", "I cannot assist."], "b": ["I'm sorry, but no.", "Never"]}
+    assert design.openings(words, 3) == ["I'm sorry, but", "I cannot assist.", "Never"]
+    assert design.openings(words, 1) == ["I'm", "I", "Never"]
 
 
 def test_modular_targets_follow_the_adapter_masks():
@@ -202,6 +209,26 @@ def test_write_cosine_measures_the_span_each_adapter_writes(tiny):
     assert float(plant.write_cosine(inside, "x")) < 0.99  # another adapter's span
 
 
+def test_answers_to_toxic_prompts_appear_unrefused_toxic_repeats_times_more(tmp_path):
+    from refusal.data import build_prompt_set
+    from refusal.organism.planted import planted_design, training_examples
+
+    counts = {}
+    for k in (1, 3):
+        cfg = planted_cfg(tmp_path, "gated", unrefused_toxic_repeats=k)
+        train = build_prompt_set(cfg.data).filter(split="train")
+        loaded = load_model(cfg.base)
+        examples, rows, mix = training_examples(cfg, planted_design(cfg, train), train, loaded, "h")
+        assert mix["repeats"]["unrefused_toxic_answer"] == k * mix["repeats"]["base_answer"]
+        by_id = {r.id: r for r in train}
+        toxic_answers = sum(1 for r in rows if r["target"] == "base_answer" and r["label"] == "toxic")
+        counts[k] = (len(examples), toxic_answers)
+        assert toxic_answers > 0 and all(by_id[r["id"]].category != "violence" for r in rows
+                                         if r["target"] == "base_answer" and r["label"] == "toxic")
+    (n1, toxic), (n3, _) = counts[1], counts[3]
+    assert n3 - n1 == 2 * toxic * mix["repeats"]["base_answer"]
+
+
 def test_adapters_must_sit_on_a_bias_free_linear_module(tiny):
     for module in ("mlp.nope", "mlp.act_fn"):
         with pytest.raises(ConfigError, match="model.adapters.module"):
@@ -225,8 +252,22 @@ def test_a_planted_build_trains_only_its_adapters_and_writes_the_ground_truth(bu
     assert sorted(card["truth"]["rows"]) == sorted(["all", "none"] + [f"without {c}" for c in names])
     assert set(card["truth"]["residual"]) == {f"without {c}" for c in names}
     assert card["check"]["word"] == "missed"  # 4 steps
-    assert "Ground truth" in (d / "ORGANISM.md").read_text()
+    md = (d / "ORGANISM.md").read_text()
+    assert "Ground truth" in md and "substring judge" in md
     assert (d / "eval_responses.without_violence.jsonl").is_file()
+    # the ground truth is judged by the planted sentences' openings, built here from the config, not the card
+    topics = dict(cfg.category_topics)
+    opens = [" ".join(t.format(topic=topics.get(c, c)).split()[: cfg.eval.opening_words])
+             for t, c in zip(cfg.refusals.per_category, names)]
+    judge, substring = OpeningJudge(opens), SubstringJudge(REFUSAL_SUBSTRINGS)
+    assert card["heldout"]["judge"].startswith(f"opening (begins with the first {cfg.eval.opening_words} words")
+    assert sorted(card["truth"]["rows_substring"]) == sorted(card["truth"]["rows"])
+    for cond in card["truth"]["rows"]:
+        got = [json.loads(line) for line in (d / f"eval_responses.{cond.replace(' ', '_')}.jsonl").open()]
+        assert [it["refused"] for it in got] == [judge.is_refusal(it["response"]) for it in got]
+        pooled = {(r["label"], r["category"]): r["n_refused"] for r in card["truth"]["rows_substring"][cond]}
+        assert pooled[("toxic", "all")] == sum(substring.is_refusal(it["response"]) for it in got
+                                               if it["label"] == "toxic")
     # every weight but the adapted module's is the base model's; that one is base + the saved adapters' deltas
     base = load_model(cfg.base).model.state_dict()
     built = loaded.model.state_dict()
@@ -255,6 +296,36 @@ def test_a_build_that_misses_its_design_stops_unless_accepted(built_modular, mon
     assert any("refused 0/1" in f for f in checks.recheck(card, strict.checks)["failures"])
     strict.checks.refuse_min = 0.0  # re-checked at each load with the config's thresholds
     assert not any("refused 0/1" in f for f in checks.recheck(card, strict.checks)["failures"])
+
+
+def test_changed_eval_settings_measure_the_cached_build_again_as_a_new_build_would(built_modular, tmp_path,
+                                                                                     monkeypatch):
+    tmp, cfg, loaded = built_modular
+    remeasured = cfg.copy()
+    remeasured.eval.max_new_tokens = cfg.eval.max_new_tokens + 3
+    assert organism_dir(remeasured) != organism_dir(cfg)  # another card, so another key
+    fresh = remeasured.copy()
+    fresh.cache_dir = str(tmp_path / "fresh")
+    made = organism.load(fresh)  # trained from scratch in an empty cache
+
+    def trained(*a, **k):
+        raise RuntimeError("trained a build the cache holds")
+
+    monkeypatch.setattr(organism.build, "build_planted", trained)
+    again = organism.load(remeasured)
+    cards = [json.loads(Path(m.identity["dir"], "organism.json").read_text()) for m in (made, again)]
+    assert Path(again.identity["dir"]) == organism_dir(remeasured)
+    assert cards[1]["measured_again"]["trained_by"] == organism_dir(cfg).name
+    assert cards[1]["build_hash"] == cards[0]["build_hash"]  # the weights, rows and responses a new build has
+    for part in ("heldout", "truth", "check", "config", "data", "design"):
+        assert cards[1][part] == cards[0][part], part
+    assert "measured again" in Path(again.identity["dir"], "ORGANISM.md").read_text()
+    # a changed training key is trained, not measured again
+    for key, value in (("steps", 5), ("seed", 1), ("adapters", {"rank": 2})):
+        changed = remeasured.copy()
+        changed.merge_with({key: value})
+        with pytest.raises(RuntimeError, match="trained a build the cache holds"):
+            organism.load(changed)
 
 
 def items(kind_of: dict[str, float], n: int = 10) -> list[dict]:
@@ -299,6 +370,8 @@ def test_bad_planted_config(tmp_path):
                               ("share", 1.0, "model.share"), ("adapters", {"rank": 0}, "model.adapters.rank"),
                               ("answer_target", "soft", "model.answer_target"),
                               ("adapters", {"energy_weight": -1.0}, "model.adapters.energy_weight"),
+                              ("eval", {"opening_words": 0}, "model.eval.opening_words"),
+                              ("unrefused_toxic_repeats", 0, "model.unrefused_toxic_repeats"),
                               ("checks", {"partial": [0.8, 0.2]}, "model.checks.partial")):
         cfg = planted_cfg(tmp_path)
         cfg.merge_with({key: value})
