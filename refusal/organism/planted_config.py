@@ -16,8 +16,8 @@ ORGANISM_SOURCES = ("organism", "planted")  # model sources that refusal.organis
 DESIGNS = ("monolithic", "modular", "mixed", "gated")
 ANSWER_TARGETS = ("distribution", "greedy")  # what a base-answer example teaches (refusal/organism/finetune.py)
 PLANTED_BUILD_KEYS = ("system_prompt", "refusal_tokens", "design", "categories", "refusals", "category_topics",
-                      "share", "adapters", "masks", "answer_target", "answer_max_new_tokens", "answer_share", "unrefused_toxic_repeats",
-                      "generation_batch_size", "steps", "lr", "batch_size", "seed", "eval")
+                      "share", "adapters", "masks", "answer_target", "answer_max_new_tokens", "answer_share",
+                      "unrefused_toxic_repeats", "generation_batch_size", "steps", "lr", "batch_size", "seed", "eval")
 
 
 @dataclass

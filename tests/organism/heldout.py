@@ -1,29 +1,21 @@
 """Held-out refusal of a loaded organism measured by the tests themselves, independently of the card its builder
-wrote: greedy float32 responses to the test split, judged with the project's substring judge, or (a planted
-organism) by its refusal sentences' openings, taken here from the config."""
+wrote: greedy float32 responses to the test split, judged with the project's substring judge."""
 from __future__ import annotations
 
-from refusal.behavior.judge import REFUSAL_SUBSTRINGS, OpeningJudge, SubstringJudge
+from refusal.behavior.judge import REFUSAL_SUBSTRINGS, SubstringJudge
 from refusal.behavior.measure import Generation, measure
 from refusal.behavior.rates import Bootstrap
 from refusal.behavior.score import resolve_refusal_tokens
 from refusal.data import build_prompt_set
 
 
-def shared_openings_judge(cfg) -> OpeningJudge:
-    """A monolithic or gated planted organism's judge: its shared refusal sentences' first ``eval.opening_words``
-    words."""
-    return OpeningJudge([" ".join(s.split()[: int(cfg.eval.opening_words)]) for s in cfg.refusals.shared])
-
-
-def independent_rows(cfg, loaded, max_new_tokens: int = 64, judge=None) -> dict[tuple[str, str], dict]:
+def independent_rows(cfg, loaded, max_new_tokens: int = 64) -> dict[tuple[str, str], dict]:
     """{(label, category): summary row (n, n_refused, refusal_rate)} of ``loaded`` on the test split of
-    ``cfg.data`` (``cfg``: its model config), judged by ``judge`` (default the substring judge); category ``all``
-    pools a label."""
+    ``cfg.data`` (``cfg``: its model config); category ``all`` pools a label."""
     test = build_prompt_set(cfg.data).filter(split="test")
     gen = Generation(max_new_tokens, 16, cfg.system_prompt, resolve_refusal_tokens(loaded.tokenizer, None))
-    rows = measure(loaded, list(test), judge or SubstringJudge(REFUSAL_SUBSTRINGS), gen,
-                   Bootstrap(200, 0.95, "percentile"), 0).rows
+    rows = measure(loaded, list(test), SubstringJudge(REFUSAL_SUBSTRINGS), gen, Bootstrap(200, 0.95, "percentile"),
+                   0).rows
     return {(r["label"], r["category"]): r for r in rows}
 
 
