@@ -39,10 +39,11 @@ class PlantedHeldOut(HeldOut):
 
 @dataclass
 class Adapters:
-    """Where the planted adapters sit: a rank-``rank`` update of ``module`` in each of ``layers``."""
+    """Where the planted adapters sit: a rank-``rank`` update of ``module`` in each of ``layers`` (for ``mlp``:
+    ``rank`` gated units per adapter)."""
 
     layers: Any = MISSING  # layer spec (int, list, "a-b", "mid", negatives from the end)
-    module: str = MISSING  # a bias-free linear module of each decoder layer, e.g. mlp.down_proj
+    module: str = MISSING  # a bias-free linear module of each decoder layer (e.g. mlp.down_proj), or mlp (units)
     rank: int = MISSING
     energy_weight: float = MISSING  # penalty on the base model's residual energy along what they write (energy.py)
 

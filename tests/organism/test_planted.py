@@ -99,10 +99,11 @@ def test_modular_targets_follow_the_adapter_masks():
     assert design.plan_variants(train, d, words, 8, 0.25, 0) == variants  # seeded
 
 
-def test_merged_adapters_equal_the_hooked_ones_and_zeroing_one_is_exact(tiny):
-    model = tiny.model
+def hooked_plant(model, module: str):
+    """(plant "x", "y" of rank 2 on layers 1-2 with random written vectors, its base weights, token ids, logits of
+    the base model, with both adapters hooked, with only "y" hooked); leaves the model unhooked."""
     ids = torch.randint(0, 200, (2, 7), generator=torch.Generator().manual_seed(0))
-    plant = adapters.Plant.for_model(model, ["x", "y"], [1, 2], "mlp.down_proj", 2, seed=0)
+    plant = adapters.Plant.for_model(model, ["x", "y"], [1, 2], module, 2, seed=0)
     with torch.no_grad():
         plant.B.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
     base = adapters.base_weights(model, plant)
@@ -114,12 +115,70 @@ def test_merged_adapters_equal_the_hooked_ones_and_zeroing_one_is_exact(tiny):
     plant.detach()
     assert torch.equal(model(ids).logits, before)  # detached: the base model again
     assert not torch.allclose(hooked, before, atol=1e-3)
+    return plant, base, ids, before, hooked, hooked_without_x
+
+
+def test_merged_adapters_equal_the_hooked_ones_and_zeroing_one_is_exact(tiny):
+    model = tiny.model
+    plant, base, ids, before, hooked, hooked_without_x = hooked_plant(model, "mlp.down_proj")
     adapters.set_weights(model, plant, plant.merged_weights(base, ["x", "y"]))
     assert torch.allclose(model(ids).logits, hooked, atol=1e-5)
     adapters.set_weights(model, plant, plant.merged_weights(base, ["y"]))
     assert torch.allclose(model(ids).logits, hooked_without_x, atol=1e-5)
     adapters.set_weights(model, plant, plant.merged_weights(base, []))
     assert torch.equal(model(ids).logits, before)  # every adapter zeroed: exactly the base model
+
+
+def test_unit_adapters_write_through_mlp_units_and_merge_by_widening_the_mlp(tiny, tmp_path):
+    """module=mlp: each adapter adds gated MLP units; merged, every layer's MLP is wider by the units (zero in the
+    layers without adapters) and equals the hooked model; zeroing an adapter is its units' weights set to zero;
+    saved and reloaded, the plant and the widened organism give the same merges."""
+    import copy
+    from transformers import AutoModelForCausalLM
+    model = copy.deepcopy(tiny.model)  # the fixture is shared: widening must not reach it
+    plant, base, ids, before, hooked, hooked_without_x = hooked_plant(model, "mlp")
+    assert isinstance(plant, adapters.UnitPlant) and plant.units() == 4
+    adapters.set_weights(model, plant, plant.merged_weights(base, ["x", "y"]))
+    width = tiny.model.config.intermediate_size + 4
+    assert model.config.intermediate_size == width and model.config.planted_units == 4
+    assert all(layer.mlp.down_proj.in_features == width for layer in model.model.layers)
+    assert not model.model.layers[0].mlp.gate_proj.weight[-4:].any()  # no adapter there: zero units
+    assert torch.allclose(model(ids).logits, hooked, atol=1e-5)
+    adapters.set_weights(model, plant, plant.merged_weights(base, ["y"]))
+    assert torch.allclose(model(ids).logits, hooked_without_x, atol=1e-5)
+    adapters.set_weights(model, plant, plant.merged_weights(base, []))
+    assert torch.allclose(model(ids).logits, before, atol=1e-5)  # zero units: the base model
+    adapters.set_weights(model, plant, plant.merged_weights(base, ["x", "y"]))
+    model.save_pretrained(str(tmp_path))
+    adapters.save_plant(tmp_path, plant, base)
+    again = AutoModelForCausalLM.from_pretrained(str(tmp_path))
+    assert torch.equal(again(ids).logits, model(ids).logits)
+    plant2, base2 = adapters.load_plant(tmp_path)
+    assert isinstance(plant2, adapters.UnitPlant)
+    assert adapters.base_weights(again, plant2)[1]["down_proj"].shape == base[1]["down_proj"].shape
+    adapters.set_weights(again, plant2, plant2.merged_weights(base2, ["y"]))
+    assert torch.allclose(again(ids).logits, hooked_without_x, atol=1e-5)
+
+
+def test_a_unit_planted_build_widens_only_by_its_units_and_reloads_as_a_plain_model(tmp_path):
+    cfg = planted_cfg(tmp_path, adapters={"module": "mlp", "layers": "1-2"})
+    loaded = organism.load(cfg)
+    d = Path(loaded.identity["dir"])
+    card = json.loads((d / "organism.json").read_text())
+    assert card["design"]["plant"]["module"] == "mlp" and set(card["truth"]["rows"]) == {"all", "without shared"}
+    base = load_model(cfg.base).model
+    width = base.config.intermediate_size
+    assert loaded.model.config.intermediate_size == width + 1
+    built, own = loaded.model.state_dict(), base.state_dict()
+    for k, w in own.items():  # the base weights, then one unit: trained in layers 1-2, zero elsewhere
+        if k.endswith(("gate_proj.weight", "up_proj.weight")):
+            assert torch.equal(built[k][:width], w)
+            assert built[k][width:].any() == (".1." in k or ".2." in k)
+        elif k.endswith("down_proj.weight"):
+            assert torch.equal(built[k][:, :width], w)
+            assert built[k][:, width:].any() == (".1." in k or ".2." in k)
+        else:
+            assert torch.equal(built[k], w)
 
 
 def test_distilled_answers_learn_the_base_distribution_and_written_targets_their_tokens(tiny):
@@ -229,9 +288,9 @@ def test_answers_to_toxic_prompts_appear_unrefused_toxic_repeats_times_more(tmp_
     assert n3 - n1 == 2 * toxic * mix["repeats"]["base_answer"]
 
 
-def test_adapters_must_sit_on_a_bias_free_linear_module(tiny):
-    for module in ("mlp.nope", "mlp.act_fn"):
-        with pytest.raises(ConfigError, match="model.adapters.module"):
+def test_adapters_must_sit_on_a_bias_free_linear_module_or_a_gated_mlp(tiny):
+    for module in ("mlp.nope", "mlp.act_fn", "self_attn", "input_layernorm"):
+        with pytest.raises(ConfigError, match=f"model.adapters.module='{module}'"):
             adapters.Plant.for_model(tiny.model, ["x"], [0], module, 1, 0)
 
 
