@@ -87,11 +87,14 @@ class Plant(nn.Module):
             h.remove()
         self._handles = []
 
+    def coefficients(self, module: nn.Module, x: torch.Tensor, j: int) -> torch.Tensor:
+        """[batch, T, adapters, rank]: how much each adapter writes along each of its vectors, in its j-th layer."""
+        return torch.einsum("btd,krd->btkr", x, self.A[:, j].to(x.dtype))
+
     def _hook(self, j: int):
-        def add(_module, args, out):
+        def add(module, args, out):
             x = args[0]
-            low = torch.einsum("btd,krd->btkr", x, self.A[:, j].to(x.dtype))
-            delta = torch.einsum("btkr,kor->btko", low, self.B.to(x.dtype))
+            delta = torch.einsum("btkr,kor->btko", self.coefficients(module, x, j), self.B.to(x.dtype))
             mask = self.mask.to(device=x.device, dtype=x.dtype)[:, None, :, None]
             return out + (delta * mask).sum(2)
         return add
@@ -108,6 +111,13 @@ class Plant(nn.Module):
         with torch.no_grad():
             for layer, w in weights.items():
                 target_module(model, layer, self.module).weight.copy_(w)
+
+    def base_tensors(self, base: dict) -> dict[str, torch.Tensor]:
+        """``base`` (``base_weights``' result) as named tensors for a safetensors file; ``base_from`` reads them."""
+        return {f"base.{layer}": w.contiguous() for layer, w in base.items()}
+
+    def base_from(self, tensors: dict[str, torch.Tensor]) -> dict:
+        return {layer: tensors[f"base.{layer}"] for layer in self.layers}
 
     def merged_weights(self, base: dict[int, torch.Tensor], on: list[str]) -> dict[int, torch.Tensor]:
         """{layer: base weight + the deltas of the adapters in ``on``, added in adapter order}."""
@@ -146,15 +156,10 @@ class UnitPlant(Plant):
         g = torch.Generator().manual_seed(int(seed) + 1)
         self.U = nn.Parameter(torch.randn(len(self.names), len(self.layers), rank, d_in, generator=g) / d_in ** 0.5)
 
-    def _hook(self, j: int):
-        def add(module, args, out):
-            x = args[0]
-            gate = torch.einsum("btd,krd->btkr", x, self.A[:, j].to(x.dtype))
-            up = torch.einsum("btd,krd->btkr", x, self.U[:, j].to(x.dtype))
-            delta = torch.einsum("btkr,kor->btko", module.act_fn(gate) * up, self.B.to(x.dtype))
-            mask = self.mask.to(device=x.device, dtype=x.dtype)[:, None, :, None]
-            return out + (delta * mask).sum(2)
-        return add
+    def coefficients(self, module: nn.Module, x: torch.Tensor, j: int) -> torch.Tensor:
+        """Each unit's output, ``act(x . A) * (x . U)`` with the MLP's own activation."""
+        up = torch.einsum("btd,krd->btkr", x, self.U[:, j].to(x.dtype))
+        return module.act_fn(super().coefficients(module, x, j)) * up
 
     def units(self) -> int:
         """How many units the plant adds to every layer's MLP."""
@@ -206,6 +211,12 @@ class UnitPlant(Plant):
                 mlp.up_proj.weight.copy_(w["up_proj"])
                 mlp.down_proj.weight.copy_(w["down_proj"])
 
+    def base_tensors(self, base: dict) -> dict[str, torch.Tensor]:
+        return {f"base.{layer}.{name}": t.contiguous() for layer, parts in base.items() for name, t in parts.items()}
+
+    def base_from(self, tensors: dict[str, torch.Tensor]) -> dict:
+        return {layer: {name: tensors[f"base.{layer}.{name}"] for name in GATED} for layer in self.layers}
+
     def merged_weights(self, base: dict, on: list[str]) -> dict:
         """{layer: the widened MLP's weights}: base units first, then each adapter's units in adapter order, zero
         for the adapters not in ``on``."""
@@ -222,25 +233,10 @@ class UnitPlant(Plant):
         return out
 
 
-def base_weights(model: nn.Module, plant: Plant) -> dict:
-    """The unadapted weights of the modules the plant adds to (a copy)."""
-    return plant.base_weights(model)
-
-
-def set_weights(model: nn.Module, plant: Plant, weights: dict) -> None:
-    plant.set_weights(model, weights)
-
-
-def _flat(base: dict) -> dict[str, torch.Tensor]:
-    return {f"base.{layer}" + ("" if isinstance(w, torch.Tensor) else f".{name}"): t.contiguous()
-            for layer, w in base.items()
-            for name, t in ([("", w)] if isinstance(w, torch.Tensor) else w.items())}
-
-
 def save_plant(directory: Path, plant: Plant, base: dict) -> None:
     """The adapters, the base weights they were added to (exact ablations need them) and where they sit."""
     tensors = {n: p.detach().contiguous() for n, p in plant.named_parameters()}
-    tensors.update(_flat(base))
+    tensors.update(plant.base_tensors(base))
     save_file(tensors, str(directory / ADAPTERS_FILE))
     (directory / PLANT_JSON).write_text(json.dumps(plant.describe(), indent=1) + "\n")
 
@@ -254,6 +250,4 @@ def load_plant(directory: Path) -> tuple[Plant, dict]:
     with torch.no_grad():
         for n, p in plant.named_parameters():
             p.copy_(tensors[n])
-    if kind is Plant:
-        return plant, {layer: tensors[f"base.{layer}"] for layer in plant.layers}
-    return plant, {layer: {n: tensors[f"base.{layer}.{n}"] for n in GATED} for layer in plant.layers}
+    return plant, plant.base_from(tensors)

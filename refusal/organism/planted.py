@@ -15,7 +15,7 @@ from refusal.errors import ConfigError
 from refusal.model.chat import ChatFormatter
 from refusal.model.hooks import parse_layers
 from refusal.model.loading import LoadedModel, ModelFiles, hf_weight_files, load_pretrained, resolve_device
-from refusal.organism.adapters import Plant, base_weights, load_plant, save_plant, set_weights
+from refusal.organism.adapters import Plant, load_plant, save_plant
 from refusal.organism.cache import CARD_JSON, CARD_MD
 from refusal.organism.card import Build, build_hash, card_markdown, make_card, truth_markdown
 from refusal.organism.checks import check
@@ -123,8 +123,8 @@ def build_planted(cfg, directory: Path, key: str, key_parts: dict, train: Prompt
                  design.kind, design.adapters, layers, cfg.adapters.module, cfg.adapters.rank, len(examples),
                  cfg.steps)
         losses, mix["write_energy"] = train_adapters(cfg, loaded, plant, examples, train, device)
-        base_w = base_weights(model, plant)
-        set_weights(model, plant, plant.merged_weights(base_w, design.adapters))
+        base_w = plant.base_weights(model)
+        plant.set_weights(model, plant.merged_weights(base_w, design.adapters))
     t2 = time.time()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -23,7 +23,7 @@ from refusal.behavior.judge import OpeningJudge
 from refusal.behavior.rates import Bootstrap, cell_rng, summarize
 from refusal.data.records import PromptSet
 from refusal.model.loading import LoadedModel
-from refusal.organism.adapters import Plant, set_weights
+from refusal.organism.adapters import Plant
 from refusal.organism.card import by_design, design_judge, measure_heldout
 from refusal.organism.config import held_out_bootstrap
 from refusal.organism.design import NONE, Design, openings
@@ -91,12 +91,12 @@ def measure_truth(cfg, organism: LoadedModel, plant: Plant, base: dict, test: Pr
     zeroed = conditions[-1][0]  # every adapter zeroed: "none", or "without shared" for a single adapter
     try:
         for name, on in conditions:
-            set_weights(organism.model, plant, plant.merged_weights(base, on))
+            plant.set_weights(organism.model, plant.merged_weights(base, on))
             log.info("planted organism: held-out measurement, %s (adapters on: %s)", name, ", ".join(on) or "none")
             m = measure_heldout(cfg, organism, test, design.refused, judge)
             items[name], rows[name] = m.items, m.rows
     finally:
-        set_weights(organism.model, plant, plant.merged_weights(base, design.adapters))
+        plant.set_weights(organism.model, plant.merged_weights(base, design.adapters))
     return {
         "conditions": {name: on for name, on in conditions},
         "rows": rows,

@@ -106,7 +106,7 @@ def hooked_plant(model, module: str):
     plant = adapters.Plant.for_model(model, ["x", "y"], [1, 2], module, 2, seed=0)
     with torch.no_grad():
         plant.B.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
-    base = adapters.base_weights(model, plant)
+    base = plant.base_weights(model)
     before = model(ids).logits
     plant.attach(model)
     hooked = model(ids).logits
@@ -121,11 +121,11 @@ def hooked_plant(model, module: str):
 def test_merged_adapters_equal_the_hooked_ones_and_zeroing_one_is_exact(tiny):
     model = tiny.model
     plant, base, ids, before, hooked, hooked_without_x = hooked_plant(model, "mlp.down_proj")
-    adapters.set_weights(model, plant, plant.merged_weights(base, ["x", "y"]))
+    plant.set_weights(model, plant.merged_weights(base, ["x", "y"]))
     assert torch.allclose(model(ids).logits, hooked, atol=1e-5)
-    adapters.set_weights(model, plant, plant.merged_weights(base, ["y"]))
+    plant.set_weights(model, plant.merged_weights(base, ["y"]))
     assert torch.allclose(model(ids).logits, hooked_without_x, atol=1e-5)
-    adapters.set_weights(model, plant, plant.merged_weights(base, []))
+    plant.set_weights(model, plant.merged_weights(base, []))
     assert torch.equal(model(ids).logits, before)  # every adapter zeroed: exactly the base model
 
 
@@ -138,25 +138,25 @@ def test_unit_adapters_write_through_mlp_units_and_merge_by_widening_the_mlp(tin
     model = copy.deepcopy(tiny.model)  # the fixture is shared: widening must not reach it
     plant, base, ids, before, hooked, hooked_without_x = hooked_plant(model, "mlp")
     assert isinstance(plant, adapters.UnitPlant) and plant.units() == 4
-    adapters.set_weights(model, plant, plant.merged_weights(base, ["x", "y"]))
+    plant.set_weights(model, plant.merged_weights(base, ["x", "y"]))
     width = tiny.model.config.intermediate_size + 4
     assert model.config.intermediate_size == width and model.config.planted_units == 4
     assert all(layer.mlp.down_proj.in_features == width for layer in model.model.layers)
     assert not model.model.layers[0].mlp.gate_proj.weight[-4:].any()  # no adapter there: zero units
     assert torch.allclose(model(ids).logits, hooked, atol=1e-5)
-    adapters.set_weights(model, plant, plant.merged_weights(base, ["y"]))
+    plant.set_weights(model, plant.merged_weights(base, ["y"]))
     assert torch.allclose(model(ids).logits, hooked_without_x, atol=1e-5)
-    adapters.set_weights(model, plant, plant.merged_weights(base, []))
+    plant.set_weights(model, plant.merged_weights(base, []))
     assert torch.allclose(model(ids).logits, before, atol=1e-5)  # zero units: the base model
-    adapters.set_weights(model, plant, plant.merged_weights(base, ["x", "y"]))
+    plant.set_weights(model, plant.merged_weights(base, ["x", "y"]))
     model.save_pretrained(str(tmp_path))
     adapters.save_plant(tmp_path, plant, base)
     again = AutoModelForCausalLM.from_pretrained(str(tmp_path))
     assert torch.equal(again(ids).logits, model(ids).logits)
     plant2, base2 = adapters.load_plant(tmp_path)
     assert isinstance(plant2, adapters.UnitPlant)
-    assert adapters.base_weights(again, plant2)[1]["down_proj"].shape == base[1]["down_proj"].shape
-    adapters.set_weights(again, plant2, plant2.merged_weights(base2, ["y"]))
+    assert plant2.base_weights(again)[1]["down_proj"].shape == base[1]["down_proj"].shape
+    plant2.set_weights(again, plant2.merged_weights(base2, ["y"]))
     assert torch.allclose(again(ids).logits, hooked_without_x, atol=1e-5)
 
 
