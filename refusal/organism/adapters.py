@@ -71,10 +71,9 @@ class Plant(nn.Module):
                   seed: int) -> "Plant":
         """The plant of ``module``'s kind: ``UnitPlant`` for ``mlp``, else ``Plant``."""
         found = target_module(model, layers[0], module)
-        if module == UNITS:
-            return UnitPlant(names, layers, module, rank, found.gate_proj.in_features,
-                             found.down_proj.out_features, seed)
-        return Plant(names, layers, module, rank, found.in_features, found.out_features, seed)
+        d_in, d_out = ((found.gate_proj.in_features, found.down_proj.out_features) if module == UNITS
+                       else (found.in_features, found.out_features))
+        return plant_kind(module)(names, layers, module, rank, d_in, d_out, seed)
 
     def attach(self, model: nn.Module) -> "Plant":
         """Add the adapters to ``model``'s forward (hooks); ``detach`` removes them."""
@@ -207,9 +206,8 @@ class UnitPlant(Plant):
         with torch.no_grad():
             for layer, w in weights.items():
                 mlp = target_module(model, layer, self.module)
-                mlp.gate_proj.weight.copy_(w["gate_proj"])
-                mlp.up_proj.weight.copy_(w["up_proj"])
-                mlp.down_proj.weight.copy_(w["down_proj"])
+                for name in GATED:
+                    getattr(mlp, name).weight.copy_(w[name])
 
     def base_tensors(self, base: dict) -> dict[str, torch.Tensor]:
         return {f"base.{layer}.{name}": t.contiguous() for layer, parts in base.items() for name, t in parts.items()}
@@ -233,6 +231,11 @@ class UnitPlant(Plant):
         return out
 
 
+def plant_kind(module: str) -> type[Plant]:
+    """``UnitPlant`` for ``mlp``, else ``Plant``."""
+    return UnitPlant if module == UNITS else Plant
+
+
 def save_plant(directory: Path, plant: Plant, base: dict) -> None:
     """The adapters, the base weights they were added to (exact ablations need them) and where they sit."""
     tensors = {n: p.detach().contiguous() for n, p in plant.named_parameters()}
@@ -245,8 +248,7 @@ def load_plant(directory: Path) -> tuple[Plant, dict]:
     """(the plant, the base weights) saved with a planted organism, for exact ground-truth ablations."""
     meta = json.loads((Path(directory) / PLANT_JSON).read_text())
     tensors = load_file(str(Path(directory) / ADAPTERS_FILE))
-    kind = UnitPlant if meta["module"] == UNITS else Plant
-    plant = kind(meta["adapters"], meta["layers"], meta["module"], meta["rank"], meta["d_in"], meta["d_out"], 0)
+    plant = plant_kind(meta["module"])(meta["adapters"], meta["layers"], meta["module"], meta["rank"], meta["d_in"], meta["d_out"], 0)
     with torch.no_grad():
         for n, p in plant.named_parameters():
             p.copy_(tensors[n])
