@@ -52,6 +52,13 @@ def main() -> None:
         out['layer']]), 0)))
     for layer, row in out["cos_candidates"].items():
         print(f"{layer:>5}  {'':27}" + " ".join(f"{c:6.3f}" for c in row))
+    rows = {row["method"]: row for row in (result.get("methods") or {}).get("rows", [])}
+    if rows:
+        print("estimator      |cos| with u  ablation score  induced score  KL (selection)  filters")
+        for method, cos in out["cos_methods"].items():
+            r = rows[method]
+            print(f"{method:<14} {cos:12.3f}  {r['ablation_score']:14.3f}  {r['induce_score']:13.3f}  "
+                  f"{r['kl_safe']:14.4f}  {'pass' if r['passes'] else 'miss'}")
 
 
 if __name__ == "__main__":

@@ -138,3 +138,18 @@ def layer_scan_plot(panels: dict[str, dict[int, list[float]]], path: Path, selec
             ax.set_xlabel("layer (residual stream entering it)")
         axes.flat[0].legend(fontsize=7, loc="best")
     return Path(path)
+
+
+def bar_panels(panels: dict[str, dict[str, float]], path: Path, lines: dict[str, float] | None = None) -> Path:
+    """One bar panel per measure ({name: {bar label: value}}), ``lines`` ({name: y}) a dashed threshold."""
+    names = list(panels)
+    with _figure(path, nrows=1, ncols=len(names), figsize=(3.6 * len(names), 3.2), dpi=100,
+                 squeeze=False) as (_, axes):
+        for ax, name in zip(axes.flat, names):
+            labels = list(panels[name])
+            ax.bar(range(len(labels)), [_nan(panels[name][k]) for k in labels], color="tab:blue")
+            ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+            if lines and name in lines:
+                ax.axhline(lines[name], color="gray", ls="--", lw=0.8)
+            ax.set_title(name, fontsize=10)
+    return Path(path)

@@ -12,12 +12,14 @@ from refusal.data.records import SPLITS
 from refusal.errors import ConfigError
 from refusal.evaluation.circuit_setup import ABLATIONS
 from refusal.circuit.verdict import TransferRule
-from refusal.evaluation.direction import DirectionSettings
+from refusal.evaluation.direction import DirectionSettings, RdoSettings
+from refusal.evaluation.cast import CastSettings
+from refusal.evaluation.estimators import CLOSED_FORM, ESTIMATORS
 from refusal.evaluation.interventions import ARDITI_KINDS
 from refusal.evaluation.transfer import TransferSettings
 from refusal.model.hooks import HOOK_KINDS, parse_layers
 
-STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction")
+STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction", "cast")
 
 
 @dataclass
@@ -43,6 +45,20 @@ class TransferSchema:
 
 
 @dataclass
+class CaaSchema:
+    refusal: str = MISSING
+    compliance: str = MISSING
+
+
+@dataclass
+class RdoSchema:
+    steps: int = MISSING
+    lr: float = MISSING
+    batch_size: int = MISSING
+    kl_weight: float = MISSING
+
+
+@dataclass
 class DirectionSchema:
     candidate_split: str = MISSING
     selection_split: str = MISSING
@@ -55,6 +71,21 @@ class DirectionSchema:
     actadd_coeff: float = MISSING
     filter_by_score: bool = MISSING
     outlier_factor: float = MISSING
+    method: str = MISSING
+    compare_methods: List[str] = MISSING
+    shrinkage: Any = MISSING  # auto | number in [0, 1]
+    probe_l2: float = MISSING
+    caa: CaaSchema = field(default_factory=lambda: CaaSchema())
+    rdo: RdoSchema = field(default_factory=lambda: RdoSchema())
+    export: bool = MISSING
+
+
+@dataclass
+class CastSchema:
+    layer: Any = MISSING  # selected | int
+    estimator: str = MISSING
+    threshold_split: str = MISSING
+    coeff: float = MISSING
 
 
 @dataclass
@@ -71,6 +102,7 @@ class EvaluationSchema:
     faithfulness: FaithfulnessSchema = field(default_factory=FaithfulnessSchema)
     transfer: TransferSchema = field(default_factory=TransferSchema)
     direction: DirectionSchema = field(default_factory=DirectionSchema)
+    cast: CastSchema = field(default_factory=CastSchema)
 
 
 register("evaluation", EvaluationSchema)
@@ -91,6 +123,7 @@ class EvalSettings:
     faith_n_random: int
     transfer: TransferSettings
     direction: DirectionSettings
+    cast: CastSettings
 
 
 def _layer_spec(name: str, value):
@@ -126,7 +159,23 @@ def _direction(d) -> DirectionSettings:
         number("evaluation.direction.induce_min_score", d.induce_min_score),
         number("evaluation.direction.actadd_coeff", d.actadd_coeff),
         _layer_spec("direction.candidate_layers", d.candidate_layers), bool(d.filter_by_score),
-        _outlier_factor(d.outlier_factor))
+        _outlier_factor(d.outlier_factor), choice("evaluation.direction.method", d.method, ESTIMATORS),
+        tuple(choice("evaluation.direction.compare_methods entry", m, ESTIMATORS) for m in plain(d.compare_methods)),
+        _shrinkage(d.shrinkage), number("evaluation.direction.probe_l2", d.probe_l2, 0),
+        (str(d.caa.refusal), str(d.caa.compliance)),
+        RdoSettings(integer("evaluation.direction.rdo.steps", d.rdo.steps, 0),
+                    number("evaluation.direction.rdo.lr", d.rdo.lr, 0, open_lo=True),
+                    integer("evaluation.direction.rdo.batch_size", d.rdo.batch_size, 1),
+                    number("evaluation.direction.rdo.kl_weight", d.rdo.kl_weight, 0)), bool(d.export))
+
+
+def _shrinkage(value):
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"evaluation.direction.shrinkage={value!r} is not valid; use auto (Ledoit-Wolf) or a number "
+                          "in [0, 1]")
+    return float(value)
 
 
 def _outlier_factor(value) -> float:
@@ -149,4 +198,11 @@ def settings_from(e) -> EvalSettings:
         sae_max_prompts=integer("evaluation.sae_quality.max_prompts", e.sae_quality.max_prompts, 1),
         thresholds=_thresholds(plain(e.faithfulness.thresholds)),
         faith_n_random=integer("evaluation.faithfulness.n_random", e.faithfulness.n_random, 0),
-        transfer=_transfer(e.transfer), direction=_direction(e.direction))
+        transfer=_transfer(e.transfer), direction=_direction(e.direction), cast=_cast(e.cast))
+
+
+def _cast(c) -> CastSettings:
+    layer = c.layer if c.layer == "selected" else integer("evaluation.cast.layer", c.layer, 0)
+    return CastSettings(layer, choice("evaluation.cast.estimator", c.estimator, CLOSED_FORM),
+                        choice("evaluation.cast.threshold_split", c.threshold_split, SPLITS),
+                        number("evaluation.cast.coeff", c.coeff))

@@ -1,7 +1,8 @@
 """The refusal direction (Arditi et al. 2024), a reference method to compare the circuits with: one direction in the
 residual stream that mediates refusal.
 
-1. Candidates: r[l, p] = mean(toxic) − mean(safe) of the residual stream at the input of layer l
+1. Candidates: r[l, p] = the ``method`` estimate (default ``dim``: mean(toxic) − mean(safe); the others:
+   refusal/evaluation/estimators.py and direction_methods.py) of the residual stream at the input of layer l
    (``blocks.{l}.hook_resid_pre``) and post-instruction position p (aligned from the end of the prompt), on the
    ``candidate_split`` prompts (label toxic vs label safe; with ``filter_by_score`` only the toxic prompts the model
    refuses, refusal score > 0, and the safe ones it answers, score < 0, here and in the selection), for the scored
@@ -20,6 +21,9 @@ residual stream that mediates refusal.
    safe) and actadd (safe, hard), the KL on safe prompts under ablation, against the unintervened baseline.
 4. Per-category directions at the selected (layer, position): mean(toxic of c) − mean(safe), their cosine matrix
    and each one's cosine with the selected direction.
+5. Optional: the ``compare_methods`` estimators scored at the selected (layer, position) (table and plot), and
+   ``export``: the direction orthogonalised out of the weights, written as a model dir and measured
+   (refusal/evaluation/abliterate.py).
 """
 from __future__ import annotations
 
@@ -44,6 +48,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class RdoSettings:
+    """``evaluation.direction.rdo``: the gradient-optimised estimator (refusal/evaluation/direction_methods.py)."""
+    steps: int
+    lr: float
+    batch_size: int
+    kl_weight: float
+
+
+@dataclass(frozen=True)
 class DirectionSettings:
     """``evaluation.direction`` (values: conf/evaluation/default.yaml, checked in refusal/evaluation/config.py)."""
     candidate_split: str
@@ -57,23 +70,38 @@ class DirectionSettings:
     candidate_layers: object  # layer spec: the layers whose candidates are scored (before max_layer_fraction)
     filter_by_score: bool  # contrast only toxic prompts the model refuses (score > 0), safe ones it answers (< 0)
     outlier_factor: float  # > 0: zero candidates on residual dims with RMS > this x the layer's median RMS
+    method: str  # the estimator (refusal/evaluation/estimators.py, direction_methods.py)
+    compare_methods: tuple[str, ...]  # also scored at the selected layer and position
+    shrinkage: object  # whitened_dim, lda: "auto" (Ledoit-Wolf) or a number in [0, 1]
+    probe_l2: float  # probe: L2 weight
+    caa_openings: tuple[str, str]  # caa: (refusal, compliance) response openings
+    rdo: RdoSettings
+    export: bool  # write the abliterated model (refusal/evaluation/abliterate.py) and measure it
 
 
 @torch.inference_mode()
-def residual_stats(model, formatter, prompts: list[str], layers: list[int], n_pos: int,
-                   batch_size: int) -> tuple[Tensor, Tensor]:
-    """One pass over ``prompts``: ([len(layers), n_pos, d] float64 mean residual stream (resid_pre) at the last
-    ``n_pos`` prompt tokens, [len(layers), d] float64 root-mean-square per dimension over every real (unpadded)
-    token, the chat template's included)."""
+def residual_tails(model, formatter, prompts: list[str], layers: list[int], n_pos: int, batch_size: int,
+                   responses: list[str] | None = None) -> tuple[Tensor, Tensor]:
+    """One pass over ``prompts`` (each followed by its entry of ``responses`` when given): ([n, len(layers), n_pos, d]
+    float64 residual stream (resid_pre) at the last ``n_pos`` tokens of each, [len(layers), d] float64
+    root-mean-square per dimension over every real (unpadded) token, the chat template's included)."""
     if not prompts:
-        raise ConfigError("difference-in-means needs prompts on both sides; one side is empty")
-    tails, squares, count = 0, 0, 0
-    for enc, acts in resid_pre_batches(model, formatter, prompts, layers, batch_size):
+        raise ConfigError("a direction estimate needs prompts on both sides; one side is empty")
+    tails, squares, count = [], 0, 0
+    for enc, acts in resid_pre_batches(model, formatter, prompts, layers, batch_size, responses):
         real = enc.attention_mask.bool()
-        tails = tails + torch.stack([a[:, -n_pos:].double().sum(0) for a in acts]).cpu()
+        tails.append(torch.stack([a[:, -n_pos:].double() for a in acts], 1).cpu())
         squares = squares + torch.stack([a[real].double().pow(2).sum(0) for a in acts]).cpu()
         count += int(real.sum())
-    return tails / len(prompts), (squares / count).sqrt()
+    return torch.cat(tails), (squares / count).sqrt()
+
+
+def residual_stats(model, formatter, prompts: list[str], layers: list[int], n_pos: int,
+                   batch_size: int) -> tuple[Tensor, Tensor]:
+    """([len(layers), n_pos, d] float64 mean residual stream at the last ``n_pos`` prompt tokens, [len(layers), d]
+    RMS per dimension over every real token): ``residual_tails`` averaged over prompts."""
+    tails, rms = residual_tails(model, formatter, prompts, layers, n_pos, batch_size)
+    return tails.mean(0), rms
 
 
 def tail_means(model, formatter, prompts: list[str], layers: list[int], n_pos: int, batch_size: int) -> Tensor:
@@ -107,6 +135,22 @@ def scored_layers(s: DirectionSettings, n_layers: int) -> list[int]:
     return layers
 
 
+def score_direction(ctx, r: Tensor, layer: int, toxic: list[str], safe: list[str], safe_logits: Tensor,
+                    s: DirectionSettings) -> dict:
+    """The selection's measures of ``r``: mean refusal score of ``toxic`` with r̂ ablated at every layer, the KL on
+    ``safe`` under that ablation (against ``safe_logits``, unintervened), the mean refusal score of ``safe`` with r
+    added at ``layer``, and whether it passes the filters."""
+    r = r.float()
+    with intervene(ctx.model, directional_ablation(r, ctx.loaded.n_layers, s.ablation_hooks)):
+        abl, _ = _mean_score(ctx, toxic)
+        _, new_safe = _mean_score(ctx, safe)
+    with intervene(ctx.model, [ActAdd(f"blocks.{layer}.hook_resid_pre", r, s.actadd_coeff)]):
+        induce, _ = _mean_score(ctx, safe)
+    kl = float(kl_per_prompt(safe_logits, new_safe).mean())
+    return {"ablation_score": abl, "kl_safe": kl, "induce_score": induce, "norm": float(r.norm()),
+            "passes": kl <= s.max_kl and induce > s.induce_min_score}
+
+
 def select_direction(ctx, candidates: dict[int, Tensor], toxic: list[str], safe: list[str],
                      s: DirectionSettings) -> dict:
     """Score the candidates ({layer: [n_pos, d]}) of the scored layers on the selection prompts and pick one (see
@@ -123,15 +167,8 @@ def select_direction(ctx, candidates: dict[int, Tensor], toxic: list[str], safe:
             r = candidates[layer][p].float()
             if float(r.norm()) <= tiny:  # e.g. layer 0: the same template tokens in every prompt
                 continue
-            with intervene(ctx.model, directional_ablation(r, n_layers, s.ablation_hooks)):
-                abl, _ = _mean_score(ctx, toxic)
-                _, new_safe = _mean_score(ctx, safe)
-            with intervene(ctx.model, [ActAdd(f"blocks.{layer}.hook_resid_pre", r, s.actadd_coeff)]):
-                induce, _ = _mean_score(ctx, safe)
-            kl = float(kl_per_prompt(safe_logits, new_safe).mean())
-            rows.append({"layer": layer, "position": p - n_pos, "ablation_score": abl, "kl_safe": kl,
-                         "induce_score": induce, "norm": float(r.norm()),
-                         "passes": kl <= s.max_kl and induce > s.induce_min_score})
+            rows.append({"layer": layer, "position": p - n_pos,
+                         **score_direction(ctx, r, layer, toxic, safe, safe_logits, s)})
         log.info("direction: layer %d scored (%d of %d layers)", layer, layers.index(layer) + 1, len(layers))
     if not rows:
         raise ConfigError(f"evaluation.direction.candidate_layers={s.candidate_layers!r} with max_layer_fraction="
@@ -177,34 +214,45 @@ def contrast(ctx, records, s: DirectionSettings, split: str) -> tuple[list, list
     return toxic, safe
 
 
-def _candidates(ctx, prompts, s: DirectionSettings, layers: list[int]) -> tuple[Tensor, Tensor, dict[str, Tensor],
-                                                                                 Tensor]:
-    """(difference-in-means candidates [len(layers), n_pos, d], mean safe activation, {category: mean toxic
-    activation}, outlier dims bool [len(layers), d]) on the ``candidate_split`` prompts; with ``outlier_factor``
-    the candidates and category means are zeroed (differences: safe mean kept) on the outlier dims."""
+def _samples(ctx, prompts, s: DirectionSettings, layers: list[int]) -> tuple[Samples, dict[str, Tensor], Tensor]:
+    """(the ``candidate_split``'s contrast prompts and their residual stream at ``layers``, with ``outlier_factor``
+    the outlier dims zeroed; {category: mean toxic − mean safe} [len(layers), n_pos, d]; outlier dims bool
+    [len(layers), d])."""
     n_pos = ctx.formatter.n_post_instruction
     toxic, safe_records = contrast(ctx, prompts, s, s.candidate_split)
-    safe = [r.prompt for r in safe_records]
-    tox_by_cat = {c: [r.prompt for r in toxic if r.category == c] for c in sorted({r.category for r in toxic})}
-    n_tox = len(toxic)
-    log.info("direction: difference-in-means at layers %s from %d toxic and %d safe %s prompts", layers, n_tox,
-             len(safe), s.candidate_split)
-    safe_mean, safe_rms = residual_stats(ctx.model, ctx.formatter, safe, layers, n_pos, ctx.batch_size)
-    cat_means = {c: tail_means(ctx.model, ctx.formatter, p, layers, n_pos, ctx.batch_size) for c, p in tox_by_cat.items()}
-    tox_mean = sum(len(tox_by_cat[c]) * m for c, m in cat_means.items()) / n_tox
+    tox_prompts, safe = [r.prompt for r in toxic], [r.prompt for r in safe_records]
+    log.info("direction: %s candidates at layers %s from %d toxic and %d safe %s prompts", s.method, layers,
+             len(toxic), len(safe), s.candidate_split)
+    tox_tails, _ = residual_tails(ctx.model, ctx.formatter, tox_prompts, layers, n_pos, ctx.batch_size)
+    safe_tails, safe_rms = residual_tails(ctx.model, ctx.formatter, safe, layers, n_pos, ctx.batch_size)
     outliers = (outlier_dims(safe_rms, s.outlier_factor) if s.outlier_factor > 0
                 else torch.zeros_like(safe_rms, dtype=torch.bool))
     if outliers.any():
         log.info("direction: zeroing the candidates' outlier dims (RMS > %g x median) %s", s.outlier_factor,
                  dims_by_layer(outliers, layers))
-    keep = (~outliers).double()[:, None, :]  # [layers, 1, d]
-    cat_means = {c: safe_mean + (m - safe_mean) * keep for c, m in cat_means.items()}
-    return (tox_mean - safe_mean) * keep, safe_mean, cat_means, outliers
+    keep = (~outliers).double()
+    tox_tails, safe_tails = tox_tails * keep[None, :, None], safe_tails * keep[None, :, None]
+    safe_mean = safe_tails.mean(0)
+    cats = sorted({r.category for r in toxic})
+    per_cat = {c: tox_tails[[i for i, r in enumerate(toxic) if r.category == c]].mean(0) - safe_mean for c in cats}
+    return Samples(tox_prompts, safe, tox_tails, safe_tails, keep, layers), per_cat, outliers
 
 
 def dims_by_layer(outliers: Tensor, layers: list[int]) -> dict[int, list[int]]:
     """{layer: its outlier dims} of a bool [len(layers), d] mask."""
     return {layer: torch.nonzero(outliers[i]).flatten().tolist() for i, layer in enumerate(layers)}
+
+
+@dataclass
+class Samples:
+    """The candidate split's contrast prompts and their residual stream at the scored layers' last positions,
+    the outlier dims zeroed (``keep``: [len(layers), d], 1 kept, 0 zeroed)."""
+    toxic: list[str]
+    safe: list[str]
+    toxic_tails: Tensor  # [n, len(layers), n_pos, d] float64
+    safe_tails: Tensor
+    keep: Tensor
+    layers: list[int]
 
 
 def _selection_prompts(ctx, prompts, s: DirectionSettings) -> tuple[list[str], list[str]]:
@@ -250,13 +298,15 @@ def selection_plot(selection: dict, n_pos: int, s: DirectionSettings, path: Path
 def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_split: str) -> dict:
     """The whole method on ``train_prompts`` (the full prompt set: the candidate and selection splits are read
     from it) and ``ctx.prompts`` (the evaluation split)."""
+    from refusal.evaluation.direction_methods import compare_methods, method_candidates, refine_selected
     for name in ("candidate_split", "selection_split"):
         if getattr(s, name) == eval_split:
             raise ConfigError(f"evaluation.direction.{name}={getattr(s, name)!r} is the evaluation split; choose a "
                               "held-out one (train or val)")
-    n_pos = ctx.formatter.n_post_instruction
+    n_pos, out_dir = ctx.formatter.n_post_instruction, Path(out_dir)
     layers = scored_layers(s, ctx.loaded.n_layers)
-    stacked, safe_mean, cat_means, outliers = _candidates(ctx, train_prompts, s, layers)
+    samples, cat_diffs, outliers = _samples(ctx, train_prompts, s, layers)
+    stacked = method_candidates(ctx, s, samples)
     candidates = {layer: stacked[i] for i, layer in enumerate(layers)}
     tox_s, safe_s = _selection_prompts(ctx, train_prompts, s)
     log.info("direction: scoring %d candidates on %d toxic and %d safe %s prompts", len(layers) * n_pos,
@@ -265,27 +315,47 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
     best = selection["selected"]
     layer, pos = best["layer"], best["position"] + n_pos
     r = candidates[layer][pos].float()
+    if s.method == "rdo":
+        selection, r = refine_selected(ctx, selection, candidates, samples, tox_s, safe_s, s)
+        r, best = r.float(), selection["selected"]
+    methods, method_vectors = (compare_methods(ctx, s, samples, layer, best["position"], r, tox_s, safe_s, out_dir)
+                               if s.compare_methods else (None, None))
     log.info("direction: selected layer %d position %d; generating under ablation and actadd", layer,
              best["position"])
     held_out = _held_out(ctx, r, layer, s)
-
-    li, cats = layers.index(layer), list(cat_means)
-    per_cat = torch.stack([cat_means[c][li, pos] - safe_mean[li, pos] for c in cats])
-    cos = _cosines(per_cat)
-    with_global = _cosines(torch.cat([r.double()[None], per_cat]))[0, 1:]
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir / "direction.safetensors") as tmp:
-        save_file({"direction": r.contiguous(), "candidates": stacked.float().contiguous(),
-                   "candidate_layers": torch.tensor(layers, dtype=torch.int64),
-                   "outlier_dims": outliers.contiguous(),
-                   "per_category": per_cat.float().contiguous()}, str(tmp))
-    plot = str(heatmap(cos, cats, f"cosine of per-category refusal directions (layer {layer}, pos {best['position']})",
-                       out_dir / "direction_cosine.png", vmin=-1.0))
-    layer_plot = str(selection_plot(selection, n_pos, s, out_dir / "direction_layers.png"))
+    export = None
+    if s.export:
+        from refusal.evaluation.abliterate import export_and_measure
+        export, rows = export_and_measure(ctx, r, best, s, out_dir)
+        held_out["rates"] += rows
+    per_cat = {c: d[layers.index(layer), pos] for c, d in cat_diffs.items()}
     return {
-        "selected": best, "filters_passed": selection["filters_passed"], "fallback": selection["fallback"],
-        "outlier_dims": dims_by_layer(outliers, layers),
+        "method": s.method, "selected": best, "filters_passed": selection["filters_passed"],
+        "fallback": selection["fallback"], "outlier_dims": dims_by_layer(outliers, layers),
         "selection": selection, "n_candidates": len(selection["candidates"]), "settings": asdict(s), **held_out,
-        "per_category": {"categories": cats, "cosine": cos.tolist(), "cosine_with_selected": with_global.tolist()},
-        "plot": plot, "layer_plot": layer_plot,
+        "methods": methods, "export": export,
+        **_write_outputs(out_dir, r, stacked, layers, outliers, per_cat, selection, n_pos, s, method_vectors),
     }
+
+
+def _write_outputs(out_dir: Path, r: Tensor, stacked: Tensor, layers: list[int], outliers: Tensor,
+                   per_cat: dict[str, Tensor], selection: dict, n_pos: int, s: DirectionSettings,
+                   method_vectors: Tensor | None) -> dict:
+    """direction.safetensors (with ``compare_methods``, their directions as ``methods``, in that order), the
+    per-category cosine heatmap and the layer scan; the per-category block and the plots' paths."""
+    best, cats = selection["selected"], list(per_cat)
+    diffs = torch.stack([per_cat[c] for c in cats])
+    cos = _cosines(diffs)
+    with_global = _cosines(torch.cat([r.double()[None], diffs]))[0, 1:]
+    tensors = {"direction": r.contiguous(), "candidates": stacked.float().contiguous(),
+               "candidate_layers": torch.tensor(layers, dtype=torch.int64), "outlier_dims": outliers.contiguous(),
+               "per_category": diffs.float().contiguous()}
+    if method_vectors is not None:
+        tensors["methods"] = method_vectors.contiguous()
+    with atomic_path(out_dir / "direction.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    plot = str(heatmap(cos, cats, f"cosine of per-category refusal directions (layer {best['layer']}, pos "
+                       f"{best['position']})", out_dir / "direction_cosine.png", vmin=-1.0))
+    layer_plot = str(selection_plot(selection, n_pos, s, out_dir / "direction_layers.png"))
+    return {"per_category": {"categories": cats, "cosine": cos.tolist(), "cosine_with_selected": with_global.tolist()},
+            "plot": plot, "layer_plot": layer_plot}

@@ -50,7 +50,9 @@ def compare(result: dict, out_dir: Path, plant, adapter: str,
             "cos_selected": float(plant.write_cosine(saved["direction"], adapter)),
             "cos_candidates": {int(layer): [float(c) for c in row]
                                for layer, row in zip(saved["candidate_layers"].tolist(), cand)},
-            "adapter_layers": list(plant.layers)}
+            "adapter_layers": list(plant.layers),
+            "cos_methods": ({row["method"]: float(plant.write_cosine(v, adapter)) for row, v in
+                             zip(result["methods"]["rows"], saved["methods"])} if result.get("methods") else {})}
 
 
 def cosine_plot(comparison: dict, path: Path) -> Path:

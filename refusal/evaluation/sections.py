@@ -4,7 +4,7 @@ marked missing with the reason.
 
 ``build_report(data)``: ``data`` has the keys ``meta`` (dict), ``data_analysis``, ``train_manifest``,
 ``discovery``, ``discover_dir``, ``baseline``, ``sae_quality``, ``faithfulness``, ``transfer``, ``direction``,
-``verdict``; each stage value is its result dict or ``{"status": "missing" | "skipped", "reason": ...}`` or None.
+``cast``, ``verdict``; each stage value is its result dict or ``{"status": "missing" | "skipped", "reason": ...}`` or None.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from refusal.evaluation.report import Image, Report, Section, Table, Text, fmt
 SECTIONS = (("data", "Data summary"), ("baseline", "Baseline refusal per category"), ("sae_quality", "SAE quality"),
             ("circuits", "Circuits and similarity"), ("statistics", "Statistics"),
             ("faithfulness", "Faithfulness and completeness"), ("transfer", "Transfer matrix"),
-            ("direction", "Refusal direction (reference method)"), ("verdict", "Verdict"))
+            ("direction", "Refusal direction (reference method)"),
+            ("cast", "Conditional steering (CAST)"), ("verdict", "Verdict"))
 TITLES = dict(SECTIONS)
 
 
@@ -205,7 +206,8 @@ def direction_section(result) -> Section:
     blocks = [Table(["layer", "position", "ablation score", "KL (selection)", "induced score", "filters passed",
                      "candidates"],
                     [[sel["layer"], sel["position"], sel["ablation_score"], sel["kl_safe"], sel["induce_score"],
-                      result.get("filters_passed"), result.get("n_candidates")]], "selected difference-in-means direction"),
+                      result.get("filters_passed"), result.get("n_candidates")]],
+                    f"selected direction (estimator: {result.get('method', 'dim')})"),
               Text("KL(baseline ‖ ablated) on held-out safe prompts: "
                    f"{_ci(kl.get('mean'), kl.get('ci_low'), kl.get('ci_high'))}")]
     if result.get("fallback"):
@@ -214,8 +216,8 @@ def direction_section(result) -> Section:
         blocks.append(Image(Path(result["layer_plot"]), "layer scan: every candidate's refusal score under ablation "
                             "(toxic) and actadd (safe), and the ablation's KL on safe prompts (dashed: the baseline "
                             "toxic score and the filters); star: selected"))
-    conditions = ("baseline", "ablation", "actadd")
     cells = {(r["condition"], r["label"], r["category"]): r for r in result.get("rates", [])}
+    conditions = ("baseline", "ablation", "actadd") + (("abliterated",) if result.get("export") else ())
     keys = [(lb, c) for cond, lb, c in cells if cond == "baseline"]  # rates.summarize order
 
     def rate(cond, lb, c):
@@ -229,7 +231,10 @@ def direction_section(result) -> Section:
     blocks.append(Table(["label", "category", "n", *(f"{k} rate [CI]" for k in conditions),
                          *(f"{k} score" for k in conditions)], rows,
                         "ablation: direction projected out at every layer (toxic, hard, safe prompts); actadd: "
-                        "direction added at the selected layer (safe, hard prompts)"))
+                        "direction added at the selected layer (safe, hard prompts)"
+                        + ("; abliterated: the exported model with the direction orthogonalised out of its weights, "
+                           "loaded from its dir" if result.get("export") else "")))
+    blocks += _methods_blocks(result.get("methods")) + _export_blocks(result.get("export"))
     pc = result.get("per_category", {})
     if pc.get("categories"):
         if result.get("plot"):
@@ -237,6 +242,57 @@ def direction_section(result) -> Section:
         blocks.append(Table(["category", "cosine with selected direction"],
                             [[c, v] for c, v in zip(pc["categories"], pc["cosine_with_selected"])]))
     return Section("direction", TITLES["direction"], blocks)
+
+
+def _methods_blocks(methods: dict | None) -> list:
+    if not methods:
+        return []
+    return [Table(["estimator", "ablation score (toxic)", "induced score (safe)", "KL (safe)", "filters passed",
+                   "|cos| with selected"],
+                  [[r["method"], r["ablation_score"], r["induce_score"], r["kl_safe"], r["passes"],
+                    r["abs_cos_with_selected"]] for r in methods["rows"]],
+                  f"estimators compared at layer {methods['layer']}, position {methods['position']} (selection "
+                  "prompts)"),
+            Image(Path(methods["plot"]), "estimators compared: refusal score under ablation and actadd, KL")]
+
+
+def _export_blocks(export: dict | None) -> list:
+    if not export:
+        return []
+    return [Text(f"Abliterated model written to {export['dir']} ({export['n_edited_tensors']} tensors edited; load "
+                 f"it with {export['load']}); largest next-token logit difference from the ablation hooks on the "
+                 f"held-out safe prompts: {export['max_logit_diff_vs_hooks']}"
+                 + ("" if export["hooks_match_weights"] else " (the stage's ablation_hooks are not the full set the "
+                    "weights edit, so the two need not agree)"))]
+
+
+def cast_section(result) -> Section:
+    miss = _missing("cast", result, "the cast stage did not run")
+    if miss:
+        return miss
+    conds = result["conditions"]
+    blocks = [Text(f"One condition per toxic category at layer {result['condition_layer']} (estimator "
+                   f"{result['estimator']}, thresholds chosen on the {result['threshold_split']} split); behaviour: "
+                   f"{fmt(result['coeff'])} x the refusal direction added at layer {result['behaviour_layer']} while "
+                   "a prompt on which the condition fires is generated."),
+              Table(["condition", "threshold (cosine)", "balanced accuracy (threshold split)", "positives there"],
+                    [[c, d["threshold"], d["val_balanced_accuracy"], d["n_val_positive"]] for c, d in conds.items()])]
+    names = ["baseline", "always"] + [f"cast:{c}" for c in list(conds) + ["any"]]
+    cells = {(r["condition"], r["label"], r["category"]): r for r in result["rates"]}
+    keys = [(lb, c) for cond, lb, c in cells if cond == "baseline"]
+    blocks.append(Table(["label", "category", "n", *names],
+                        [[lb, c, cells[("baseline", lb, c)]["n"],
+                          *(fmt((cells.get((n, lb, c)) or {}).get("refusal_rate")) for n in names)] for lb, c in keys],
+                        "refusal rate per condition: baseline (no steering), always (steered on every prompt), "
+                        "cast:<c> (steered where c's condition fires)"))
+    fire = {(r["condition"], r["label"], r["category"]): r["fire_rate"] for r in result["firing"]}
+    firing_names = list(conds) + ["any"]
+    blocks.append(Table(["label", "category", *firing_names],
+                        [[lb, c, *(fmt(fire.get((n, lb, c))) for n in firing_names)] for lb, c in keys],
+                        "share of prompts each condition fires on (on safe and hard prompts: false triggers)"))
+    if result.get("plot"):
+        blocks.append(Image(Path(result["plot"]), "where each condition fires"))
+    return Section("cast", TITLES["cast"], blocks)
 
 
 def verdict_section(verdict: dict | None, discovery: dict | None, transfer) -> Section:
@@ -264,5 +320,5 @@ def build_report(data: dict) -> Report:
                 sae_section(data.get("train_manifest"), data.get("sae_quality")),
                 circuits_section(discovery, data.get("discover_dir")), statistics_section(discovery),
                 faithfulness_section(data.get("faithfulness")), transfer_section(transfer),
-                direction_section(data.get("direction")), verdict_section(data.get("verdict"), discovery, transfer_ok)]
+                direction_section(data.get("direction")), cast_section(data.get("cast")), verdict_section(data.get("verdict"), discovery, transfer_ok)]
     return Report("refusal-circuits evaluation report", sections, data.get("meta", {}))

@@ -96,8 +96,13 @@ class ChatFormatter:
             ce -= cut
         return ids, cs, ce
 
-    def encode(self, prompts: list[str]) -> EncodedBatch:
+    def encode(self, prompts: list[str], responses: list[str] | None = None) -> EncodedBatch:
+        """Left-padded chat-formatted ``prompts``; with ``responses``, each prompt's response text follows its
+        generation prompt (as if the model had begun to answer with it)."""
         rows = [self._encode_one(p) for p in prompts]
+        if responses is not None:
+            rows = [(ids + self.tokenizer.encode(text, add_special_tokens=False), cs, ce)
+                    for (ids, cs, ce), text in zip(rows, responses, strict=True)]
         T = max(len(ids) for ids, _, _ in rows)
         pad = self.tokenizer.pad_token_id
         B = len(rows)

@@ -173,13 +173,16 @@ def run_until_stop(fn: Callable[[], object]):
         return None
 
 
-def resid_pre_batches(model: nn.Module, formatter, prompts: list[str], layers: list[int], batch_size: int):
-    """For each batch of ``prompts`` (chat-formatted by ``formatter``, on the model's device): (the encoded batch,
-    [resid_pre at each of ``layers``, [B, T, d]]), from a forward that stops after the deepest of them."""
+def resid_pre_batches(model: nn.Module, formatter, prompts: list[str], layers: list[int], batch_size: int,
+                      responses: list[str] | None = None):
+    """For each batch of ``prompts`` (chat-formatted by ``formatter``, each followed by its entry of ``responses``
+    when given; on the model's device): (the encoded batch, [resid_pre at each of ``layers``, [B, T, d]]), from a
+    forward that stops after the deepest of them."""
     device = next(model.parameters()).device
     hooks = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
     for start in range(0, len(prompts), batch_size):
-        enc = formatter.encode(prompts[start:start + batch_size]).to(device)
+        chunk = None if responses is None else responses[start:start + batch_size]
+        enc = formatter.encode(prompts[start:start + batch_size], chunk).to(device)
         with capture_activations(model, hooks, stop_early=True) as cache:
             run_until_stop(lambda: model(**enc.model_inputs(), use_cache=False))
         yield enc, [cache[h] for h in hooks]

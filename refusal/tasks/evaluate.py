@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from safetensors.torch import load_file
 
 from refusal.behavior.judge import build_judge
 from refusal.behavior.score import resolve_refusal_tokens
@@ -19,6 +20,7 @@ from refusal.errors import ConfigError
 from refusal.evaluation.circuit_setup import build_circuit_setup
 from refusal.evaluation.config import STAGES, EvalSettings, settings_from
 from refusal.evaluation.context import EvalContext
+from refusal.evaluation.cast import run_cast
 from refusal.evaluation.direction import run_direction
 from refusal.evaluation.faithfulness import run_faithfulness
 from refusal.evaluation.inputs import RunInputs, load_inputs
@@ -45,6 +47,9 @@ def _missing_reasons(s: EvalSettings, inputs: RunInputs) -> dict[str, dict | Non
             out[stage] = {"status": "skipped", "reason": "not in evaluation.stages"}
         elif stage in ("faithfulness", "transfer") and inputs.discovery is None:
             out[stage] = {"status": "missing", "reason": "no discover run (give discover_dir=<discover.py run dir>)"}
+        elif stage == "cast" and "direction" not in s.stages:
+            out[stage] = {"status": "missing", "reason": "cast steers with the direction stage's direction: add "
+                                                         "direction to evaluation.stages"}
         elif stage == "sae_quality" and not inputs.sae_dirs:
             out[stage] = {"status": "missing", "reason": "no SAEs (give train_dir=<train.py run dir>)"}
         else:
@@ -137,6 +142,11 @@ def _run_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: d
     if results["direction"] is None:
         log.info("evaluate: refusal direction")
         results["direction"] = {"status": "done", **run_direction(ctx, inputs.prompts, s.direction, run_dir, s.split)}
+    if results["cast"] is None:
+        log.info("evaluate: conditional activation steering")
+        r = load_file(str(run_dir / "direction.safetensors"))["direction"]
+        results["cast"] = {"status": "done", **run_cast(ctx, inputs.prompts, results["direction"], r,
+                                                        s.direction.candidate_split, s.cast, run_dir)}
 
 
 def _metrics(results: dict) -> dict[str, float]:

@@ -195,7 +195,8 @@ def test_the_comparison_with_a_plant_reads_the_stage_outputs(loaded, texts, tmp_
     ctx = EvalContext(loaded, ChatFormatter(loaded.tokenizer), prompts.filter(split="test"),
                       SubstringJudge(REFUSAL_SUBSTRINGS), resolve_refusal_tokens(loaded.tokenizer), batch_size=4,
                       max_new_tokens=2, boot=BOOT, seed=0, out_dir=tmp_path)
-    s = direction_settings(candidate_layers=[1, 2], max_layer_fraction=1.0, max_kl=10.0, induce_min_score=-100.0)
+    s = direction_settings(candidate_layers=[1, 2], max_layer_fraction=1.0, max_kl=10.0, induce_min_score=-100.0,
+                           compare_methods=("dim", "pca"))
     out = run_direction(ctx, prompts, s, tmp_path, "test")
     saved = load_file(str(tmp_path / "direction.safetensors"))
     plant = Plant(["shared"], [1], "mlp.down_proj", 1, 128, 64, seed=0)
@@ -203,6 +204,7 @@ def test_the_comparison_with_a_plant_reads_the_stage_outputs(loaded, texts, tmp_
         plant.B[0, :, 0] = -2.0 * saved["direction"]  # the plant writes along the selected direction
     got = compare(out, tmp_path, plant, "shared")
     assert got["cos_selected"] == pytest.approx(1.0, abs=1e-6)
+    assert got["cos_methods"]["dim"] == pytest.approx(1.0, abs=1e-6) and got["cos_methods"]["pca"] < 1.0
     sel = out["selected"]
     assert got["cos_candidates"][sel["layer"]][sel["position"]] == pytest.approx(1.0, abs=1e-6)
     assert sorted(got["cos_candidates"]) == [1, 2] and max(map(max, got["cos_candidates"].values())) <= 1 + 1e-9
@@ -261,3 +263,135 @@ def test_outlier_factor_below_one_is_refused():
             cfg = compose("evaluate", overrides=["model=tiny_llama", "logger=csv",
                                                  "evaluation.direction.outlier_factor=0.5"])
         settings_from(cfg.evaluation)
+
+
+def _one_at_a_time(ctx, prompts, layer, n_pos, response=None):
+    """[n, n_pos, d] resid_pre at ``layer``, last ``n_pos`` tokens, one unpadded prompt (+ response) at a time."""
+    rows = []
+    for p in prompts:
+        enc = ctx.formatter.encode([p], None if response is None else [response])
+        with capture_activations(ctx.model, [f"blocks.{layer}.hook_resid_pre"], stop_early=False) as cache:
+            ctx.model(**enc.model_inputs(), use_cache=False)
+        rows.append(cache[f"blocks.{layer}.hook_resid_pre"][0, -n_pos:].double())
+    return torch.stack(rows)
+
+
+def test_caa_contrasts_the_same_prompts_with_a_refusal_and_a_compliance_opening(ctx, texts, tmp_path):
+    from refusal.evaluation.direction import run_direction
+
+    prompts = split_prompts(texts)
+    run = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
+    s = direction_settings(method="caa", candidate_layers=[1, 2], max_layer_fraction=1.0, max_kl=10.0,
+                           induce_min_score=-100.0, outlier_factor=0.0, caa_openings=("No way.", "Sure thing, here"))
+    out = run_direction(run, prompts, s, tmp_path, "test")
+    from safetensors.torch import load_file
+    saved = load_file(str(tmp_path / "direction.safetensors"))
+    train = [r.prompt for r in prompts.filter(split="train", label="toxic")] + [
+        r.prompt for r in prompts.filter(split="train", label="safe")]
+    for i, layer in enumerate([1, 2]):
+        n = ctx.formatter.n_post_instruction
+        want = (_one_at_a_time(ctx, train, layer, n, "No way.") - _one_at_a_time(ctx, train, layer, n, "Sure thing, here"))
+        torch.testing.assert_close(saved["candidates"][i], want.mean(0).float(), atol=1e-5, rtol=1e-5)
+    assert out["method"] == "caa"
+
+
+def test_every_method_selects_from_its_own_candidates_and_the_comparison_scores_them_alike(ctx, texts, tmp_path):
+    from safetensors.torch import load_file
+
+    from refusal.evaluation.direction import residual_tails, run_direction
+    from refusal.evaluation.estimators import estimate_grid
+
+    prompts = split_prompts(texts)
+    run = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
+    s = direction_settings(method="lda", compare_methods=("dim", "lda", "pca"), candidate_layers=[1, 2],
+                           max_layer_fraction=1.0, max_kl=10.0, induce_min_score=-100.0, outlier_factor=0.0)
+    out = run_direction(run, prompts, s, tmp_path, "test")
+    tox, saf = ([r.prompt for r in prompts.filter(split="train", label=lb)] for lb in ("toxic", "safe"))
+    n = ctx.formatter.n_post_instruction
+    want = estimate_grid("lda", residual_tails(ctx.model, ctx.formatter, tox, [1, 2], n, 3)[0],
+                         residual_tails(ctx.model, ctx.formatter, saf, [1, 2], n, 3)[0], "auto", s.probe_l2)
+    torch.testing.assert_close(load_file(str(tmp_path / "direction.safetensors"))["candidates"], want.float(),
+                               atol=1e-5, rtol=1e-4)
+    rows = {row["method"]: row for row in out["methods"]["rows"]}
+    assert list(rows) == ["dim", "lda", "pca"]
+    sel = out["selected"]
+    assert rows["lda"]["abs_cos_with_selected"] == pytest.approx(1.0, abs=1e-6)
+    for key in ("ablation_score", "induce_score", "kl_safe"):
+        assert rows["lda"][key] == pytest.approx(sel[key], abs=1e-6)  # the same direction, scored the same way
+    assert rows["dim"]["abs_cos_with_selected"] < 0.999
+    saved = load_file(str(tmp_path / "direction.safetensors"))
+    torch.testing.assert_close(saved["methods"][1], saved["direction"])  # the lda row is the selected direction
+    dim = (residual_tails(ctx.model, ctx.formatter, tox, [1, 2], n, 3)[0].mean(0)
+           - residual_tails(ctx.model, ctx.formatter, saf, [1, 2], n, 3)[0].mean(0))
+    torch.testing.assert_close(saved["methods"][0], dim[[1, 2].index(sel["layer"]), sel["position"]].float(),
+                               atol=1e-5, rtol=1e-4)
+    assert Path(out["methods"]["plot"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rdo_lowers_its_loss_keeps_the_length_and_leaves_outlier_dims_at_zero(ctx, texts):
+    from refusal.evaluation.direction import Samples
+    from refusal.evaluation.direction_methods import _rdo_loss, optimise
+
+    d = ctx.model.config.hidden_size
+    keep = torch.ones(1, d, dtype=torch.float64)
+    keep[0, :5] = 0
+    samples = Samples(texts["toxic"], texts["safe"], torch.zeros(4, 1, 2, d), torch.zeros(4, 1, 2, d), keep, [2])
+    start = torch.randn(d, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * keep[0]
+    s = direction_settings(rdo=dataclasses.replace(direction_settings().rdo, steps=15, lr=0.05, batch_size=4))
+    r, history = optimise(ctx, start, 2, samples, s)
+    assert len(history) == 15 and history[-1]["loss"] < history[0]["loss"]
+    assert float(r.norm()) == pytest.approx(float(start.norm()), rel=1e-6)
+    assert float(r[:5].abs().max()) == 0.0
+    with torch.no_grad():
+        final, _ = _rdo_loss(ctx, (r / r.norm()).float(), float(r.norm()), 2, texts["toxic"], texts["safe"], s)
+    assert float(final) < history[0]["loss"]
+    assert all(p.requires_grad is False for p in ctx.model.parameters())  # the model is left as it was
+
+
+def test_method_rdo_refines_the_selected_candidate(ctx, texts, tmp_path):
+    from safetensors.torch import load_file
+
+    from refusal.evaluation.direction import run_direction
+
+    prompts = split_prompts(texts)
+    run = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
+    s = direction_settings(method="rdo", candidate_layers=[1, 2], max_layer_fraction=1.0, max_kl=10.0,
+                           induce_min_score=-100.0, rdo=dataclasses.replace(direction_settings().rdo, steps=3))
+    out = run_direction(run, prompts, s, tmp_path, "test")
+    saved = load_file(str(tmp_path / "direction.safetensors"))
+    start = out["selection"]["rdo"]["start"]
+    assert (out["selected"]["layer"], out["selected"]["position"]) == (start["layer"], start["position"])
+    assert len(out["selection"]["rdo"]["history"]) == 3
+    li = saved["candidate_layers"].tolist().index(start["layer"])
+    cand = saved["candidates"][li, start["position"]]
+    assert float(saved["direction"].norm()) == pytest.approx(float(cand.norm()), rel=1e-5)
+    assert out["selection"]["rdo"]["cos_with_start"] < 1.0
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("method", "svd", r"evaluation.direction.method='svd' is not valid"),
+    ("compare_methods", "[dim,foo]", r"compare_methods entry='foo' is not valid"),
+    ("shrinkage", "2.0", r"shrinkage=2.0 is not valid; use auto"),
+])
+def test_bad_estimator_settings_are_refused(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("evaluate", overrides=["model=tiny_llama", "logger=csv",
+                                                 f"evaluation.direction.{key}={value}"])
+        settings_from(cfg.evaluation)
+
+
+def test_the_direction_stage_exports_the_abliterated_model_and_measures_it(ctx, texts, tmp_path):
+    from refusal.evaluation.direction import run_direction
+
+    prompts = split_prompts(texts)
+    run = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
+    s = direction_settings(export=True, candidate_layers=[1, 2], max_layer_fraction=1.0, max_kl=10.0,
+                           induce_min_score=-100.0)
+    out = run_direction(run, prompts, s, tmp_path, "test")
+    export = out["export"]
+    assert Path(export["dir"]) == tmp_path / "abliterated" and (tmp_path / "abliterated" / "config.json").exists()
+    assert export["hooks_match_weights"] and export["max_logit_diff_vs_hooks"] < 1e-4
+    rows = {(r["condition"], r["label"]): r for r in out["rates"] if r["category"] == "all"}
+    assert {("abliterated", lb) for lb in ("toxic", "safe")} <= set(rows)
+    assert (tmp_path / "responses" / "direction_abliterated.jsonl").exists()

@@ -128,6 +128,11 @@ def _full(tmp_path) -> dict:
                       "filters_passed": True, "n_candidates": 4, "kl_safe": {"mean": 0.02},
                       "rates": [_rates("baseline"), _rates("ablation"), _rates("actadd")], "plot": png,
                       "per_category": {"categories": ["a"], "cosine_with_selected": [0.9]}},
+        "cast": {"status": "done", "condition_layer": 1, "behaviour_layer": 1, "coeff": 1.0, "estimator": "dim",
+                 "threshold_split": "val", "plot": png,
+                 "conditions": {"a": {"threshold": 0.2, "val_balanced_accuracy": 0.9, "n_val_positive": 3}},
+                 "rates": [_rates("baseline"), _rates("always"), _rates("cast:a"), _rates("cast:any")],
+                 "firing": [{"condition": "a", "label": "toxic", "category": "a", "n": 2, "fire_rate": 0.5}]},
         "verdict": {"verdict": "modular", "basis": "causal transfer test decides where discovery was mixed"},
     }
 
@@ -151,7 +156,8 @@ def test_train_only_report_marks_the_rest_missing(tmp_path):
                     "transfer": {"status": "missing", "reason": "no discover run"}})
     report = build_report(partial)
     missing = {s.key: s.missing for s in report.sections if s.missing}
-    assert set(missing) == {"baseline", "circuits", "statistics", "faithfulness", "transfer", "direction", "verdict"}
+    assert set(missing) == {"baseline", "circuits", "statistics", "faithfulness", "transfer", "direction", "cast",
+                            "verdict"}
     assert missing["transfer"] == "no discover run" and missing["baseline"] == "not in evaluation.stages"
     page = render_html(report)
     assert page.count('class="missing"') == len(missing)
@@ -170,3 +176,19 @@ def test_log_report_logs_html_tables_and_images(tmp_path):
     assert isinstance(run.payload["report/html"], wandb.Html)
     assert isinstance(run.payload["report/one/1"], wandb.Table) and isinstance(run.payload["report/one/2"], wandb.Image)
     log_report(None, report, page)  # no run: nothing to do
+
+
+def test_the_direction_section_shows_the_estimator_comparison_and_the_export(tmp_path):
+    data = _full(tmp_path)
+    png = data["direction"]["plot"]
+    data["direction"].update(
+        method="lda", rates=data["direction"]["rates"] + [_rates("abliterated")],
+        methods={"layer": 1, "position": -1, "plot": png, "rows": [
+            {"method": "pca", "ablation_score": -1.5, "induce_score": 0.2, "kl_safe": 0.03, "passes": True,
+             "abs_cos_with_selected": 0.77}]},
+        export={"dir": "/runs/x/abliterated", "n_edited_tensors": 61, "max_logit_diff_vs_hooks": 3e-6,
+                "hooks_match_weights": True, "load": "model=hf model.path=/runs/x/abliterated"})
+    page = render_html(build_report(data))
+    body = page.split('<section id="direction">', 1)[1].split("</section>", 1)[0]
+    assert "estimator: lda" in body and "estimators compared at layer 1" in body and "0.77" in body
+    assert "abliterated rate [CI]" in body and "model=hf model.path=/runs/x/abliterated" in body
