@@ -15,11 +15,12 @@ from refusal.circuit.verdict import TransferRule
 from refusal.evaluation.direction import DirectionSettings, RdoSettings
 from refusal.evaluation.cast import CastSettings
 from refusal.evaluation.estimators import CLOSED_FORM, ESTIMATORS
+from refusal.evaluation.neurons import NeuronSettings
 from refusal.evaluation.interventions import ARDITI_KINDS
 from refusal.evaluation.transfer import TransferSettings
 from refusal.model.hooks import HOOK_KINDS, parse_layers
 
-STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction", "cast")
+STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction", "cast", "neurons")
 
 
 @dataclass
@@ -89,6 +90,12 @@ class CastSchema:
 
 
 @dataclass
+class NeuronSchema:
+    ks: List[int] = MISSING
+    steer_k: int = MISSING
+
+
+@dataclass
 class EvaluationSchema:
     judge: Any = MISSING  # a behavior/judge node (refusal.behavior.judge.build_judge)
     stages: List[str] = MISSING
@@ -103,6 +110,7 @@ class EvaluationSchema:
     transfer: TransferSchema = field(default_factory=TransferSchema)
     direction: DirectionSchema = field(default_factory=DirectionSchema)
     cast: CastSchema = field(default_factory=CastSchema)
+    neurons: NeuronSchema = field(default_factory=NeuronSchema)
 
 
 register("evaluation", EvaluationSchema)
@@ -124,6 +132,7 @@ class EvalSettings:
     transfer: TransferSettings
     direction: DirectionSettings
     cast: CastSettings
+    neurons: NeuronSettings
 
 
 def _layer_spec(name: str, value):
@@ -198,7 +207,9 @@ def settings_from(e) -> EvalSettings:
         sae_max_prompts=integer("evaluation.sae_quality.max_prompts", e.sae_quality.max_prompts, 1),
         thresholds=_thresholds(plain(e.faithfulness.thresholds)),
         faith_n_random=integer("evaluation.faithfulness.n_random", e.faithfulness.n_random, 0),
-        transfer=_transfer(e.transfer), direction=_direction(e.direction), cast=_cast(e.cast))
+        transfer=_transfer(e.transfer), direction=_direction(e.direction), cast=_cast(e.cast),
+        neurons=NeuronSettings(tuple(integer("evaluation.neurons.ks entry", k, 1) for k in plain(e.neurons.ks)),
+                               integer("evaluation.neurons.steer_k", e.neurons.steer_k, 1)))
 
 
 def _cast(c) -> CastSettings:

@@ -12,6 +12,8 @@ Each intervention edits the activation at one hook point (TransformerLens names,
 - :class:`DirectionalAblation` — x ← x − (x·r̂) r̂; :func:`directional_ablation` places one at every layer and hook
   kind (Arditi et al. 2024: resid_pre of every layer plus the attention and MLP outputs).
 - :class:`ActAdd` — x ← x + c·r.
+- :class:`NeuronEdit` — chosen MLP neurons (``blocks.{l}.mlp.hook_post``, the down projection's input): ``scale``
+  a_n ← value · a_n, ``clamp`` a_n ← value.
 
 Positions (:func:`intervene`): ``positions=None`` edits every position of every forward, generated tokens included;
 ``positions=n`` edits the last ``n`` tokens of every forward that starts at position 0 (a prompt's prefill, e.g. the
@@ -33,6 +35,7 @@ from refusal.sae.model import SparseAutoencoder
 
 FEATURE_MODES = ("mean", "zero", "clamp", "scale")
 ARDITI_KINDS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+NEURON_MODES = ("scale", "clamp")
 
 
 class Intervention(Protocol):
@@ -125,6 +128,26 @@ class ActAdd:
 
     def edit(self, x: Tensor) -> Tensor:
         return (x.float() + self.coeff * self.vector.to(device=x.device, dtype=torch.float32)).to(x.dtype)
+
+
+@dataclass
+class NeuronEdit:
+    hook: str  # blocks.{l}.mlp.hook_post
+    neurons: Tensor  # long [k]
+    mode: str  # scale | clamp
+    value: Tensor | float  # the factor or the value: a number or one per neuron [k]
+
+    def __post_init__(self):
+        check_choice("neuron edit mode", self.mode, NEURON_MODES)
+        if not self.hook.endswith(".mlp.hook_post"):
+            raise ValueError(f"a neuron edit acts at blocks.<layer>.mlp.hook_post, not {self.hook!r}")
+
+    def edit(self, x: Tensor) -> Tensor:
+        idx = torch.as_tensor(self.neurons, device=x.device, dtype=torch.long)
+        value = _as(self.value, x)
+        out = x.clone()
+        out[..., idx] = x[..., idx] * value if self.mode == "scale" else value.expand_as(x[..., idx])
+        return out
 
 
 def directional_ablation(direction: Tensor, n_layers: int, kinds: Sequence[str] = ARDITI_KINDS,

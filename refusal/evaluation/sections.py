@@ -4,7 +4,7 @@ marked missing with the reason.
 
 ``build_report(data)``: ``data`` has the keys ``meta`` (dict), ``data_analysis``, ``train_manifest``,
 ``discovery``, ``discover_dir``, ``baseline``, ``sae_quality``, ``faithfulness``, ``transfer``, ``direction``,
-``cast``, ``verdict``; each stage value is its result dict or ``{"status": "missing" | "skipped", "reason": ...}`` or None.
+``cast``, ``neurons``, ``verdict``; each stage value is its result dict or ``{"status": "missing" | "skipped", "reason": ...}`` or None.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ SECTIONS = (("data", "Data summary"), ("baseline", "Baseline refusal per categor
             ("circuits", "Circuits and similarity"), ("statistics", "Statistics"),
             ("faithfulness", "Faithfulness and completeness"), ("transfer", "Transfer matrix"),
             ("direction", "Refusal direction (reference method)"),
-            ("cast", "Conditional steering (CAST)"), ("verdict", "Verdict"))
+            ("cast", "Conditional steering (CAST)"), ("neurons", "Refusal-writing MLP neurons"),
+            ("verdict", "Verdict"))
 TITLES = dict(SECTIONS)
 
 
@@ -295,6 +296,33 @@ def cast_section(result) -> Section:
     return Section("cast", TITLES["cast"], blocks)
 
 
+def neurons_section(result) -> Section:
+    miss = _missing("neurons", result, "the neurons stage did not run")
+    if miss:
+        return miss
+    total = result["total"]
+    blocks = [Text(f"Difference of means along the direction at layer {result['layer']}, position "
+                   f"{result['position']}: {fmt(total)} = embedding {fmt(result['embedding'])} + attention "
+                   f"{fmt(result['attention_total'])} + MLP neurons {fmt(result['mlp_total'])} (closure "
+                   f"{fmt(result['closure'])})."),
+              Table(["top k neurons", "share of the direction"], [[k, v] for k, v in result["top_k_share"].items()]),
+              Table(["layer", "neuron", "part", "share", "cos(write, direction)"],
+                    [[x["layer"], x["neuron"], x["part"], x["share"], x["cos_write"]] for x in result["top"]],
+                    "the neurons steered, largest part first")]
+    for hook, dec in result.get("sae_decoders", {}).items():
+        blocks.append(Table(["top k decoder directions", "share of |direction|² spanned"],
+                            [[k, v] for k, v in dec["shares"].items()], f"SAE at {hook}"))
+    names = ["baseline", "neurons_ablate", "neurons_ablate_random", "neurons_induce"]
+    cells = {(r["condition"], r["label"], r["category"]): r for r in result["rates"]}
+    keys = [(lb, c) for cond, lb, c in cells if cond == "baseline"]
+    blocks.append(Table(["label", "category", "n", *names],
+                        [[lb, c, cells[("baseline", lb, c)]["n"],
+                          *(fmt((cells.get((n, lb, c)) or {}).get("refusal_rate")) for n in names)] for lb, c in keys],
+                        "refusal rate: the top neurons ablated (toxic, hard), as many random neurons of the same "
+                        "layers ablated, the top neurons clamped to their mean toxic activation (safe, hard)"))
+    return Section("neurons", TITLES["neurons"], blocks)
+
+
 def verdict_section(verdict: dict | None, discovery: dict | None, transfer) -> Section:
     if not verdict or verdict.get("verdict") is None:
         return Section("verdict", TITLES["verdict"], missing=(verdict or {}).get("basis") or
@@ -320,5 +348,6 @@ def build_report(data: dict) -> Report:
                 sae_section(data.get("train_manifest"), data.get("sae_quality")),
                 circuits_section(discovery, data.get("discover_dir")), statistics_section(discovery),
                 faithfulness_section(data.get("faithfulness")), transfer_section(transfer),
-                direction_section(data.get("direction")), cast_section(data.get("cast")), verdict_section(data.get("verdict"), discovery, transfer_ok)]
+                direction_section(data.get("direction")), cast_section(data.get("cast")),
+                neurons_section(data.get("neurons")), verdict_section(data.get("verdict"), discovery, transfer_ok)]
     return Report("refusal-circuits evaluation report", sections, data.get("meta", {}))

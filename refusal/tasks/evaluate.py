@@ -21,7 +21,8 @@ from refusal.evaluation.circuit_setup import build_circuit_setup
 from refusal.evaluation.config import STAGES, EvalSettings, settings_from
 from refusal.evaluation.context import EvalContext
 from refusal.evaluation.cast import run_cast
-from refusal.evaluation.direction import run_direction
+from refusal.evaluation.direction import contrast, run_direction
+from refusal.evaluation.neurons import run_neurons
 from refusal.evaluation.faithfulness import run_faithfulness
 from refusal.evaluation.inputs import RunInputs, load_inputs
 from refusal.evaluation.report import log_report, write_report
@@ -47,8 +48,8 @@ def _missing_reasons(s: EvalSettings, inputs: RunInputs) -> dict[str, dict | Non
             out[stage] = {"status": "skipped", "reason": "not in evaluation.stages"}
         elif stage in ("faithfulness", "transfer") and inputs.discovery is None:
             out[stage] = {"status": "missing", "reason": "no discover run (give discover_dir=<discover.py run dir>)"}
-        elif stage == "cast" and "direction" not in s.stages:
-            out[stage] = {"status": "missing", "reason": "cast steers with the direction stage's direction: add "
+        elif stage in ("cast", "neurons") and "direction" not in s.stages:
+            out[stage] = {"status": "missing", "reason": f"{stage} reads the direction stage's direction: add "
                                                          "direction to evaluation.stages"}
         elif stage == "sae_quality" and not inputs.sae_dirs:
             out[stage] = {"status": "missing", "reason": "no SAEs (give train_dir=<train.py run dir>)"}
@@ -139,6 +140,12 @@ def _run_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: d
             log.info("evaluate: transfer matrix")
             results["transfer"] = {"status": "done", "ablation": s.ablation,
                                    **run_transfer(ctx, setup, s.transfer, run_dir)}
+    _run_direction_stages(ctx, s, inputs, results, run_dir, loaded)
+
+
+def _run_direction_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: dict, run_dir: Path,
+                          loaded) -> None:
+    """The refusal direction, then the stages that read it: conditional steering and the MLP neurons."""
     if results["direction"] is None:
         log.info("evaluate: refusal direction")
         results["direction"] = {"status": "done", **run_direction(ctx, inputs.prompts, s.direction, run_dir, s.split)}
@@ -147,6 +154,13 @@ def _run_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: d
         r = load_file(str(run_dir / "direction.safetensors"))["direction"]
         results["cast"] = {"status": "done", **run_cast(ctx, inputs.prompts, results["direction"], r,
                                                         s.direction.candidate_split, s.cast, run_dir)}
+    if results["neurons"] is None:
+        log.info("evaluate: refusal-writing MLP neurons")
+        r = load_file(str(run_dir / "direction.safetensors"))["direction"]
+        toxic, safe = contrast(ctx, inputs.prompts, s.direction, s.direction.candidate_split)
+        saes = {h: x.sae for h, x in load_hooked_saes(inputs.sae_dirs, loaded).items()} if inputs.sae_dirs else None
+        results["neurons"] = {"status": "done", **run_neurons(ctx, [x.prompt for x in toxic], [x.prompt for x in safe],
+                                                              results["direction"], r, s.neurons, saes)}
 
 
 def _metrics(results: dict) -> dict[str, float]:

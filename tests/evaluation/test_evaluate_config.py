@@ -21,7 +21,7 @@ def _cfg(*overrides: str):
 
 def test_defaults_are_valid():
     s = settings_from(_cfg().evaluation)
-    assert s.stages == [st for st in STAGES if st != "cast"] and s.split == "test" and s.ablation == "mean_safe"
+    assert s.stages == [st for st in STAGES if st not in ("cast", "neurons")] and s.split == "test" and s.ablation == "mean_safe"
     assert s.transfer.rule.alpha == 0.05 and not s.transfer.include_error_nodes
     assert s.direction.max_kl == 0.1 and s.direction.max_layer_fraction == 0.8
 

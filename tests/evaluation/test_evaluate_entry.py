@@ -133,16 +133,20 @@ def test_train_only_run_marks_circuit_sections_missing(runs, tmp_path):
 
 def test_without_run_dirs_the_data_prompts_feed_baseline_and_direction(tmp_path):
     out = tmp_path / "no_runs"
-    evaluate(_compose("evaluate", out, "data=tiny", "evaluation.stages=[baseline,sae_quality,transfer,direction,cast]",
+    evaluate(_compose("evaluate", out, "data=tiny", "evaluation.stages=[baseline,sae_quality,transfer,direction,cast,neurons]",
                       *FAST_EVAL))
     results = {k: json.loads((out / f"{k}.json").read_text()) for k in ("baseline", "sae_quality", "transfer",
                                                                         "direction", "cast")}
     assert results["cast"]["status"] == "done" and results["cast"]["behaviour_layer"] == results["direction"][
         "selected"]["layer"]
-    assert "Conditional steering (CAST)" in (out / "report.html").read_text()
+    neurons = json.loads((out / "neurons.json").read_text())
+    assert neurons["status"] == "done" and abs(neurons["closure"]) < 1e-5 * max(1.0, abs(neurons["total"]))
+    page = (out / "report.html").read_text()
+    assert "Conditional steering (CAST)" in page and "Refusal-writing MLP neurons" in page
     no_direction = tmp_path / "no_direction"
-    evaluate(_compose("evaluate", no_direction, "data=tiny", "evaluation.stages=[baseline,cast]", *FAST_EVAL))
-    assert "add direction to evaluation.stages" in json.loads((no_direction / "cast.json").read_text())["reason"]
+    evaluate(_compose("evaluate", no_direction, "data=tiny", "evaluation.stages=[baseline,cast,neurons]", *FAST_EVAL))
+    for stage in ("cast", "neurons"):
+        assert "add direction to evaluation.stages" in json.loads((no_direction / f"{stage}.json").read_text())["reason"]
     assert results["baseline"]["status"] == results["direction"]["status"] == "done"
     assert results["sae_quality"]["status"] == results["transfer"]["status"] == "missing"
     assert results["direction"]["selected"]["layer"] < 2  # max_layer_fraction 0.5 of 4 layers

@@ -133,6 +133,11 @@ def _full(tmp_path) -> dict:
                  "conditions": {"a": {"threshold": 0.2, "val_balanced_accuracy": 0.9, "n_val_positive": 3}},
                  "rates": [_rates("baseline"), _rates("always"), _rates("cast:a"), _rates("cast:any")],
                  "firing": [{"condition": "a", "label": "toxic", "category": "a", "n": 2, "fire_rate": 0.5}]},
+        "neurons": {"status": "done", "layer": 1, "position": -1, "total": 2.0, "embedding": 0.1, "attention_total": 0.4,
+                    "mlp_total": 1.5, "closure": 0.0, "top_k_share": {1: 0.2, 10: 0.6},
+                    "top": [{"layer": 0, "neuron": 7, "part": 0.4, "share": 0.2, "cos_write": 0.3}],
+                    "sae_decoders": {"h": {"shares": {1: 0.1}, "top": []}},
+                    "rates": [_rates("baseline"), _rates("neurons_ablate")]},
         "verdict": {"verdict": "modular", "basis": "causal transfer test decides where discovery was mixed"},
     }
 
@@ -157,7 +162,7 @@ def test_train_only_report_marks_the_rest_missing(tmp_path):
     report = build_report(partial)
     missing = {s.key: s.missing for s in report.sections if s.missing}
     assert set(missing) == {"baseline", "circuits", "statistics", "faithfulness", "transfer", "direction", "cast",
-                            "verdict"}
+                            "neurons", "verdict"}
     assert missing["transfer"] == "no discover run" and missing["baseline"] == "not in evaluation.stages"
     page = render_html(report)
     assert page.count('class="missing"') == len(missing)
