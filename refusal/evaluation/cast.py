@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from refusal.circuit.plots import matrix_plot
+from refusal.errors import ConfigError
 from refusal.evaluation.direction import residual_tails
 from refusal.evaluation.estimators import estimate
 from refusal.evaluation.interventions import ActAdd, intervene
@@ -81,6 +82,9 @@ def conditions(ctx, all_prompts, split_for_vectors: str, s: CastSettings, layer:
     h_safe = representations(ctx, [r.prompt for r in safe], layer)
     mu = torch.cat([h_tox, h_safe]).mean(0)
     val = list(all_prompts.filter(split=s.threshold_split))
+    if not val or not toxic or not safe:
+        raise ConfigError(f"cast needs toxic and safe {split_for_vectors} prompts and {s.threshold_split} prompts "
+                          f"(evaluation.cast.threshold_split={s.threshold_split!r}); this prompt set lacks them")
     h_val = representations(ctx, [r.prompt for r in val], layer)
     out = {}
     for c in sorted({r.category for r in toxic}):

@@ -66,3 +66,16 @@ def test_only_the_prompts_a_condition_fires_on_are_steered(loaded, texts, tmp_pa
     by = {(row["condition"], row["label"], row["category"]) for row in out["rates"]}
     assert {("baseline", "toxic", "all"), ("always", "safe", "all"), ("cast:any", "toxic", "all")} <= by
     assert Path(out["plot"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_threshold_split_without_prompts_is_refused(loaded, texts, tmp_path):
+    from refusal.errors import ConfigError
+
+    prompts = _prompts(texts)
+    ctx = EvalContext(loaded, ChatFormatter(loaded.tokenizer), prompts.filter(split="test"),
+                      SubstringJudge(REFUSAL_SUBSTRINGS), resolve_refusal_tokens(loaded.tokenizer), batch_size=4,
+                      max_new_tokens=2, boot=Bootstrap(50, 0.95, "percentile"), seed=0, out_dir=tmp_path)
+    no_val = type(prompts)([r for r in prompts if r.split != "val"])
+    with pytest.raises(ConfigError, match="evaluation.cast.threshold_split='val'"):
+        run_cast(ctx, no_val, {"selected": {"layer": 2}}, torch.ones(64), "train", CastSettings("selected", "dim",
+                                                                                                "val", 1.0), tmp_path)
