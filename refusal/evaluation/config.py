@@ -74,6 +74,7 @@ class DirectionSchema:
     outlier_factor: float = MISSING
     method: str = MISSING
     compare_methods: List[str] = MISSING
+    compare_at: str = MISSING
     shrinkage: Any = MISSING  # auto | number in [0, 1]
     probe_l2: float = MISSING
     caa: CaaSchema = field(default_factory=lambda: CaaSchema())
@@ -170,6 +171,7 @@ def _direction(d) -> DirectionSettings:
         _layer_spec("direction.candidate_layers", d.candidate_layers), bool(d.filter_by_score),
         _outlier_factor(d.outlier_factor), choice("evaluation.direction.method", d.method, ESTIMATORS),
         tuple(choice("evaluation.direction.compare_methods entry", m, ESTIMATORS) for m in plain(d.compare_methods)),
+        choice("evaluation.direction.compare_at", d.compare_at, ("selected", "strongest")),
         _shrinkage(d.shrinkage), number("evaluation.direction.probe_l2", d.probe_l2, 0),
         (str(d.caa.refusal), str(d.caa.compliance)),
         RdoSettings(integer("evaluation.direction.rdo.steps", d.rdo.steps, 0),

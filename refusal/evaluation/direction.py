@@ -71,7 +71,8 @@ class DirectionSettings:
     filter_by_score: bool  # contrast only toxic prompts the model refuses (score > 0), safe ones it answers (< 0)
     outlier_factor: float  # > 0: zero candidates on residual dims with RMS > this x the layer's median RMS
     method: str  # the estimator (refusal/evaluation/estimators.py, direction_methods.py)
-    compare_methods: tuple[str, ...]  # also scored at the selected layer and position
+    compare_methods: tuple[str, ...]  # also scored at one layer and position (compare_at)
+    compare_at: str  # selected | strongest (the candidate whose ablation lowers refusal most, filters ignored)
     shrinkage: object  # whitened_dim, lda: "auto" (Ledoit-Wolf) or a number in [0, 1]
     probe_l2: float  # probe: L2 weight
     caa_openings: tuple[str, str]  # caa: (refusal, compliance) response openings
@@ -318,7 +319,8 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
     if s.method == "rdo":
         selection, r = refine_selected(ctx, selection, candidates, samples, tox_s, safe_s, s)
         r, best = r.float(), selection["selected"]
-    methods, method_vectors = (compare_methods(ctx, s, samples, layer, best["position"], r, tox_s, safe_s, out_dir)
+    at = best if s.compare_at == "selected" else min(selection["candidates"], key=lambda c: c["ablation_score"])
+    methods, method_vectors = (compare_methods(ctx, s, samples, at["layer"], at["position"], r, tox_s, safe_s, out_dir)
                                if s.compare_methods else (None, None))
     log.info("direction: selected layer %d position %d; generating under ablation and actadd", layer,
              best["position"])

@@ -125,7 +125,7 @@ def refine_selected(ctx, selection: dict, candidates: dict[int, Tensor], samples
 
 def compare_methods(ctx, s: DirectionSettings, samples: Samples, layer: int, position: int, selected: Tensor,
                     toxic: list[str], safe: list[str], out_dir: Path) -> tuple[dict, Tensor]:
-    """Every ``compare_methods`` estimator's direction at the selected ``layer`` and ``position`` (< 0), scored on
+    """Every ``compare_methods`` estimator's direction at ``layer`` and ``position`` (< 0; ``compare_at``), scored on
     the selection prompts like the candidates, with |cos| to the selected direction; a bar plot. (the block, the
     directions [n_methods, d] in ``compare_methods`` order)"""
     li, p = samples.layers.index(layer), position + samples.toxic_tails.shape[2]
@@ -148,4 +148,5 @@ def compare_methods(ctx, s: DirectionSettings, samples: Samples, layer: int, pos
     plot = bar_panels({name: {row["method"]: row[key] for row in rows} for name, key in keys.items()},
                       out_dir / "direction_methods.png",
                       {"refusal score, safe, actadd": s.induce_min_score, "KL on safe prompts, ablated": s.max_kl})
-    return {"layer": layer, "position": position, "rows": rows, "plot": str(plot)}, torch.stack(vectors)
+    return {"layer": layer, "position": position, "at": s.compare_at, "rows": rows, "plot": str(plot)}, \
+        torch.stack(vectors)

@@ -252,8 +252,8 @@ def _methods_blocks(methods: dict | None) -> list:
                    "|cos| with selected"],
                   [[r["method"], r["ablation_score"], r["induce_score"], r["kl_safe"], r["passes"],
                     r["abs_cos_with_selected"]] for r in methods["rows"]],
-                  f"estimators compared at layer {methods['layer']}, position {methods['position']} (selection "
-                  "prompts)"),
+                  f"estimators compared at layer {methods['layer']}, position {methods['position']} (the "
+                  f"{methods.get('at', 'selected')} candidate's; selection prompts)"),
             Image(Path(methods["plot"]), "estimators compared: refusal score under ablation and actadd, KL")]
 
 

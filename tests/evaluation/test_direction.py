@@ -395,3 +395,21 @@ def test_the_direction_stage_exports_the_abliterated_model_and_measures_it(ctx, 
     rows = {(r["condition"], r["label"]): r for r in out["rates"] if r["category"] == "all"}
     assert {("abliterated", lb) for lb in ("toxic", "safe")} <= set(rows)
     assert (tmp_path / "responses" / "direction_abliterated.jsonl").exists()
+
+
+def test_compare_at_strongest_compares_where_ablation_lowers_refusal_most(ctx, texts, tmp_path):
+    from safetensors.torch import load_file
+
+    from refusal.evaluation.direction import run_direction
+
+    prompts = split_prompts(texts)
+    run = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
+    s = direction_settings(compare_methods=("dim",), compare_at="strongest", candidate_layers=[1, 2],
+                           max_layer_fraction=1.0, max_kl=0.0, induce_min_score=100.0)  # nothing passes
+    out = run_direction(run, prompts, s, tmp_path, "test")
+    strongest = min(out["selection"]["candidates"], key=lambda c: c["ablation_score"])
+    assert (out["methods"]["layer"], out["methods"]["position"]) == (strongest["layer"], strongest["position"])
+    assert out["methods"]["rows"][0]["ablation_score"] == pytest.approx(strongest["ablation_score"], abs=1e-6)
+    saved = load_file(str(tmp_path / "direction.safetensors"))
+    li = saved["candidate_layers"].tolist().index(strongest["layer"])
+    torch.testing.assert_close(saved["methods"][0], saved["candidates"][li, strongest["position"]])
