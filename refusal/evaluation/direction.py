@@ -28,21 +28,20 @@ residual stream that mediates refusal.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from refusal.behavior.score import refusal_score
-from refusal.circuit.plots import heatmap, layer_scan_plot
+from refusal.circuit.plots import layer_scan_plot
 from refusal.errors import ConfigError
-from refusal.evaluation.interventions import ARDITI_KINDS, ActAdd, directional_ablation, intervene
+from refusal.evaluation.interventions import ActAdd, directional_ablation, intervene
 from refusal.evaluation.measure import kl_per_prompt, last_logits
 from refusal.model.hooks import parse_layers, resid_pre_batches
-from refusal.utils.io import atomic_path, stable_hash
+from refusal.utils.io import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +183,7 @@ def select_direction(ctx, candidates: dict[int, Tensor], toxic: list[str], safe:
             "baseline": {"toxic_score": base_toxic, "safe_score": base_safe}}
 
 
-def _cosines(vectors: Tensor) -> np.ndarray:
+def cosines(vectors: Tensor) -> np.ndarray:
     v = vectors.double()
     n = v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     return ((v / n) @ (v / n).T).numpy()
@@ -215,7 +214,8 @@ def contrast(ctx, records, s: DirectionSettings, split: str) -> tuple[list, list
     return toxic, safe
 
 
-def _samples(ctx, prompts, s: DirectionSettings, layers: list[int]) -> tuple[Samples, dict[str, Tensor], Tensor]:
+def candidate_samples(ctx, prompts, s: DirectionSettings, layers: list[int]
+                      ) -> tuple[Samples, dict[str, Tensor], Tensor]:
     """(the ``candidate_split``'s contrast prompts and their residual stream at ``layers``, with ``outlier_factor``
     the outlier dims zeroed; {category: mean toxic − mean safe} [len(layers), n_pos, d]; outlier dims bool
     [len(layers), d])."""
@@ -256,7 +256,7 @@ class Samples:
     layers: list[int]
 
 
-def _selection_prompts(ctx, prompts, s: DirectionSettings) -> tuple[list[str], list[str]]:
+def selection_prompts(ctx, prompts, s: DirectionSettings) -> tuple[list[str], list[str]]:
     """(toxic, safe) prompts of the ``selection_split``, at most ``n_selection_prompts`` each, seeded."""
     by_label = dict(zip(("toxic", "safe"), contrast(ctx, prompts, s, s.selection_split)))
     toxic, safe = ([r.prompt for r in _subset(by_label[label], s.n_selection_prompts, ctx.seed, label)]
@@ -264,7 +264,7 @@ def _selection_prompts(ctx, prompts, s: DirectionSettings) -> tuple[list[str], l
     return toxic, safe
 
 
-def _held_out(ctx, r: Tensor, layer: int, s: DirectionSettings) -> dict:
+def held_out_measures(ctx, r: Tensor, layer: int, s: DirectionSettings) -> dict:
     """Refusal rates under ablation and actadd on the evaluation split, and the KL on its safe prompts."""
     toxic, hard, safe = (list(ctx.prompts.filter(label=lb)) for lb in ("toxic", "hard", "safe"))
     base = ctx.baseline_items
@@ -294,70 +294,3 @@ def selection_plot(selection: dict, n_pos: int, s: DirectionSettings, path: Path
     return layer_scan_plot(panels, path, (sel["layer"], sel["position"] + n_pos), ("KL on safe prompts, ablated",),
                            {"refusal score, toxic, ablated": selection["baseline"]["toxic_score"],
                             "refusal score, safe, actadd": s.induce_min_score, "KL on safe prompts, ablated": s.max_kl})
-
-
-def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_split: str) -> dict:
-    """The whole method on ``train_prompts`` (the full prompt set: the candidate and selection splits are read
-    from it) and ``ctx.prompts`` (the evaluation split)."""
-    from refusal.evaluation.direction_methods import compare_methods, method_candidates, refine_selected
-    for name in ("candidate_split", "selection_split"):
-        if getattr(s, name) == eval_split:
-            raise ConfigError(f"evaluation.direction.{name}={getattr(s, name)!r} is the evaluation split; choose a "
-                              "held-out one (train or val)")
-    n_pos, out_dir = ctx.formatter.n_post_instruction, Path(out_dir)
-    layers = scored_layers(s, ctx.loaded.n_layers)
-    samples, cat_diffs, outliers = _samples(ctx, train_prompts, s, layers)
-    stacked = method_candidates(ctx, s, samples)
-    candidates = {layer: stacked[i] for i, layer in enumerate(layers)}
-    tox_s, safe_s = _selection_prompts(ctx, train_prompts, s)
-    log.info("direction: scoring %d candidates on %d toxic and %d safe %s prompts", len(layers) * n_pos,
-             len(tox_s), len(safe_s), s.selection_split)
-    selection = select_direction(ctx, candidates, tox_s, safe_s, s)
-    best = selection["selected"]
-    layer, pos = best["layer"], best["position"] + n_pos
-    r = candidates[layer][pos].float()
-    if s.method == "rdo":
-        selection, r = refine_selected(ctx, selection, candidates, samples, tox_s, safe_s, s)
-        r, best = r.float(), selection["selected"]
-    at = best if s.compare_at == "selected" else min(selection["candidates"], key=lambda c: c["ablation_score"])
-    methods, method_vectors = (compare_methods(ctx, s, samples, at["layer"], at["position"], r, tox_s, safe_s, out_dir)
-                               if s.compare_methods else (None, None))
-    log.info("direction: selected layer %d position %d; generating under ablation and actadd", layer,
-             best["position"])
-    held_out = _held_out(ctx, r, layer, s)
-    export = None
-    if s.export:
-        from refusal.evaluation.abliterate import export_and_measure
-        export, rows = export_and_measure(ctx, r, best, s, out_dir)
-        held_out["rates"] += rows
-    per_cat = {c: d[layers.index(layer), pos] for c, d in cat_diffs.items()}
-    return {
-        "method": s.method, "selected": best, "filters_passed": selection["filters_passed"],
-        "fallback": selection["fallback"], "outlier_dims": dims_by_layer(outliers, layers),
-        "selection": selection, "n_candidates": len(selection["candidates"]), "settings": asdict(s), **held_out,
-        "methods": methods, "export": export,
-        **_write_outputs(out_dir, r, stacked, layers, outliers, per_cat, selection, n_pos, s, method_vectors),
-    }
-
-
-def _write_outputs(out_dir: Path, r: Tensor, stacked: Tensor, layers: list[int], outliers: Tensor,
-                   per_cat: dict[str, Tensor], selection: dict, n_pos: int, s: DirectionSettings,
-                   method_vectors: Tensor | None) -> dict:
-    """direction.safetensors (with ``compare_methods``, their directions as ``methods``, in that order), the
-    per-category cosine heatmap and the layer scan; the per-category block and the plots' paths."""
-    best, cats = selection["selected"], list(per_cat)
-    diffs = torch.stack([per_cat[c] for c in cats])
-    cos = _cosines(diffs)
-    with_global = _cosines(torch.cat([r.double()[None], diffs]))[0, 1:]
-    tensors = {"direction": r.contiguous(), "candidates": stacked.float().contiguous(),
-               "candidate_layers": torch.tensor(layers, dtype=torch.int64), "outlier_dims": outliers.contiguous(),
-               "per_category": diffs.float().contiguous()}
-    if method_vectors is not None:
-        tensors["methods"] = method_vectors.contiguous()
-    with atomic_path(out_dir / "direction.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    plot = str(heatmap(cos, cats, f"cosine of per-category refusal directions (layer {best['layer']}, pos "
-                       f"{best['position']})", out_dir / "direction_cosine.png", vmin=-1.0))
-    layer_plot = str(selection_plot(selection, n_pos, s, out_dir / "direction_layers.png"))
-    return {"per_category": {"categories": cats, "cosine": cos.tolist(), "cosine_with_selected": with_global.tolist()},
-            "plot": plot, "layer_plot": layer_plot}

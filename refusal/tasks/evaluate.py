@@ -21,7 +21,8 @@ from refusal.evaluation.circuit_setup import build_circuit_setup
 from refusal.evaluation.config import STAGES, EvalSettings, settings_from
 from refusal.evaluation.context import EvalContext
 from refusal.evaluation.cast import run_cast
-from refusal.evaluation.direction import contrast, run_direction
+from refusal.evaluation.direction import contrast
+from refusal.evaluation.direction_stage import run_direction
 from refusal.evaluation.neurons import run_neurons
 from refusal.evaluation.faithfulness import run_faithfulness
 from refusal.evaluation.inputs import RunInputs, load_inputs

@@ -142,7 +142,8 @@ def test_filter_by_score_contrasts_refused_toxic_with_answered_safe(ctx, texts, 
     s = direction_settings(filter_by_score=True, candidate_layers=[1, 2], max_layer_fraction=1.0, max_kl=10.0,
                            induce_min_score=-100.0)
     ctx_out = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
-    direction.run_direction(ctx_out, prompts, s, tmp_path, "test")
+    from refusal.evaluation.direction_stage import run_direction
+    run_direction(ctx_out, prompts, s, tmp_path, "test")
     n_pos = ctx.formatter.n_post_instruction
     by_hand = (tail_means(ctx.model, ctx.formatter, [r.prompt for r in want["toxic"]], [1, 2], n_pos, 3)
                - tail_means(ctx.model, ctx.formatter, [r.prompt for r in want["safe"]], [1, 2], n_pos, 3))
@@ -161,7 +162,7 @@ def test_filter_by_score_that_leaves_no_prompt_says_so(ctx, texts):
 def test_run_direction_computes_candidates_only_at_the_scored_layers(loaded, texts, tmp_path):
     from safetensors.torch import load_file
 
-    from refusal.evaluation.direction import run_direction
+    from refusal.evaluation.direction_stage import run_direction
 
     prompts = split_prompts(texts)
     fmt = ChatFormatter(loaded.tokenizer)
@@ -187,7 +188,7 @@ def test_run_direction_computes_candidates_only_at_the_scored_layers(loaded, tex
 def test_the_comparison_with_a_plant_reads_the_stage_outputs(loaded, texts, tmp_path):
     from safetensors.torch import load_file
 
-    from refusal.evaluation.direction import run_direction
+    from refusal.evaluation.direction_stage import run_direction
     from refusal.evaluation.direction_truth import compare, cosine_plot
     from refusal.organism.adapters import Plant
 
@@ -237,7 +238,8 @@ def test_residual_rms_is_over_every_real_token_and_outliers_are_relative_to_the_
 def test_outlier_factor_zeroes_the_candidates_on_the_outlier_dims_only(ctx, texts, tmp_path):
     from safetensors.torch import load_file
 
-    from refusal.evaluation.direction import outlier_dims, residual_stats, run_direction
+    from refusal.evaluation.direction import outlier_dims, residual_stats
+    from refusal.evaluation.direction_stage import run_direction
 
     prompts = split_prompts(texts)
     run = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
@@ -277,7 +279,7 @@ def _one_at_a_time(ctx, prompts, layer, n_pos, response=None):
 
 
 def test_caa_contrasts_the_same_prompts_with_a_refusal_and_a_compliance_opening(ctx, texts, tmp_path):
-    from refusal.evaluation.direction import run_direction
+    from refusal.evaluation.direction_stage import run_direction
 
     prompts = split_prompts(texts)
     run = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
@@ -298,7 +300,8 @@ def test_caa_contrasts_the_same_prompts_with_a_refusal_and_a_compliance_opening(
 def test_every_method_selects_from_its_own_candidates_and_the_comparison_scores_them_alike(ctx, texts, tmp_path):
     from safetensors.torch import load_file
 
-    from refusal.evaluation.direction import residual_tails, run_direction
+    from refusal.evaluation.direction import residual_tails
+    from refusal.evaluation.direction_stage import run_direction
     from refusal.evaluation.estimators import estimate_grid
 
     prompts = split_prompts(texts)
@@ -351,7 +354,7 @@ def test_rdo_lowers_its_loss_keeps_the_length_and_leaves_outlier_dims_at_zero(ct
 def test_method_rdo_refines_the_selected_candidate(ctx, texts, tmp_path):
     from safetensors.torch import load_file
 
-    from refusal.evaluation.direction import run_direction
+    from refusal.evaluation.direction_stage import run_direction
 
     prompts = split_prompts(texts)
     run = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
@@ -382,7 +385,7 @@ def test_bad_estimator_settings_are_refused(key, value, match):
 
 
 def test_the_direction_stage_exports_the_abliterated_model_and_measures_it(ctx, texts, tmp_path):
-    from refusal.evaluation.direction import run_direction
+    from refusal.evaluation.direction_stage import run_direction
 
     prompts = split_prompts(texts)
     run = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
@@ -400,7 +403,7 @@ def test_the_direction_stage_exports_the_abliterated_model_and_measures_it(ctx, 
 def test_compare_at_strongest_compares_where_ablation_lowers_refusal_most(ctx, texts, tmp_path):
     from safetensors.torch import load_file
 
-    from refusal.evaluation.direction import run_direction
+    from refusal.evaluation.direction_stage import run_direction
 
     prompts = split_prompts(texts)
     run = dataclasses.replace(ctx, prompts=prompts.filter(split="test"), out_dir=tmp_path)
