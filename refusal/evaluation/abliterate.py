@@ -10,6 +10,7 @@ saying what was removed) that ``model=hf model.path=<dir>`` loads.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -109,15 +110,14 @@ def export_and_measure(ctx, r: Tensor, selected: dict, s, out_dir: Path) -> tupl
                             "system_prompt": loaded.system_prompt, "refusal_tokens": loaded.refusal_tokens})
     exported = load_model(cfg)
     fmt = ChatFormatter(exported.tokenizer, ctx.formatter.system_prompt, ctx.formatter.max_length)
-    other = type(ctx)(exported, fmt, ctx.prompts, ctx.judge, ctx.refusal_token_ids, ctx.batch_size,
-                      ctx.max_new_tokens, ctx.boot, ctx.seed, ctx.out_dir, ctx.max_length)
+    other = dataclasses.replace(ctx, loaded=exported, formatter=fmt, _generations={})
     safe = [x.prompt for x in ctx.prompts.filter(label="safe")]
     with intervene(loaded.model, directional_ablation(r, loaded.n_layers, s.ablation_hooks)):
         hooked = last_logits(loaded.model, ctx.formatter, safe, ctx.batch_size)
     diff = float((last_logits(exported.model, fmt, safe, ctx.batch_size) - hooked).abs().max()) if safe else None
     records = [x for lb in ("toxic", "hard", "safe") for x in ctx.prompts.filter(label=lb)]
     items = other.generate(records, name="direction_abliterated")
-    rows = [{"condition": "abliterated", **row} for row in other.summarize(items)] if items else []
+    rows = other.condition_rows(items, "abliterated")
     block = {"dir": str(directory), "n_edited_tensors": len(edits["edited"]),
              "untied_output_head": edits["untied_output_head"], "max_logit_diff_vs_hooks": diff,
              "hooks_match_weights": tuple(s.ablation_hooks) == tuple(ARDITI_KINDS),

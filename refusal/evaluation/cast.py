@@ -116,13 +116,14 @@ def run_cast(ctx, all_prompts, direction: dict, r: Tensor, candidate_split: str,
     firing["any"] = torch.stack(list(firing.values())).any(0) if firing else torch.zeros(len(records), dtype=torch.bool)
     base = ctx.baseline_items
     always = _steered(ctx, records, r, b_layer, s.coeff, "cast_always")
-    rows = _rows(ctx, [base[x.id] for x in records], "baseline") + _rows(ctx, list(always.values()), "always")
+    rows = ctx.condition_rows([base[x.id] for x in records], "baseline") + ctx.condition_rows(list(always.values()),
+                                                                                            "always")
     fire_rows = []
     for name, mask in firing.items():
         on = [x for x, f in zip(records, mask.tolist()) if f]
         steered = {**always} if len(on) == len(records) else _steered(ctx, on, r, b_layer, s.coeff, f"cast_{name}")
         items = [steered.get(x.id, base[x.id]) if f else base[x.id] for x, f in zip(records, mask.tolist())]
-        rows += _rows(ctx, items, f"cast:{name}")
+        rows += ctx.condition_rows(items, f"cast:{name}")
         fire_rows += _fire_rows(records, mask, name)
         log.info("cast: condition %s fires on %d of %d prompts", name, len(on), len(records))
     plot = _fire_plot(fire_rows, list(firing), out_dir / "cast_firing.png")
@@ -130,10 +131,6 @@ def run_cast(ctx, all_prompts, direction: dict, r: Tensor, candidate_split: str,
             "threshold_split": s.threshold_split,
             "conditions": {c: {k: v for k, v in d.items() if k != "vector"} for c, d in cond["conditions"].items()},
             "firing": fire_rows, "rates": rows, "plot": str(plot)}
-
-
-def _rows(ctx, items: list[dict], condition: str) -> list[dict]:
-    return [{"condition": condition, **row} for row in ctx.summarize(items)] if items else []
 
 
 def _fire_rows(records, mask: Tensor, name: str) -> list[dict]:

@@ -56,6 +56,10 @@ class EvalContext:
     def summarize(self, items: list[dict]) -> list[dict]:
         return summarize(items, self.boot, self.seed)
 
+    def condition_rows(self, items: list[dict], condition: str) -> list[dict]:
+        """``summarize``'s rate rows of ``items``, each tagged with ``condition`` (none for no items)."""
+        return [{"condition": condition, **row} for row in self.summarize(items)] if items else []
+
     # ------------------------------------------------------------------------------------- intervals
     def mean_ci(self, values, *cell) -> tuple[float, float]:
         low, high, _ = mean_interval(values, self.boot, cell_rng(self.seed, "mean", *cell))

@@ -189,10 +189,6 @@ def cosines(vectors: Tensor) -> np.ndarray:
     return ((v / n) @ (v / n).T).numpy()
 
 
-def _rate_rows(ctx, items: list[dict], condition: str) -> list[dict]:
-    return [{"condition": condition, **row} for row in ctx.summarize(items)] if items else []
-
-
 def contrast(ctx, records, s: DirectionSettings, split: str) -> tuple[list, list]:
     """(toxic, safe) records of ``split``; with ``filter_by_score`` only the toxic ones the model refuses (refusal
     score > 0) and the safe ones it answers (score < 0), scored on the model being evaluated."""
@@ -278,8 +274,8 @@ def held_out_measures(ctx, r: Tensor, layer: int, s: DirectionSettings) -> dict:
     kl_lo, kl_hi = ctx.mean_ci(kl, "direction", "kl") if len(kl) else (None, None)
     kl_mean = float(kl.mean()) if len(kl) else None
     return {"kl_safe": {"mean": kl_mean, "ci_low": kl_lo, "ci_high": kl_hi, "n": len(kl)},
-            "rates": (_rate_rows(ctx, [base[x.id] for x in toxic + hard + safe], "baseline")
-                      + _rate_rows(ctx, ablated, "ablation") + _rate_rows(ctx, added, "actadd"))}
+            "rates": (ctx.condition_rows([base[x.id] for x in toxic + hard + safe], "baseline")
+                      + ctx.condition_rows(ablated, "ablation") + ctx.condition_rows(added, "actadd"))}
 
 
 def selection_plot(selection: dict, n_pos: int, s: DirectionSettings, path: Path) -> Path:

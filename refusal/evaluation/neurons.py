@@ -103,11 +103,9 @@ def _edits(pairs: list[tuple[int, int]], mode: str, values: dict | None = None) 
 
 def _steer(ctx, edits: list[NeuronEdit], labels: tuple[str, ...], name: str) -> list[dict]:
     records = [x for lb in labels for x in ctx.prompts.filter(label=lb)]
-    if not records:
-        return []
     with intervene(ctx.model, edits):
         items = ctx.generate(records, name=name)
-    return [{"condition": name, **row} for row in ctx.summarize(items)]
+    return ctx.condition_rows(items, name)
 
 
 def run_neurons(ctx, toxic: list[str], safe: list[str], direction: dict, r: Tensor, s: NeuronSettings,
@@ -128,7 +126,7 @@ def run_neurons(ctx, toxic: list[str], safe: list[str], direction: dict, r: Tens
     width = neurons.shape[1] if neurons.numel() else 0
     control = [(l, int(rng.integers(width))) for l, _ in top]
     base = ctx.baseline_items
-    rows = [{"condition": "baseline", **row} for row in ctx.summarize(list(base.values()))]
+    rows = ctx.condition_rows(list(base.values()), "baseline")
     if top:
         rows += _steer(ctx, _edits(top, "scale"), ("toxic", "hard"), "neurons_ablate")
         rows += _steer(ctx, _edits(control, "scale"), ("toxic", "hard"), "neurons_ablate_random")

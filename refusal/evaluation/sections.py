@@ -267,6 +267,16 @@ def _export_blocks(export: dict | None) -> list:
                     "weights edit, so the two need not agree)"))]
 
 
+def _rates_by_condition(rates: list[dict], names: list[str], caption: str) -> Table:
+    """One row per (label, category) of the baseline rows, its n and the refusal rate under each condition."""
+    cells = {(r["condition"], r["label"], r["category"]): r for r in rates}
+    keys = [(lb, c) for cond, lb, c in cells if cond == "baseline"]
+    return Table(["label", "category", "n", *names],
+                 [[lb, c, cells[("baseline", lb, c)]["n"],
+                   *(fmt((cells.get((n, lb, c)) or {}).get("refusal_rate")) for n in names)] for lb, c in keys],
+                 caption)
+
+
 def cast_section(result) -> Section:
     miss = _missing("cast", result, "the cast stage did not run")
     if miss:
@@ -279,13 +289,9 @@ def cast_section(result) -> Section:
               Table(["condition", "threshold (cosine)", "balanced accuracy (threshold split)", "positives there"],
                     [[c, d["threshold"], d["val_balanced_accuracy"], d["n_val_positive"]] for c, d in conds.items()])]
     names = ["baseline", "always"] + [f"cast:{c}" for c in list(conds) + ["any"]]
-    cells = {(r["condition"], r["label"], r["category"]): r for r in result["rates"]}
-    keys = [(lb, c) for cond, lb, c in cells if cond == "baseline"]
-    blocks.append(Table(["label", "category", "n", *names],
-                        [[lb, c, cells[("baseline", lb, c)]["n"],
-                          *(fmt((cells.get((n, lb, c)) or {}).get("refusal_rate")) for n in names)] for lb, c in keys],
-                        "refusal rate per condition: baseline (no steering), always (steered on every prompt), "
-                        "cast:<c> (steered where c's condition fires)"))
+    keys = [(r["label"], r["category"]) for r in result["rates"] if r["condition"] == "baseline"]
+    blocks.append(_rates_by_condition(result["rates"], names, "refusal rate per condition: baseline (no steering), "
+                                      "always (steered on every prompt), cast:<c> (steered where c's condition fires)"))
     fire = {(r["condition"], r["label"], r["category"]): r["fire_rate"] for r in result["firing"]}
     firing_names = list(conds) + ["any"]
     blocks.append(Table(["label", "category", *firing_names],
@@ -313,13 +319,9 @@ def neurons_section(result) -> Section:
         blocks.append(Table(["top k decoder directions", "share of |direction|² spanned"],
                             [[k, v] for k, v in dec["shares"].items()], f"SAE at {hook}"))
     names = ["baseline", "neurons_ablate", "neurons_ablate_random", "neurons_induce"]
-    cells = {(r["condition"], r["label"], r["category"]): r for r in result["rates"]}
-    keys = [(lb, c) for cond, lb, c in cells if cond == "baseline"]
-    blocks.append(Table(["label", "category", "n", *names],
-                        [[lb, c, cells[("baseline", lb, c)]["n"],
-                          *(fmt((cells.get((n, lb, c)) or {}).get("refusal_rate")) for n in names)] for lb, c in keys],
-                        "refusal rate: the top neurons ablated (toxic, hard), as many random neurons of the same "
-                        "layers ablated, the top neurons clamped to their mean toxic activation (safe, hard)"))
+    blocks.append(_rates_by_condition(result["rates"], names, "refusal rate: the top neurons ablated (toxic, hard), "
+                                      "as many random neurons of the same layers ablated, the top neurons clamped to "
+                                      "their mean toxic activation (safe, hard)"))
     return Section("neurons", TITLES["neurons"], blocks)
 
 

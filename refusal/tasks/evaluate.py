@@ -150,14 +150,14 @@ def _run_direction_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, 
     if results["direction"] is None:
         log.info("evaluate: refusal direction")
         results["direction"] = {"status": "done", **run_direction(ctx, inputs.prompts, s.direction, run_dir, s.split)}
+    r = (load_file(str(run_dir / "direction.safetensors"))["direction"]
+         if results["cast"] is None or results["neurons"] is None else None)
     if results["cast"] is None:
         log.info("evaluate: conditional activation steering")
-        r = load_file(str(run_dir / "direction.safetensors"))["direction"]
         results["cast"] = {"status": "done", **run_cast(ctx, inputs.prompts, results["direction"], r,
                                                         s.direction.candidate_split, s.cast, run_dir)}
     if results["neurons"] is None:
         log.info("evaluate: refusal-writing MLP neurons")
-        r = load_file(str(run_dir / "direction.safetensors"))["direction"]
         toxic, safe = contrast(ctx, inputs.prompts, s.direction, s.direction.candidate_split)
         saes = {h: x.sae for h, x in load_hooked_saes(inputs.sae_dirs, loaded).items()} if inputs.sae_dirs else None
         results["neurons"] = {"status": "done", **run_neurons(ctx, [x.prompt for x in toxic], [x.prompt for x in safe],
