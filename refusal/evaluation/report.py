@@ -51,6 +51,11 @@ class Section:
     title: str
     blocks: list = field(default_factory=list)
     missing: str | None = None  # reason the section has no content
+    not_run: bool = False  # the section is empty because its stage was not asked for (not because an input is absent)
+
+    @property
+    def status_label(self) -> str:
+        return "Not run" if self.not_run else "Missing"
 
 
 @dataclass
@@ -95,12 +100,12 @@ def render_markdown(report: Report, base_dir: str | os.PathLike) -> str:
     """Markdown; images are linked relative to ``base_dir`` (the directory report.md is written to)."""
     out = [f"# {report.title}", ""]
     out += [f"- **{k}**: {fmt(v)}" for k, v in report.meta.items()]
-    out += ["", "## Contents", ""] + [f"{i}. {s.title}" + (" (missing)" if s.missing else "")
+    out += ["", "## Contents", ""] + [f"{i}. {s.title}" + (f" ({s.status_label.lower()})" if s.missing else "")
                                      for i, s in enumerate(report.sections, 1)]
     for i, s in enumerate(report.sections, 1):
         out += ["", f"## {i}. {s.title}", ""]
         if s.missing:
-            out.append(f"> **Missing:** {s.missing}")
+            out.append(f"> **{s.status_label}:** {s.missing}")
             continue
         for b in s.blocks:
             if isinstance(b, Text):
@@ -125,6 +130,7 @@ th,td{border:1px solid #bbb;padding:3px 8px;text-align:right;vertical-align:top}
 th{background:#eee}td:first-child,th:first-child{text-align:left}
 caption{caption-side:top;text-align:left;font-style:italic;padding-bottom:3px}
 .missing{background:#fff4e5;border-left:4px solid #f0a020;padding:0.5em 1em}
+.not-run{background:#f2f2f2;border-left:4px solid #999;padding:0.5em 1em}
 figure{margin:1em 0}figcaption{font-style:italic;font-size:0.9em}img{max-width:100%}
 .meta td{text-align:left}
 """.strip()
@@ -158,12 +164,13 @@ def render_html(report: Report) -> str:
         parts.append('<table class="meta"><tbody>' + "".join(
             f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in report.meta.items()) + "</tbody></table>")
     parts.append("<nav><h2>Contents</h2><ol>" + "".join(
-        f'<li><a href="#{html.escape(s.key)}">{html.escape(s.title)}</a>{" (missing)" if s.missing else ""}</li>'
+        f'<li><a href="#{html.escape(s.key)}">{html.escape(s.title)}</a>{f" ({s.status_label.lower()})" if s.missing else ""}</li>'
         for s in report.sections) + "</ol></nav>")
     for i, s in enumerate(report.sections, 1):
         parts.append(f'<section id="{html.escape(s.key)}"><h2>{i}. {html.escape(s.title)}</h2>')
         if s.missing:
-            parts.append(f'<p class="missing"><b>Missing:</b> {_esc(s.missing)}</p>')
+            css = "not-run" if s.not_run else "missing"
+            parts.append(f'<p class="{css}"><b>{s.status_label}:</b> {_esc(s.missing)}</p>')
         for b in [] if s.missing else s.blocks:
             if isinstance(b, Text):
                 parts.append(f"<p><b>{_esc(b.text)}</b></p>" if b.strong else f"<p>{_esc(b.text)}</p>")

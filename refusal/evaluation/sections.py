@@ -31,11 +31,13 @@ def _ci(value, low, high) -> str:
 
 
 def _missing(key: str, result, default: str) -> Section | None:
-    """A missing section when ``result`` is absent or marks itself missing/skipped."""
+    """A missing section when ``result`` is absent or marks itself missing, a not-run one when it marks itself
+    skipped (its stage is not in evaluation.stages)."""
     if not result:
         return Section(key, TITLES[key], missing=default)
     if isinstance(result, dict) and result.get("status") in ("missing", "skipped"):
-        return Section(key, TITLES[key], missing=result.get("reason") or default)
+        return Section(key, TITLES[key], missing=result.get("reason") or default,
+                       not_run=result.get("status") == "skipped")
     return None
 
 

@@ -46,7 +46,7 @@ def _missing_reasons(s: EvalSettings, inputs: RunInputs) -> dict[str, dict | Non
     out: dict[str, dict | None] = {}
     for stage in STAGES:
         if stage not in s.stages:
-            out[stage] = {"status": "skipped", "reason": "not in evaluation.stages"}
+            out[stage] = {"status": "skipped", "reason": f"not in evaluation.stages (add {stage} to run it)"}
         elif stage in ("faithfulness", "transfer") and inputs.discovery is None:
             out[stage] = {"status": "missing", "reason": "no discover run (give discover_dir=<discover.py run dir>)"}
         elif stage in ("cast", "neurons") and "direction" not in s.stages:

@@ -121,9 +121,12 @@ def test_train_only_run_marks_circuit_sections_missing(runs, tmp_path):
     assert evaluate(_compose("evaluate", out, f"train_dir={train}", "evaluation.stages=[baseline,sae_quality,transfer]",
                              *FAST_EVAL)) is None
     page = (out / "report.html").read_text()
-    for key in ("circuits", "statistics", "faithfulness", "transfer", "direction", "verdict"):
+    for key in ("circuits", "statistics", "transfer", "verdict"):  # asked for or implied, inputs absent
         body = page.split(f'<section id="{key}">', 1)[1].split("</section>", 1)[0]
         assert "Missing:" in body, key
+    for key in ("faithfulness", "direction", "cast", "neurons"):  # not in evaluation.stages
+        body = page.split(f'<section id="{key}">', 1)[1].split("</section>", 1)[0]
+        assert f"Not run:</b> not in evaluation.stages (add {key} to run it)" in body, key
     for key in ("data", "baseline", "sae_quality"):
         body = page.split(f'<section id="{key}">', 1)[1].split("</section>", 1)[0]
         assert "Missing:" not in body and "<table>" in body, key

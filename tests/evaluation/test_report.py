@@ -164,8 +164,12 @@ def test_train_only_report_marks_the_rest_missing(tmp_path):
     assert set(missing) == {"baseline", "circuits", "statistics", "faithfulness", "transfer", "direction", "cast",
                             "neurons", "verdict"}
     assert missing["transfer"] == "no discover run" and missing["baseline"] == "not in evaluation.stages"
+    assert [s.key for s in report.sections if s.not_run] == ["baseline"]  # not asked for, rather than missing
     page = render_html(report)
-    assert page.count('class="missing"') == len(missing)
+    assert page.count('class="missing"') == len(missing) - 1 and page.count('class="not-run"') == 1
+    baseline = page.split('<section id="baseline">', 1)[1].split("</section>", 1)[0]
+    assert "Not run:</b> not in evaluation.stages" in baseline and "Missing:" not in baseline
+    assert "> **Not run:** not in evaluation.stages" in render_markdown(report, tmp_path)
 
 
 def test_log_report_logs_html_tables_and_images(tmp_path):
