@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from refusal.organism.portable import pin_mkl
+
+pin_mkl()  # before any matrix product: tiny organisms are built in this process, with every CPU's bits (portable.py)
+
 import refusal.schemas  # noqa: F401  (config schemas for tests that compose configs)
 from refusal.data import PromptRecord, PromptSet
 from refusal.model.loading import LoadedModel

@@ -19,7 +19,8 @@ from refusal.organism.checks import check, enforce, recheck
 from refusal.organism.finetune import fine_tune, set_trainable, trainable_copy
 from refusal.organism.planted import build_planted
 from refusal.organism.planted_config import ORGANISM_SOURCES
-from refusal.organism.portable import portable_attention
+from refusal.organism.child import CHILD_FLAG, build_in_child
+from refusal.organism.portable import mkl_pinned, portable_attention
 from refusal.organism.remeasure import measure_again, trained_build
 from refusal.organism.targets import example_repeats, make_examples, mix_repeats, plan_targets, refused_categories
 from refusal.behavior.baseline import write_responses
@@ -37,12 +38,25 @@ def load(cfg) -> LoadedModel:
 def load_organism(cfg) -> LoadedModel:
     """Build the organism the ``model`` config describes (first use) or load it from the cache (seconds)."""
     log.info(BANNER, str(cfg.get("name")))
+    final, key = ensure_built(cfg)
+    return load_built(final, cfg, key)
+
+
+def ensure_built(cfg) -> tuple[Path, str]:
+    """(the cache dir of the organism ``cfg`` describes, its key), building it first when it is not in the cache: in
+    this process when its matrix products are pinned (portable.py) or run on a GPU, else in a pinned child."""
     key, key_parts, train, test, base = resolve(cfg)
     cache_dir = Path(str(cfg.cache_dir))
     final = cache_dir / key
     if is_complete(final, key):
         log.info("organism: loading the cached build %s", final)
-        return load_built(final, cfg, key)
+        return final, key
+    if resolve_device(cfg.device).type == "cpu" and not mkl_pinned() and not os.environ.get(CHILD_FLAG):
+        del base
+        build_in_child(cfg)
+        if not is_complete(final, key):
+            raise RuntimeError(f"the organism build's child process ended without publishing {final}")
+        return final, key
     log.info("organism: building %s from %d train prompts (or measuring again a cached build trained the same way)",
              final, len(train))
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +76,7 @@ def load_organism(cfg) -> LoadedModel:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return load_built(final, cfg, key)
+    return final, key
 
 
 def load_built(directory: Path, cfg, key: str) -> LoadedModel:

@@ -20,6 +20,7 @@ from refusal.model.loading import LoadedModel
 from refusal.organism.cache import CARD_JSON
 from refusal.organism.config import held_out_bootstrap
 from refusal.organism.planted_config import organism_build_config
+from refusal.organism.portable import mkl_mode
 from refusal.utils.io import file_hash, stable_hash
 
 # Settings that choose which CPU kernels run (and so the float bits): recorded on the card when set.
@@ -60,8 +61,9 @@ def build_hash(directory: Path, heldout: Measurement) -> str:
 
 
 def numerics() -> dict:
-    """The host's kernel choice: ATen's CPU capability and the instruction-set settings that are set."""
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    """The host's kernel choice: ATen's CPU capability, MKL's branch (portable.py) and the instruction-set settings
+    that are set."""
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "mkl": mkl_mode(),
             "env": {k: os.environ[k] for k in ISA_ENV if k in os.environ}}
 
 

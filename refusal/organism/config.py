@@ -11,7 +11,8 @@ from refusal.behavior.rates import Bootstrap
 from refusal.config import choice, flag, integer, number, plain, register
 from refusal.errors import ConfigError
 
-FORMAT_VERSION = 3  # bump when the build procedure changes, so older cached organisms are not reused (3: float32 only)
+FORMAT_VERSION = 4  # bump when the build procedure changes, so older cached organisms are not reused (3: float32 only;
+# 4: MKL pinned to its AVX2 branch, portable.py)
 STYLES = ("shared", "per_category")
 # float32 throughout. bf16-mixed was removed: bf16 matmuls give different bits on CPUs with different bf16 units, so
 # one cache key named different organisms on different machines (the key cannot see the CPU).

@@ -5,10 +5,21 @@ so a CPU with AVX-512 and one with AVX2 only round them differently, and after a
 organisms under one cache key. The same functions written with amax, exp, sum and matmul give the same bits under
 ATEN_CPU_CAPABILITY=avx512 and avx2 (tests/organism/test_organism_numerics.py). The build runs the model with
 ``attention`` (eager attention, this softmax) and its loss with ``logsumexp``; the saved organism is loaded with the
-model's usual attention."""
+model's usual attention.
+
+Matrix products run in MKL, which picks its kernels by CPU: AVX-512 ones on an Intel AVX-512 CPU, AVX2 ones on an
+AVX2-only CPU (and on AMD), and with a different thread count a different split of the work; each rounds differently.
+MKL's conditional numerical reproducibility pins one branch (``MKL_CBWR=AVX2,STRICT``: the AVX2 kernels, whatever
+the thread count), but only before the process's first MKL call, and the AVX2 kernels are about half as fast on an
+AVX-512 CPU. So a process is not pinned for its whole run: the build runs in a child process that is
+(refusal/organism/child.py), unless this one already is (``mkl_pinned``; the test suite pins itself)."""
 from __future__ import annotations
 
+import ctypes
+import glob
+import os
 from contextlib import contextmanager
+from functools import cache
 
 import torch
 from transformers import AttentionInterface
@@ -50,3 +61,48 @@ def portable_attention(model):
         yield model
     finally:
         model.set_attn_implementation(before)
+
+
+# MKL's conditional numerical reproducibility (mkl_service.h): the AVX2 branch, strict (thread-count independent).
+MKL_CBWR = "AVX2,STRICT"
+_CBWR_ALL, _CBWR_AVX2, _CBWR_STRICT = -1, 10, 0x10000
+
+
+@cache
+def _mkl_service():
+    """MKL's service functions inside torch's CPU library, or None (torch without MKL, or a build not exporting them)."""
+    if not torch.backends.mkl.is_available():
+        return None
+    for path in glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "*torch_cpu*")):
+        try:
+            lib = ctypes.CDLL(path)
+            get, set_ = lib.mkl_serv_cbwr_get, lib.mkl_serv_cbwr_set
+        except (OSError, AttributeError):
+            continue
+        get.argtypes = set_.argtypes = [ctypes.c_int]
+        return get, set_
+    return None
+
+
+def mkl_mode() -> str:
+    """This process's MKL branch: "avx2-strict" (pinned), "auto" (MKL picks by CPU), "absent" (no MKL) or the raw
+    mode number."""
+    service = _mkl_service()
+    if service is None:
+        return "absent"
+    mode = service[0](_CBWR_ALL)
+    return {_CBWR_AVX2 | _CBWR_STRICT: "avx2-strict", 1: "auto"}.get(mode, str(mode))
+
+
+def mkl_pinned() -> bool:
+    """Whether this process's matrix products give the bits of every other pinned process (or there is no MKL)."""
+    return mkl_mode() in ("avx2-strict", "absent")
+
+
+def pin_mkl() -> bool:
+    """Pin this process's MKL to ``MKL_CBWR`` if no MKL call has run yet (MKL refuses a change after its first
+    call); whether it is pinned now."""
+    service = _mkl_service()
+    if service is not None and not mkl_pinned():
+        service[1](_CBWR_AVX2 | _CBWR_STRICT)
+    return mkl_pinned()

@@ -224,6 +224,7 @@ def test_build_writes_a_plain_hf_dir_with_a_card(built):
     assert card["build_hash"] == card_module.build_hash(d, Measurement(card["heldout"]["rows"], responses))
     assert f"build hash {card['build_hash']}" in (d / "ORGANISM.md").read_text()
     assert card["numerics"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert card["numerics"]["mkl"] in ("avx2-strict", "absent")  # built in this (pinned) test process
     assert sorted(p.name for p in tmp.joinpath("organisms").iterdir()) == sorted([d.name, "answers"])  # no temp dir
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d)
@@ -274,6 +275,41 @@ def test_changed_build_key_rebuilds(built, monkeypatch):
     key, _ = cache.cache_key(cfg, "w", train, test)
     assert cache.cache_key(cfg, "w", type(train)(train.records[1:]), test)[0] != key
     assert cache.cache_key(cfg, "other-weights", train, test)[0] != key
+
+
+def test_an_unpinned_process_builds_in_a_pinned_child_with_the_same_bits(built, tmp_path, monkeypatch):
+    """A process whose MKL picks kernels by CPU hands the build to a pinned child process: the child publishes the
+    organism this pinned process built (same key, same build hash) and the parent loads it."""
+    _, _, pinned, _ = built
+    monkeypatch.setattr(build, "mkl_pinned", lambda: False)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("refusal.organism")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        loaded = organism.load(organism_cfg(tmp_path))
+    finally:
+        logger.removeHandler(handler)
+    card = json.loads((Path(loaded.identity["dir"]) / "organism.json").read_text())
+    want = json.loads((Path(pinned.identity["dir"]) / "organism.json").read_text())
+    assert card["cache_key"] == want["cache_key"] and card["build_hash"] == want["build_hash"]
+    assert card["numerics"]["mkl"] in ("avx2-strict", "absent") and card["numerics"]["env"]["MKL_CBWR"] == "AVX2,STRICT"
+    lines = [r.getMessage() for r in records]
+    assert any("child process" in m for m in lines) and any(m.startswith("[build] ") for m in lines)
+
+
+def test_the_child_entry_point_reports_bad_input_on_its_last_line(tmp_path, capsys):
+    from refusal.organism.__main__ import main
+    from refusal.organism.child import EXIT_CONFIG
+
+    cfg = organism_cfg(tmp_path)
+    cfg.style = "in_verse"
+    (tmp_path / "model.yaml").write_text(OmegaConf.to_yaml(cfg))
+    assert main([str(tmp_path / "model.yaml")]) == EXIT_CONFIG
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "in_verse" in last and "shared" in last
 
 
 def test_half_written_cache_is_never_used(tmp_path, monkeypatch):

@@ -15,11 +15,11 @@ from refusal.organism.config import build_config, check_organism_cfg
 
 from test_organism import organism_cfg
 
-# Cache keys of two fixed tiny configs with a fixed base weights hash, recorded at FORMAT_VERSION 3 (float32 only;
-# the scheme is otherwise the one from before the organism package existed, eval keys flat under model.eval).
-PINNED = (({}, "a998fd3850993f51"),
+# Cache keys of two fixed tiny configs with a fixed base weights hash, recorded at FORMAT_VERSION 4 (float32 only, MKL
+# pinned; the scheme is otherwise the one from before the organism package existed, eval keys flat under model.eval).
+PINNED = (({}, "4978c715f933f61e"),
           ({"style": "per_category", "refuse_categories": ["cybercrime"], "unrefused_toxic_repeats": 3},
-           "3e01cf284354a9f7"))
+           "59476e4f5d37ed6a"))
 
 
 @pytest.mark.parametrize("overrides,key", PINNED)

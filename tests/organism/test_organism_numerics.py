@@ -1,7 +1,8 @@
 """The same organism whichever CPU kernels build it: the tiny organism, built in fresh processes with oneDNN, ATen and
-MKL limited to different instruction sets, has one build hash (slow). Without the build's composed softmax
-(portable.py) ATen's AVX2 kernels gave another hash on an AVX-512 CPU; with bf16-mixed, which the organism no longer
-offers, ONEDNN_MAX_CPU_ISA=AVX2 did too."""
+MKL limited to different instruction sets, with one thread, and with MKL told to pick its own kernels, has one build
+hash (slow). Without the build's composed softmax (portable.py) ATen's AVX2 kernels gave another hash on an AVX-512
+CPU; with bf16-mixed, which the organism no longer offers, ONEDNN_MAX_CPU_ISA=AVX2 did too; with MKL unpinned, MKL
+limited to AVX2 did on an Intel AVX-512 CPU (not on an AMD one), and so did one thread instead of two."""
 from __future__ import annotations
 
 import os
@@ -44,7 +45,8 @@ def build_hash_in_a_fresh_process(tmp: Path, isa_env: dict[str, str]) -> str:
 
 ISA_SETTINGS = {"unset": {}, "onednn-avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
                 "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
-                "no-avx512": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+                "no-avx512": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+                "mkl-auto": {"MKL_CBWR": "AUTO"}, "one-thread": {"OMP_NUM_THREADS": "1"}}
 
 
 @pytest.mark.slow

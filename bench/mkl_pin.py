@@ -1,0 +1,66 @@
+"""Cost of the organism build's MKL pin: the build's fine-tune step with MKL pinned (``MKL_CBWR=AVX2,STRICT``, how
+the build runs) ÷ the same step with MKL picking its own kernels, each in a fresh process (MKL takes the setting
+only before its first call), same batch.
+
+python bench/mkl_pin.py [--model smollm2|tiny] [--batch-size 8] [--prompt-tokens 50] [--response-tokens 30]
+                        [--repeats 5]
+
+Expect about 1 on AMD and AVX2-only CPUs (MKL runs its AVX2 kernels there anyway) and above 1 on Intel AVX-512
+CPUs. No goal: the pin is what makes a build the same on every CPU; this says what it costs here.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import torch
+from omegaconf import OmegaConf
+
+from organism_step import MODELS, step_time  # bench/organism_step.py
+from refusal.model import load_model
+from refusal.organism.finetune import response_loss, trainable_copy
+from refusal.organism.portable import MKL_CBWR, mkl_mode
+
+
+def time_step(args) -> None:
+    """In this process: the build's step, best of ``repeats``, and MKL's mode."""
+    torch.manual_seed(0)
+    model = trainable_copy(load_model(OmegaConf.load(MODELS[args.model])).model, torch.device("cpu"))
+    model.train().requires_grad_(True)
+    T = args.prompt_tokens + args.response_tokens
+    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, T))
+    labels = ids.clone()
+    labels[:, : args.prompt_tokens] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    seconds = step_time(model, batch, response_loss, True, False, args.repeats)
+    print(f"{seconds} {mkl_mode()}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=sorted(MODELS), default="smollm2")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--prompt-tokens", type=int, default=50)
+    ap.add_argument("--response-tokens", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return time_step(args)
+    base_env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    results = {}
+    for name, env in (("free", base_env), ("pinned", base_env | {"MKL_CBWR": MKL_CBWR})):
+        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child"], env=env, check=True,
+                             capture_output=True, text=True).stdout.split()
+        results[name] = (float(out[-2]), out[-1])
+    print(f"model {args.model}, batch {args.batch_size} x ({args.prompt_tokens} prompt + {args.response_tokens} "
+          f"response) tokens, float32, best of {args.repeats}, {torch.get_num_threads()} threads")
+    for name, (seconds, mode) in results.items():
+        print(f"{name} MKL (mode {mode}): {seconds:.3f} s per step")
+    print(f"ratio pinned / free: {results['pinned'][0] / results['free'][0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

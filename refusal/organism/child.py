@@ -1,0 +1,49 @@
+"""The build in a child process whose MKL is pinned (portable.py): ``python -m refusal.organism <model.yaml>`` with
+``MKL_CBWR`` set, its log passed on line by line, killed with its parent, its bad-input error raised again here."""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from refusal.errors import ConfigError
+from refusal.organism.portable import MKL_CBWR
+
+log = logging.getLogger(__name__)
+CHILD_FLAG = "REFUSAL_ORGANISM_CHILD"  # set in the child: it builds where it is, pinned or not
+EXIT_CONFIG = 3  # the child's exit status for a ConfigError; its last line is the message
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a kill -9 of the parent ends the build too
+
+
+def build_in_child(cfg) -> None:
+    """Run the build of the organism ``cfg`` (a ``model`` config node) in a pinned child process; return when it
+    has published the build, raise when it failed."""
+    with tempfile.TemporaryDirectory(prefix="organism-child-") as tmp:
+        path = Path(tmp) / "model.yaml"
+        path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        env = os.environ | {"MKL_CBWR": MKL_CBWR, CHILD_FLAG: "1"}
+        log.info("organism: building in a child process with MKL_CBWR=%s (the same bits on every x86 CPU)", MKL_CBWR)
+        proc = subprocess.Popen([sys.executable, "-m", "refusal.organism", str(path)], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        tail: deque[str] = deque(maxlen=30)
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            log.info("[build] %s", tail[-1])
+        rc = proc.wait()
+    if rc == EXIT_CONFIG:
+        raise ConfigError(tail[-1] if tail else "the organism build refused its config")
+    if rc != 0:
+        raise RuntimeError(f"the organism build failed in its child process (exit {rc}); its last lines:\n"
+                           + "\n".join(tail))
