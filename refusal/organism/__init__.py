@@ -10,10 +10,11 @@ This package sits above data, model and behavior (it uses them; they never use i
 config.py    the ``model`` schema of ``source: organism``, its value checks, the build keys
 targets.py   which prompt learns what, the training mix, token examples (base answers cached)
 finetune.py  the Lightning fine-tune (float32)
-portable.py  the attention and softmax the build runs, whose bits do not depend on the CPU's vector width
+portable.py  the attention and softmax the build runs and MKL's pin: bits that do not depend on the CPU
 cache.py     the cache key and dir, complete-or-absent publishing
 card.py      the held-out measurement, the build hash and the card (organism.json, ORGANISM.md)
 build.py     build on first use or load from the cache; ``load`` loads any ``model`` config
+child.py     the build in a child process with MKL pinned (``python -m refusal.organism``, __main__.py)
 """
 from refusal.organism.build import build_organism, load, load_organism
 from refusal.organism.cache import organism_dir
