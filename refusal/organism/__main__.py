@@ -10,10 +10,11 @@ from omegaconf import OmegaConf
 
 from refusal.errors import ConfigError
 from refusal.organism.build import ensure_built
-from refusal.organism.child import EXIT_CONFIG
+from refusal.organism.child import EXIT_CONFIG, die_with_parent
 
 
 def main(argv: list[str]) -> int:
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s: %(message)s")
     if len(argv) != 1:
         print("usage: python -m refusal.organism <model.yaml>")

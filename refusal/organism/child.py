@@ -18,13 +18,19 @@ from refusal.errors import ConfigError
 from refusal.organism.portable import MKL_CBWR
 
 log = logging.getLogger(__name__)
-CHILD_FLAG = "REFUSAL_ORGANISM_CHILD"  # set in the child: it builds where it is, pinned or not
+CHILD_FLAG = "REFUSAL_ORGANISM_CHILD"  # the parent's pid, set in the child: it builds where it is, pinned or not
 EXIT_CONFIG = 3  # the child's exit status for a ConfigError; its last line is the message
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a kill -9 of the parent ends the build too
+def die_with_parent() -> None:
+    """In a child that ``build_in_child`` started: end when the parent's thread that started it ends (a kill -9 of
+    a run ends its build too). Linux only (elsewhere the build finishes on its own and is published for the next
+    run)."""
+    if not sys.platform.startswith("linux") or not os.environ.get(CHILD_FLAG):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if str(os.getppid()) != os.environ.get(CHILD_FLAG):  # the parent ended before the line above
+        os._exit(1)
 
 
 def build_in_child(cfg) -> None:
@@ -33,10 +39,10 @@ def build_in_child(cfg) -> None:
     with tempfile.TemporaryDirectory(prefix="organism-child-") as tmp:
         path = Path(tmp) / "model.yaml"
         path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        env = os.environ | {"MKL_CBWR": MKL_CBWR, CHILD_FLAG: "1"}
+        env = os.environ | {"MKL_CBWR": MKL_CBWR, CHILD_FLAG: str(os.getpid())}
         log.info("organism: building in a child process with MKL_CBWR=%s (the same bits on every x86 CPU)", MKL_CBWR)
         proc = subprocess.Popen([sys.executable, "-m", "refusal.organism", str(path)], env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         tail: deque[str] = deque(maxlen=30)
         for line in proc.stdout:
             tail.append(line.rstrip("\n"))

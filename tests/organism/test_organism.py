@@ -312,6 +312,42 @@ def test_the_child_entry_point_reports_bad_input_on_its_last_line(tmp_path, caps
     assert "in_verse" in last and "shared" in last
 
 
+GRANDCHILD = """
+import os, subprocess, sys, time
+env = os.environ | {"REFUSAL_ORGANISM_CHILD": str(os.getpid())}
+code = "from refusal.organism.child import die_with_parent; die_with_parent(); print('ready', flush=True); " \
+       "import time; time.sleep(120)"
+child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+assert child.stdout.readline().strip() == "ready"
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_build_child_dies_with_its_parent():
+    """kill -9 of a run (the parent) ends its build child, which would otherwise go on building."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", GRANDCHILD], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    for _ in range(100):
+        try:
+            if Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return  # dead, not yet reaped by its new parent
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the build child outlived its parent")
+
+
 def test_half_written_cache_is_never_used(tmp_path, monkeypatch):
     cfg = organism_cfg(tmp_path)
     final = cache.organism_dir(cfg)
