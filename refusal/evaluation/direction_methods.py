@@ -123,10 +123,11 @@ def refine_selected(ctx, selection: dict, candidates: dict[int, Tensor], samples
             "rdo": {"start": start_row, "cos_with_start": _cos(r, start), "history": history}}, r
 
 
-def compare_methods(ctx, s: DirectionSettings, samples: Samples, layer: int, position: int, selected: Tensor,
-                    toxic: list[str], safe: list[str], out_dir: Path) -> tuple[dict, Tensor]:
+def compare_methods(ctx, s: DirectionSettings, samples: Samples, layer: int, position: int,
+                    reference: tuple[Tensor, str], toxic: list[str], safe: list[str], out_dir: Path) -> tuple[dict, Tensor]:
     """Every ``compare_methods`` estimator's direction at ``layer`` and ``position`` (< 0; ``compare_at``), scored on
-    the selection prompts like the candidates, with |cos| to the selected direction; a bar plot. (the block, the
+    the selection prompts like the candidates, with |cos| to ``reference`` (a direction at that place, and what it
+    is: the selected direction, or the selected estimator's candidate there); a bar plot. (the block, the
     directions [n_methods, d] in ``compare_methods`` order)"""
     li, p = samples.layers.index(layer), position + samples.toxic_tails.shape[2]
     tox, saf = samples.toxic_tails[:, li, p], samples.safe_tails[:, li, p]
@@ -141,12 +142,13 @@ def compare_methods(ctx, s: DirectionSettings, samples: Samples, layer: int, pos
             r = optimise(ctx, estimate("dim", tox, saf), layer, samples, s)[0]
         vectors.append(r.float())
         rows.append({"method": method, **score_direction(ctx, r, layer, toxic, safe, safe_logits, s),
-                     "abs_cos_with_selected": abs(_cos(r, selected))})
+                     "abs_cos_with_reference": abs(_cos(r, reference[0]))})
         log.info("direction: %s at layer %d position %d scored", method, layer, position)
     keys = {"refusal score, toxic, ablated": "ablation_score", "refusal score, safe, actadd": "induce_score",
             "KL on safe prompts, ablated": "kl_safe"}
     plot = bar_panels({name: {row["method"]: row[key] for row in rows} for name, key in keys.items()},
                       out_dir / "direction_methods.png",
                       {"refusal score, safe, actadd": s.induce_min_score, "KL on safe prompts, ablated": s.max_kl})
-    return {"layer": layer, "position": position, "at": s.compare_at, "rows": rows, "plot": str(plot)}, \
+    return {"layer": layer, "position": position, "at": s.compare_at, "reference": reference[1], "rows": rows,
+            "plot": str(plot)}, \
         torch.stack(vectors)

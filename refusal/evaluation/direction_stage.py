@@ -45,8 +45,11 @@ def run_direction(ctx, train_prompts, s: DirectionSettings, out_dir: Path, eval_
         selection, r = refine_selected(ctx, selection, candidates, samples, tox_s, safe_s, s)
         r, best = r.float(), selection["selected"]
     at = best if s.compare_at == "selected" else min(selection["candidates"], key=lambda c: c["ablation_score"])
-    methods, method_vectors = (compare_methods(ctx, s, samples, at["layer"], at["position"], r, tox_s, safe_s, out_dir)
-                               if s.compare_methods else (None, None))
+    same_place = (at["layer"], at["position"]) == (best["layer"], best["position"])
+    reference = (r, "the selected direction") if same_place else \
+        (candidates[at["layer"]][at["position"] + n_pos].float(), f"the {s.method} candidate there")
+    methods, method_vectors = (compare_methods(ctx, s, samples, at["layer"], at["position"], reference, tox_s, safe_s,
+                                               out_dir) if s.compare_methods else (None, None))
     log.info("direction: selected layer %d position %d; generating under ablation and actadd", layer,
              best["position"])
     held_out = held_out_measures(ctx, r, layer, s)

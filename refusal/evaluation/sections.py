@@ -251,11 +251,11 @@ def _methods_blocks(methods: dict | None) -> list:
     if not methods:
         return []
     return [Table(["estimator", "ablation score (toxic)", "induced score (safe)", "KL (safe)", "filters passed",
-                   "|cos| with selected"],
+                   "|cos| with reference"],
                   [[r["method"], r["ablation_score"], r["induce_score"], r["kl_safe"], r["passes"],
-                    r["abs_cos_with_selected"]] for r in methods["rows"]],
+                    r["abs_cos_with_reference"]] for r in methods["rows"]],
                   f"estimators compared at layer {methods['layer']}, position {methods['position']} (the "
-                  f"{methods.get('at', 'selected')} candidate's; selection prompts)"),
+                  f"{methods['at']} candidate's; selection prompts); reference: {methods['reference']}"),
             Image(Path(methods["plot"]), "estimators compared: refusal score under ablation and actadd, KL")]
 
 

@@ -318,10 +318,10 @@ def test_every_method_selects_from_its_own_candidates_and_the_comparison_scores_
     rows = {row["method"]: row for row in out["methods"]["rows"]}
     assert list(rows) == ["dim", "lda", "pca"]
     sel = out["selected"]
-    assert rows["lda"]["abs_cos_with_selected"] == pytest.approx(1.0, abs=1e-6)
+    assert rows["lda"]["abs_cos_with_reference"] == pytest.approx(1.0, abs=1e-6)
     for key in ("ablation_score", "induce_score", "kl_safe"):
         assert rows["lda"][key] == pytest.approx(sel[key], abs=1e-6)  # the same direction, scored the same way
-    assert rows["dim"]["abs_cos_with_selected"] < 0.999
+    assert rows["dim"]["abs_cos_with_reference"] < 0.999
     saved = load_file(str(tmp_path / "direction.safetensors"))
     torch.testing.assert_close(saved["methods"][1], saved["direction"])  # the lda row is the selected direction
     dim = (residual_tails(ctx.model, ctx.formatter, tox, [1, 2], n, 3)[0].mean(0)
@@ -413,6 +413,11 @@ def test_compare_at_strongest_compares_where_ablation_lowers_refusal_most(ctx, t
     strongest = min(out["selection"]["candidates"], key=lambda c: c["ablation_score"])
     assert (out["methods"]["layer"], out["methods"]["position"]) == (strongest["layer"], strongest["position"])
     assert out["methods"]["rows"][0]["ablation_score"] == pytest.approx(strongest["ablation_score"], abs=1e-6)
+    # |cos| is taken with a direction at the same place: the selected one, or the selected estimator's candidate there
+    sel = out["selected"]
+    same = (sel["layer"], sel["position"]) == (strongest["layer"], strongest["position"])
+    assert out["methods"]["reference"] == ("the selected direction" if same else "the dim candidate there")
+    assert out["methods"]["rows"][0]["abs_cos_with_reference"] == pytest.approx(1.0, abs=1e-6)
     saved = load_file(str(tmp_path / "direction.safetensors"))
     li = saved["candidate_layers"].tolist().index(strongest["layer"])
     torch.testing.assert_close(saved["methods"][0], saved["candidates"][li, strongest["position"]])

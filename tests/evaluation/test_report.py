@@ -192,12 +192,14 @@ def test_the_direction_section_shows_the_estimator_comparison_and_the_export(tmp
     png = data["direction"]["plot"]
     data["direction"].update(
         method="lda", rates=data["direction"]["rates"] + [_rates("abliterated")],
-        methods={"layer": 1, "position": -1, "plot": png, "rows": [
+        methods={"layer": 1, "position": -1, "at": "strongest", "reference": "the lda candidate there", "plot": png,
+                 "rows": [
             {"method": "pca", "ablation_score": -1.5, "induce_score": 0.2, "kl_safe": 0.03, "passes": True,
-             "abs_cos_with_selected": 0.77}]},
+             "abs_cos_with_reference": 0.77}]},
         export={"dir": "/runs/x/abliterated", "n_edited_tensors": 61, "max_logit_diff_vs_hooks": 3e-6,
                 "hooks_match_weights": True, "load": "model=hf model.path=/runs/x/abliterated"})
     page = render_html(build_report(data))
     body = page.split('<section id="direction">', 1)[1].split("</section>", 1)[0]
     assert "estimator: lda" in body and "estimators compared at layer 1" in body and "0.77" in body
+    assert "(the strongest candidate&#x27;s; selection prompts); reference: the lda candidate there" in body
     assert "abliterated rate [CI]" in body and "model=hf model.path=/runs/x/abliterated" in body
