@@ -8,9 +8,11 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from refusal.data import build_prompt_set
 from refusal.data.records import PromptSet
-from refusal.model.loading import LoadedModel, load_model, model_files
+from refusal.model.loading import LoadedModel, load_model, model_files, resolve_device
 from refusal.organism.config import FORMAT_VERSION, NEUTRAL_BUILD_VALUES
 from refusal.organism.planted_config import check_any_organism_cfg, organism_build_config
 from refusal.utils.io import read_json, stable_hash
@@ -40,8 +42,20 @@ def cache_key(cfg, base_weights_hash: str, train: PromptSet, test: PromptSet) ->
         "train_prompt_ids": [r.id for r in train],
         "train_prompts_hash": train.content_hash(),
         "test_prompts_hash": test.content_hash(),
+        **build_kernels(cfg),
     }
     return stable_hash(what, length=16), what
+
+
+def build_kernels(cfg) -> dict:
+    """What the key must add about the hardware: nothing for a CPU build (pinned MKL, portable.py: the same bits on
+    every x86 CPU); a GPU build's device and GPU model, since its kernels round differently from a CPU's and from
+    another GPU model's."""
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        return {}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"built_on": {"device": device.type, "name": name}}
 
 
 def resolve(cfg):

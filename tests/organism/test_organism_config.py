@@ -3,6 +3,7 @@ silently: a changed key rebuilds every cached organism)."""
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -31,6 +32,22 @@ def test_the_cache_key_scheme_is_pinned(tmp_path, overrides, key):
     # eval's CI settings are grouped under model.eval.bootstrap but hashed flat, as before
     assert what["build"]["eval"] == {"max_new_tokens": 4, "n_resamples": 200, "ci_level": 0.95,
                                      "ci_method": "percentile"}
+
+
+def test_a_gpu_build_has_its_own_key(tmp_path, monkeypatch):
+    """A CPU build's key says nothing about the CPU (pinned MKL gives every x86 CPU the same bits); a GPU build's
+    key names the device and GPU model."""
+    cfg = organism_cfg(tmp_path)
+    prompts = build_prompt_set(cfg.data)
+    train, test = prompts.filter(split="train"), prompts.filter(split="test")
+    cpu, what = cache.cache_key(cfg, "w", train, test)
+    assert "built_on" not in what
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU 80GB")
+    cfg.device = "cuda"
+    gpu, what = cache.cache_key(cfg, "w", train, test)
+    assert what["built_on"] == {"device": "cuda", "name": "Some GPU 80GB"} and gpu != cpu
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Another GPU")
+    assert cache.cache_key(cfg, "w", train, test)[0] not in (cpu, gpu)
 
 
 def test_the_card_records_the_hashed_build_config(tmp_path):
