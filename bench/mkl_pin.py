@@ -16,35 +16,22 @@ import subprocess
 import sys
 
 import torch
-from omegaconf import OmegaConf
 
-from organism_step import MODELS, step_time  # bench/organism_step.py
-from refusal.model import load_model
-from refusal.organism.finetune import response_loss, trainable_copy
+from organism_step import batch_arguments, model_and_batch, step_time  # bench/organism_step.py
+from refusal.organism.finetune import response_loss
 from refusal.organism.portable import MKL_CBWR, mkl_mode
 
 
 def time_step(args) -> None:
     """In this process: the build's step, best of ``repeats``, and MKL's mode."""
-    torch.manual_seed(0)
-    model = trainable_copy(load_model(OmegaConf.load(MODELS[args.model])).model, torch.device("cpu"))
+    model, batch = model_and_batch(args)
     model.train().requires_grad_(True)
-    T = args.prompt_tokens + args.response_tokens
-    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, T))
-    labels = ids.clone()
-    labels[:, : args.prompt_tokens] = -100
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     seconds = step_time(model, batch, response_loss, True, False, args.repeats)
     print(f"{seconds} {mkl_mode()}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=sorted(MODELS), default="smollm2")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--prompt-tokens", type=int, default=50)
-    ap.add_argument("--response-tokens", type=int, default=30)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = batch_arguments(argparse.ArgumentParser())
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

@@ -37,23 +37,32 @@ def step_time(model, batch, loss_fn, fused: bool, bf16: bool, repeats: int) -> f
     return best_of(step, repeats)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def batch_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The model, batch shape and repeats options (shared with bench/mkl_pin.py)."""
     ap.add_argument("--model", choices=sorted(MODELS), default="smollm2")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--prompt-tokens", type=int, default=50)
     ap.add_argument("--response-tokens", type=int, default=30)
-    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+    return ap
+
+
+def model_and_batch(args) -> tuple[torch.nn.Module, dict]:
+    """The trainable float32 copy of ``args.model`` on the CPU and a seeded random batch shaped by ``args``: a prompt
+    (label -100) followed by a response."""
     torch.manual_seed(0)
-    base = trainable_copy(load_model(OmegaConf.load(MODELS[args.model])).model, torch.device("cpu"))
-    vocab = base.config.vocab_size
-    T = args.prompt_tokens + args.response_tokens
-    ids = torch.randint(0, vocab, (args.batch_size, T))
+    model = trainable_copy(load_model(OmegaConf.load(MODELS[args.model])).model, torch.device("cpu"))
+    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.prompt_tokens + args.response_tokens))
     labels = ids.clone()
     labels[:, : args.prompt_tokens] = -100
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def main() -> None:
+    ap = batch_arguments(argparse.ArgumentParser())
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    args = ap.parse_args()
+    base, batch = model_and_batch(args)
     bf16 = args.precision == "bf16"
 
     def plain(m, b):
