@@ -169,7 +169,7 @@ def render_html(report: Report) -> str:
     for i, s in enumerate(report.sections, 1):
         parts.append(f'<section id="{html.escape(s.key)}"><h2>{i}. {html.escape(s.title)}</h2>')
         if s.missing:
-            css = "not-run" if s.not_run else "missing"
+            css = s.status_label.lower().replace(" ", "-")  # missing | not-run
             parts.append(f'<p class="{css}"><b>{s.status_label}:</b> {_esc(s.missing)}</p>')
         for b in [] if s.missing else s.blocks:
             if isinstance(b, Text):
