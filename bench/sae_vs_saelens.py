@@ -2,7 +2,9 @@
 ActivationDataModule) against SAELens's ``SAETrainer`` with its ``TopKTrainingSAE``. Same TopK SAE (d_in, d_sae,
 k), batch, steps, dtype and device, the same batches (each side reads its own ActivationDataModule over one
 activation store of synthetic activations in this project's format, same seed), Adam at the same lr, gradient
-norm clipped to 1, AuxK with the same coefficient and dead window, no validation. Goal: ours ÷ SAELens >= 1.0.
+norm clipped to 1, AuxK with the same coefficient and dead window, no validation. Goals (fp32, CPU, 2 threads, k 46, batch
+1024): ours ÷ SAELens >= 1.5 at d_sae 4608 and >= 2.0 at d_sae 32768 (`--d-sae 32768`; our side picks the sparse
+kernels there, `--kernel` forces one).
 
 Lockstep: the two loops run in one process, in two threads that strictly take turns, one training iteration each
 (never at the same time), so load from other jobs on a shared machine hits both alike. A side's iteration is timed
@@ -95,8 +97,9 @@ def our_module(args, dm, total_steps: int):
     from refusal.sae.module import SAELightningModule
 
     cfg = OmegaConf.to_container(OmegaConf.load(CONF / "topk.yaml"))
+    cfg.pop("defaults")  # the schema entry Hydra composes; the module takes the plain keys
     cfg.update(expansion_factor=None, d_sae=args.d_sae, k_percent=None, k=args.k, lr=args.lr, lr_decay="none",
-               dead_tokens_threshold=args.dead_window * args.batch)
+               dead_tokens_threshold=args.dead_window * args.batch, kernel=args.kernel)
     module = SAELightningModule(cfg, [HOOK], args.d_in, dm.categories, total_steps=total_steps)
     module.init_from_sample(dm.sample_rows(4096))
     return module
@@ -139,7 +142,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--d-in", type=int, default=576)
     p.add_argument("--expansion", type=int, default=8)
+    p.add_argument("--d-sae", type=int, default=None, help="default: expansion x d_in")
     p.add_argument("--k", type=int, default=46)
+    p.add_argument("--kernel", default="auto", choices=("auto", "dense", "sparse"), help="our side's sae.kernel")
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--steps", type=int, default=40, help="timed iterations of each loop (after --warmup)")
     p.add_argument("--warmup", type=int, default=5)
@@ -157,20 +162,20 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*(val_dataloader|logging interval|LeafSpec|IterableDataset).*")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    args.d_sae = args.expansion * args.d_in
+    args.d_sae = args.d_sae or args.expansion * args.d_in
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
         sys.path.insert(0, str(Path(__file__).parent))
         from synthetic_store import write_synthetic_store
 
         store = write_synthetic_store(Path(tmp) / "store", HOOK, args.d_in, n_shards=4, shard_rows=16 * args.batch)
-        print(f"device={device} d_in={args.d_in} d_sae={args.d_sae} k={args.k} batch={args.batch} steps={args.steps} "
-              f"warmup={args.warmup} dtype={'bf16-autocast' if args.autocast else 'float32'} "
-              f"threads={torch.get_num_threads()} sae-lens={version('sae-lens')}", flush=True)
         turns = Turns("ours", device)
         dm_ours, dm_theirs = make_datamodule(store, args), make_datamodule(store, args)
         theirs = saelens_trainer(args, device, dm_theirs, turns)
         module = our_module(args, dm_ours, args.warmup + args.steps + 1)
+        print(f"device={device} d_in={args.d_in} d_sae={args.d_sae} k={args.k} batch={args.batch} steps={args.steps} "
+              f"warmup={args.warmup} kernel={module.cfg.kernel} dtype={'bf16-autocast' if args.autocast else 'float32'} "
+              f"threads={torch.get_num_threads()} sae-lens={version('sae-lens')}", flush=True)
         thread = threading.Thread(target=run_saelens, args=(theirs, turns), daemon=True)
         thread.start()
         our_trainer(args, device, turns).fit(module, datamodule=dm_ours)

@@ -17,6 +17,9 @@ from refusal.errors import ConfigError
 TRAINABLE = ("topk", "batchtopk", "relu_l1")
 B_DEC_INITS = ("mean", "geometric_median", "zeros")
 LR_DECAYS = ("none", "linear", "cosine")
+KERNELS = ("auto", "dense", "sparse")
+# kernel=auto picks the sparse kernels (refusal/sae/sparse.py) when k / d_sae is at most this (bench/sae_kernels.py)
+SPARSE_MAX_DENSITY = 0.05
 
 
 @dataclass
@@ -39,6 +42,7 @@ class TopKSchema(_Common):
     k_percent: Optional[float] = MISSING
     aux_k: int = MISSING
     aux_coeff: float = MISSING
+    kernel: str = MISSING
 
 
 @dataclass
@@ -75,6 +79,7 @@ class SAEConfig:
     lr_warmup_steps: int
     lr_decay: str
     lr_decay_start: float
+    kernel: str = "dense"  # "dense" | "sparse" (resolved from the config's auto | dense | sparse)
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any], d_in: int) -> "SAEConfig":
@@ -99,6 +104,7 @@ class SAEConfig:
             raise ConfigError(f"sae.expansion_factor={cfg['expansion_factor']} gives d_sae={d_sae}; it must be >= 1")
 
         k = aux_k = None
+        kernel = "dense"
         aux_coeff = l1_coeff = 0.0
         sparsity_warmup = 0
         if arch in ("topk", "batchtopk"):
@@ -114,6 +120,9 @@ class SAEConfig:
                 raise ConfigError(f"sae k={k} is larger than d_sae={d_sae}; choose k in [1, {d_sae}]")
             aux_k = min(integer("sae.aux_k", cfg["aux_k"], 1), d_sae)  # at most aux_k dead latents: all if fewer
             aux_coeff = number("sae.aux_coeff", cfg["aux_coeff"], 0)
+            kernel = choice("sae.kernel", cfg["kernel"], KERNELS)
+            if kernel == "auto":
+                kernel = "sparse" if k / d_sae <= SPARSE_MAX_DENSITY else "dense"
         else:
             l1_coeff = number("sae.l1_coeff", cfg["l1_coeff"], 0)
             sparsity_warmup = integer("sae.sparsity_warmup_steps", cfg["sparsity_warmup_steps"], 0)
@@ -129,7 +138,7 @@ class SAEConfig:
             b_dec_init=cfg["b_dec_init"], lr=number("sae.lr", cfg["lr"], 0, open_lo=True),
             betas=(float(betas[0]), float(betas[1])),
             lr_warmup_steps=integer("sae.lr_warmup_steps", cfg["lr_warmup_steps"], 0),
-            lr_decay=cfg["lr_decay"], lr_decay_start=start,
+            lr_decay=cfg["lr_decay"], lr_decay_start=start, kernel=kernel,
         )
 
 

@@ -21,18 +21,19 @@ from torch import Tensor
 from refusal.sae.config import SAEConfig
 from refusal.sae.model import SparseAutoencoder
 from refusal.sae.ranks import sum_over_ranks, world_size
+from refusal.sae.sparse import Pattern, active_values, decode
 
 
 @dataclass
 class LossTerms:
-    """Scalar terms; x_s, x_hat_s [B, d_in] in scaled units; f [B, d_sae] codes."""
+    """Scalar terms; x_s, x_hat_s [B, d_in] in scaled units; l0 [B] the number of active latents of each row."""
     loss: Tensor
     mse: Tensor
     aux: Tensor
     sparsity: Tensor
     x_s: Tensor
     x_hat_s: Tensor
-    f: Tensor
+    l0: Tensor
 
 
 def l1_lambda(cfg: SAEConfig, step: int) -> float:
@@ -42,34 +43,81 @@ def l1_lambda(cfg: SAEConfig, step: int) -> float:
 
 
 def sae_loss(sae: SparseAutoencoder, x: Tensor, cfg: SAEConfig, step: int) -> LossTerms:
+    """The loss terms of one batch, by the dense path or (``cfg.kernel == "sparse"`` and a top-set rule) the sparse
+    kernels of ``refusal.sae.sparse``; both give the same values and gradients up to float summation order."""
     x_s = x.to(sae.W_enc.dtype) * sae.input_scale
-    pre = sae.pre_acts(x_s)
-    f = sae.activate(pre)
-    x_hat_s = sae.decode_scaled(f)
+    sparse = cfg.kernel == "sparse" and sae.selects_top()
+    if sparse:
+        b_dec = sae.b_dec if sae.apply_b_dec_to_input else None
+        with torch.no_grad():
+            x_c = x_s - b_dec if b_dec is not None else x_s
+            pre = torch.addmm(sae.b_enc, x_c, sae.W_enc)
+        pattern = sae.active_pattern(pre)
+        vals = active_values(pre, x_c, sae.W_enc, sae.b_enc, b_dec, pattern).relu()
+        x_hat_s = decode(vals, sae.W_dec, pattern) + sae.b_dec
+        on = pattern.active(vals.detach())
+        l0 = torch.bincount(on.rows, minlength=x_s.shape[0])
+        fired = torch.bincount(on.cols, minlength=sae.d_sae) > 0
+        kept = vals.detach()[vals.detach() > 0]
+    else:
+        pre = sae.pre_acts(x_s)
+        f = sae.activate(pre)
+        x_hat_s = sae.decode_scaled(f)
+        active = f.detach() > 0
+        l0, fired, kept = active.sum(-1), active.any(0), None
     mse = (x_hat_s - x_s).pow(2).mean()
     zero = mse.new_zeros(())
     aux = sparsity = zero
     if sae.training:
-        sae.record_firing(f)
+        sae.record_firing(fired, x_s.shape[0])
         if sae.architecture == "batchtopk":
-            sae.update_threshold(f)
+            if kept is None:
+                kept = f.detach()[active]
+            sae.update_threshold(kept.min() if kept.numel() else mse.new_tensor(float("inf")).detach())
     if sae.training and cfg.architecture in ("topk", "batchtopk") and cfg.aux_coeff > 0:
         dead = sae.dead_mask(cfg.dead_tokens_threshold)
         # on CPU the check costs nothing: skip the aux pass (its value is 0) while no latent is dead
         if dead.device.type != "cpu" or bool(dead.any()):
-            aux = cfg.aux_coeff * auxk_loss(sae, pre, (x_s - x_hat_s).detach(), dead, cfg.aux_k)
+            residual = (x_s - x_hat_s).detach()
+            if sparse:
+                e_hat = sparse_dead_reconstruction(sae, pre, x_c, b_dec, dead, cfg.aux_k)
+            else:
+                e_hat = dead_reconstruction(sae, pre, dead, cfg.aux_k)
+            aux = cfg.aux_coeff * auxk_loss(e_hat, residual, dead)
     elif cfg.architecture == "relu_l1":
         sparsity = l1_lambda(cfg, step) * (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
-    return LossTerms(mse + aux + sparsity, mse, aux, sparsity, x_s, x_hat_s, f)
+    return LossTerms(mse + aux + sparsity, mse, aux, sparsity, x_s, x_hat_s, l0.float())
 
 
-def auxk_loss(sae: SparseAutoencoder, pre: Tensor, residual: Tensor, dead: Tensor, aux_k: int) -> Tensor:
-    """Normalised error of reconstructing ``residual`` from the top-aux_k dead latents (0 if none is dead).
+def dead_top(pre: Tensor, dead: Tensor, aux_k: int) -> Tensor:
+    """[B, min(aux_k, d_sae)] indices of each row's largest pre-activations among dead latents (any latent fills
+    the rest of a row when fewer are dead; the callers give those entries the value 0)."""
+    return pre.detach().masked_fill(~dead, float("-inf")).topk(min(aux_k, pre.shape[-1]), dim=-1, sorted=False).indices
+
+
+def dead_reconstruction(sae: SparseAutoencoder, pre: Tensor, dead: Tensor, aux_k: int) -> Tensor:
+    """ê: the residual's reconstruction (no b_dec) from the top-aux_k ReLU'd pre-activations among dead latents."""
+    idx = dead_top(pre, dead, aux_k)
+    vals = (pre.gather(-1, idx) * dead[idx]).relu()
+    return torch.zeros_like(pre).scatter(-1, idx, vals) @ sae.W_dec
+
+
+def sparse_dead_reconstruction(sae: SparseAutoencoder, pre: Tensor, x_c: Tensor, b_dec: Tensor | None,
+                               dead: Tensor, aux_k: int) -> Tensor:
+    """``dead_reconstruction`` by the sparse kernels (``pre`` computed without a graph)."""
+    idx = dead_top(pre, dead, aux_k)
+    rows = torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1])
+    keep = dead[idx.reshape(-1)]
+    pattern = Pattern.from_entries(rows[keep], idx.reshape(-1)[keep], idx.shape[0], sae.d_sae)
+    return decode(active_values(pre, x_c, sae.W_enc, sae.b_enc, b_dec, pattern).relu(), sae.W_dec, pattern)
+
+
+def auxk_loss(e_hat: Tensor, residual: Tensor, dead: Tensor) -> Tensor:
+    """Normalised error ‖e − ê‖² / ‖e − ē‖² of the dead latents' reconstruction ê of the residual e (0 if none is
+    dead).
 
     The normaliser Σ‖e − ē‖² is the global batch's under DDP and the value is multiplied by the world size, so the
     gradient DDP averages over ranks is the one-process gradient on the global batch."""
-    vals, idx = pre.masked_fill(~dead, float("-inf")).topk(min(aux_k, pre.shape[-1]), dim=-1, sorted=False)
-    e_hat = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ sae.W_dec
     sums = torch.cat([residual.sum(0, dtype=torch.float64), residual.pow(2).sum(dtype=torch.float64).view(1),
                       residual.new_full((1,), residual.shape[0], dtype=torch.float64)])
     sums = sum_over_ranks(sums)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from refusal.errors import ConfigError, check_choice
 from refusal.sae.ranks import min_over_ranks, sum_over_ranks, world_size
+from refusal.sae.sparse import Pattern
 
 ARCHITECTURES = ("topk", "batchtopk", "relu_l1", "jumprelu")
 WEISZFELD_STEPS = 20
@@ -72,15 +73,33 @@ class SparseAutoencoder(nn.Module):
             return (x_s - b) @ self.W_enc + (self.b_enc - (self.b_dec - b) @ self.W_enc)
         return x_s @ self.W_enc + self.b_enc
 
+    def selects_top(self) -> bool:
+        """Whether ``activate`` keeps a top set (topk; batchtopk in train mode) rather than applying a threshold."""
+        return self.architecture == "topk" or (self.architecture == "batchtopk" and self.training)
+
+    def top_indices(self, pre: Tensor) -> Tensor:
+        """The kept entries: [B, k] latent indices per row (topk), or flat indices into pre (batchtopk, training)."""
+        if self.architecture == "topk":
+            return pre.topk(self.k, dim=-1, sorted=False).indices
+        flat = pre.relu().reshape(-1)
+        return flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False).indices
+
+    def active_pattern(self, pre: Tensor) -> Pattern:
+        """The kept entries of ``pre`` as a sparse pattern (for the sparse kernels; requires ``selects_top()``)."""
+        idx = self.top_indices(pre)
+        if self.architecture == "topk":
+            return Pattern.from_rows(idx, self.d_sae)
+        idx = idx.sort().values
+        return Pattern.from_entries(idx // self.d_sae, idx % self.d_sae, pre.shape[0], self.d_sae)
+
     def activate(self, pre: Tensor) -> Tensor:
         arch = self.architecture
         if arch == "topk":
-            vals, idx = pre.topk(self.k, dim=-1, sorted=False)
-            return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
-        if arch == "batchtopk" and self.training:
-            flat = pre.relu().reshape(-1)
-            vals, idx = flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False)
-            return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
+            idx = self.top_indices(pre)
+            return torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx).relu())
+        if self.selects_top():
+            flat, idx = pre.relu().reshape(-1), self.top_indices(pre)
+            return torch.zeros_like(flat).scatter(0, idx, flat[idx]).view_as(pre)
         if arch in ("batchtopk", "jumprelu"):
             return pre.relu() * (pre > self.threshold)
         return pre.relu()
@@ -132,11 +151,10 @@ class SparseAutoencoder(nn.Module):
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     @torch.no_grad()
-    def record_firing(self, f: Tensor) -> None:
-        """Reset the counter of every latent that fired in the batch, add the batch's tokens to the others. Under
-        DDP the batch is the global one (all ranks' rows), so every rank keeps the one-process counters."""
-        fired = (f > 0).any(dim=0)
-        n_tokens = f.shape[0]
+    def record_firing(self, fired: Tensor, n_tokens: int) -> None:
+        """Reset the counter of every latent that fired (``fired`` [d_sae] bool) in a batch of ``n_tokens``, add the
+        batch's tokens to the others. Under DDP the batch is the global one (all ranks' rows), so every rank keeps
+        the one-process counters."""
         if world_size() > 1:
             summed = sum_over_ranks(torch.cat([fired.long(), fired.new_full((1,), n_tokens, dtype=torch.long)]))
             fired, n_tokens = summed[:-1] > 0, summed[-1]
@@ -146,10 +164,10 @@ class SparseAutoencoder(nn.Module):
         return self.tokens_since_fired > dead_tokens_threshold
 
     @torch.no_grad()
-    def update_threshold(self, f: Tensor) -> None:
-        """batchtopk: move the inference threshold toward the smallest activation kept in this batch (under DDP:
-        in any rank's batch, so the threshold stays equal on every rank)."""
-        smallest = min_over_ranks(torch.where(f > 0, f, torch.inf).min())
+    def update_threshold(self, smallest: Tensor) -> None:
+        """batchtopk: move the inference threshold toward ``smallest``, the smallest activation kept in this batch
+        (inf when none; under DDP: in any rank's batch, so the threshold stays equal on every rank)."""
+        smallest = min_over_ranks(smallest)
         ema = torch.where(self.threshold < 0, smallest,
                           self.THRESHOLD_DECAY * self.threshold + (1 - self.THRESHOLD_DECAY) * smallest)
         self.threshold.copy_(torch.where(torch.isfinite(smallest), ema, self.threshold))

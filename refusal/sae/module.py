@@ -110,7 +110,7 @@ class SAELightningModule(L.LightningModule):
                 with torch.no_grad():
                     logs[f"train/{hook}/mse"] = t.mse.detach()
                     logs[f"train/{hook}/explained_variance"] = batch_explained_variance(t.x_s, t.x_hat_s)
-                    logs[f"train/{hook}/l0"] = (t.f > 0).sum(-1).float().mean()
+                    logs[f"train/{hook}/l0"] = t.l0.mean()
                     logs[f"train/{hook}/dead_fraction"] = sae.dead_mask(self.cfg.dead_tokens_threshold).float().mean()
                     if self.cfg.architecture == "relu_l1":
                         logs[f"train/{hook}/sparsity_loss"] = t.sparsity.detach()
@@ -152,7 +152,7 @@ class SAELightningModule(L.LightningModule):
             m = self.val_metrics[key]
             x_s, x_hat = t.x_s.double(), t.x_hat_s.double()
             m["mse"].update((t.x_hat_s - t.x_s).pow(2).mean(-1))
-            m["l0"].update((t.f > 0).sum(-1).float())
+            m["l0"].update(t.l0)
             m["dead_fraction"].update(sae.dead_mask(self.cfg.dead_tokens_threshold).float().mean())
             m["explained_variance"].update(x_hat, x_s)
             for name, metric in m.items():
