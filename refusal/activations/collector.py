@@ -72,25 +72,31 @@ def default_store_dir(cache_dir: str | Path, fp: dict) -> Path:
     return Path(cache_dir) / "activations" / f"{safe_name}-{stable_hash(fp)}"
 
 
-def _rows_for_batch(enc: EncodedBatch, cache: dict, plan: CollectionPlan, prompt_index: list[int]):
-    """Select the configured positions of every row; return (acts per hook, row metadata)."""
+def _batch_rows(enc: EncodedBatch, mode: str, prompt_index: list[int]):
+    """Where the batch's store rows come from and their metadata: (batch row of each store row, token index of each
+    store row or None for ``prompt_mean``, per-row token indices for ``prompt_mean`` else None, metadata)."""
     T = enc.seq_len
-    acts = {h: [] for h in plan.hooks}
-    meta = {"prompt_index": [], "position": [], "from_end": []}
-    for b, idx in enumerate(enc.positions(plan.positions)):
-        if plan.positions == "prompt_mean":
-            for h in plan.hooks:
-                acts[h].append(cache[h][b, idx].float().mean(0, keepdim=True))
-            pos, from_end = torch.tensor([-1]), torch.tensor([0])
-        else:
-            for h in plan.hooks:
-                acts[h].append(cache[h][b, idx])
-            pad = T - int(enc.n_tokens[b])
-            pos, from_end = idx - pad, T - idx
-        meta["prompt_index"].append(torch.full((len(pos),), prompt_index[b], dtype=torch.long))
-        meta["position"].append(pos.to(torch.int32))
-        meta["from_end"].append(from_end.to(torch.int32))
-    return acts, meta
+    idx = enc.positions(mode)
+    counts = [1 if mode == "prompt_mean" else len(i) for i in idx]
+    b_idx = torch.repeat_interleave(torch.arange(len(idx)), torch.tensor(counts))
+    first = torch.tensor(prompt_index, dtype=torch.long)[b_idx]
+    if mode == "prompt_mean":
+        meta = {"prompt_index": first, "position": torch.full((len(idx),), -1, dtype=torch.int32),
+                "from_end": torch.zeros(len(idx), dtype=torch.int32)}
+        return b_idx, None, idx, meta
+    t_idx = torch.cat(idx)
+    pad = T - enc.n_tokens.cpu().long()
+    meta = {"prompt_index": first, "position": (t_idx - pad[b_idx]).to(torch.int32),
+            "from_end": (T - t_idx).to(torch.int32)}
+    return b_idx, t_idx, None, meta
+
+
+def _gather(act: torch.Tensor, b_idx: torch.Tensor, t_idx: torch.Tensor | None, spans) -> torch.Tensor:
+    """The store rows of one hook's [B, T, d] activation: the selected tokens in one indexing op, or (``spans``:
+    prompt_mean) the mean of each row's span."""
+    if t_idx is not None:
+        return act[b_idx.to(act.device), t_idx.to(act.device)]
+    return torch.cat([act[b, i].float().mean(0, keepdim=True) for b, i in enumerate(spans)])
 
 
 @torch.inference_mode()
@@ -206,33 +212,39 @@ def _complete(store_dir: Path, manifest: dict, entries: list[dict]) -> None:
 def _collect_shard(loaded: LoadedModel, plan: CollectionPlan, refusal_token_ids: list[int], records: list, span, stop: bool,
                    bar) -> dict[str, torch.Tensor]:
     """The tensors of the shard holding the prompts ``records[a:b]`` (``span``); ``stop``: stop each forward after
-    the deepest hook."""
+    the deepest hook. Every batch is tokenised first, so each hook's rows go straight into one tensor of the shard's
+    size (no concatenation at the end)."""
     a, b = span
     model = loaded.model
     fmt = ChatFormatter(loaded.tokenizer, plan.system_prompt, plan.max_length)
     out_dtype = STORE_DTYPES[plan.dtype]
     # within a shard, batch prompts of similar length to waste little on padding
     local = sorted(range(a, b), key=lambda j: (len(records[j].prompt), j))
-    acts = {h: [] for h in plan.hooks}
-    meta = {"prompt_index": [], "position": [], "from_end": []}
+    batches = [local[s : s + plan.batch_size] for s in range(0, len(local), plan.batch_size)]
+    encoded = [fmt.encode([records[j].prompt for j in idx]) for idx in batches]
+    rows = [_batch_rows(enc, plan.positions, idx) for enc, idx in zip(encoded, batches)]
+    n_rows = sum(len(r[0]) for r in rows)
+    acts: dict[str, torch.Tensor] = {}
     scores = torch.zeros(b - a, dtype=torch.float64)
     n_tokens = torch.zeros(b - a, dtype=torch.int32)
-    for s in range(0, len(local), plan.batch_size):
-        idx = local[s : s + plan.batch_size]
-        enc = fmt.encode([records[j].prompt for j in idx]).to(loaded.device)
+    offset = 0
+    for idx, enc, (b_idx, t_idx, spans, _) in zip(batches, encoded, rows):
+        enc = enc.to(loaded.device)
         with capture_activations(model, plan.hooks, stop_early=stop) as cache:
-            out = run_until_stop(lambda: model(**enc.model_inputs(), logits_to_keep=1))
+            out = run_until_stop(lambda: model(**enc.model_inputs(), logits_to_keep=1, use_cache=False))
+        local_idx = [j - a for j in idx]
         if plan.record_refusal_score:
-            scores[[j - a for j in idx]] = refusal_score(out.logits[:, -1], refusal_token_ids).cpu()
-        n_tokens[[j - a for j in idx]] = enc.n_tokens.to(torch.int32).cpu()
-        batch_acts, batch_meta = _rows_for_batch(enc, cache, plan, idx)
+            scores[local_idx] = refusal_score(out.logits[:, -1], refusal_token_ids).cpu()
+        n_tokens[local_idx] = enc.n_tokens.to(torch.int32).cpu()
         for h in plan.hooks:
-            acts[h].extend(t.to("cpu", out_dtype) for t in batch_acts[h])
-        for k in meta:
-            meta[k].extend(t.cpu() for t in batch_meta[k])
+            got = _gather(cache[h], b_idx, t_idx, spans)
+            if h not in acts:
+                acts[h] = torch.empty(n_rows, got.shape[-1], dtype=out_dtype)
+            acts[h][offset : offset + len(b_idx)].copy_(got)
+        offset += len(b_idx)
         bar.update(len(idx))
-    tensors = {f"acts.{h}": torch.cat(acts[h]) for h in plan.hooks}
-    tensors.update({k: torch.cat(v) for k, v in meta.items()})
+    tensors = {f"acts.{h}": t for h, t in acts.items()}
+    tensors.update({k: torch.cat([r[3][k] for r in rows]) for k in ("prompt_index", "position", "from_end")})
     tensors.update({"refusal_score": scores, "n_tokens": n_tokens})
     return tensors
 
