@@ -35,6 +35,8 @@ bench: setup
 	$(PY) bench/sae.py
 	$(PY) bench/attribution.py
 	$(PY) bench/sae_vs_saelens.py
+	$(PY) bench/sae_vs_saelens.py --d-sae 32768 --steps 20
+	$(PY) bench/sae_kernels.py
 	$(PY) bench/stream_memory.py
 	$(PY) bench/organism_step.py
 
