@@ -2,7 +2,8 @@
 # The GPU path, end to end, on a CUDA machine (run it whenever one is available; it prints one line per figure):
 #   1. the demo with trainer=gpu (bf16-mixed) and the model, its organism build and collection on CUDA;
 #   2. collection speed on CUDA (bench/collect.py: ours ÷ a bare forward, interleaved);
-#   3. the SAELens race on CUDA (bench/sae_vs_saelens.py) at d_sae 4608 and 32768, fp32 and bf16 autocast;
+#   3. the SAELens race on CUDA (bench/sae_vs_saelens.py) at d_sae 4608 and 32768, fp32 and bf16 autocast, and
+#      dense ÷ sparse SAE steps on CUDA (bench/sae_kernels.py: where sae.kernel=auto should switch on a GPU);
 #   4. DDP (NCCL) with one rank per GPU, the demo's SAE training (skipped with one GPU: nothing to compare).
 # Needs a CUDA build of torch in $PY's environment; on a machine without CUDA it says so and exits 0.
 #   bash bench/gpu_check.sh            (PY=.venv/bin/python by default; OUT=outputs/gpu_check)
@@ -42,6 +43,9 @@ for d_sae in 4608 32768; do
       | tee "$OUT/race_${d_sae}${precision}.log" | grep -E "^(device|ours|saelens|ratio)" || true
   done
 done
+
+"$PY" bench/sae_kernels.py --device cuda --d-sae 32768 --k 33,164,328,1638,3277 2>&1 | tee "$OUT/kernels.log" \
+  | grep -E "^(device|k=)" || true
 
 if [ "$N_GPU" -gt 1 ]; then
   timed ddp_train "$PY" train.py experiment=demo trainer=ddp trainer.devices="$N_GPU" model.device=cuda \

@@ -55,25 +55,23 @@ def sae_loss(sae: SparseAutoencoder, x: Tensor, cfg: SAEConfig, step: int) -> Lo
         pattern = sae.active_pattern(pre)
         vals = active_values(pre, x_c, sae.W_enc, sae.b_enc, b_dec, pattern).relu()
         x_hat_s = decode(vals, sae.W_dec, pattern) + sae.b_dec
-        on = pattern.active(vals.detach())
-        l0 = torch.bincount(on.rows, minlength=x_s.shape[0])
-        fired = torch.bincount(on.cols, minlength=sae.d_sae) > 0
-        kept = vals.detach()[vals.detach() > 0]
+        on = vals.detach() > 0
+        l0 = torch.bincount(pattern.rows[on], minlength=x_s.shape[0])
+        fired = torch.bincount(pattern.cols[on], minlength=sae.d_sae) > 0
+        f, active = vals.detach(), on  # the batchtopk threshold's smallest kept value comes from these
     else:
         pre = sae.pre_acts(x_s)
         f = sae.activate(pre)
         x_hat_s = sae.decode_scaled(f)
         active = f.detach() > 0
-        l0, fired, kept = active.sum(-1), active.any(0), None
+        l0, fired = active.sum(-1), active.any(0)
     mse = (x_hat_s - x_s).pow(2).mean()
     zero = mse.new_zeros(())
     aux = sparsity = zero
     if sae.training:
         sae.record_firing(fired, x_s.shape[0])
         if sae.architecture == "batchtopk":
-            if kept is None:
-                kept = f.detach()[active]
-            sae.update_threshold(kept.min() if kept.numel() else mse.new_tensor(float("inf")).detach())
+            sae.update_threshold(torch.where(active, f.detach(), torch.inf).min())
     if sae.training and cfg.architecture in ("topk", "batchtopk") and cfg.aux_coeff > 0:
         dead = sae.dead_mask(cfg.dead_tokens_threshold)
         # on CPU the check costs nothing: skip the aux pass (its value is 0) while no latent is dead

@@ -65,11 +65,6 @@ class Pattern:
         return torch.sparse_csc_tensor(self.ccol, self.rows[self.order], values[self.order],
                                        (self.n_rows, self.n_cols), check_invariants=False)
 
-    def active(self, values: Tensor) -> "Pattern":
-        """The sub-pattern of the entries whose value is > 0 (the latents that fired)."""
-        keep = values > 0
-        return Pattern.from_entries(self.rows[keep], self.cols[keep], self.n_rows, self.n_cols)
-
 
 def _pointers(sorted_or_any: Tensor, n: int) -> Tensor:
     counts = torch.bincount(sorted_or_any, minlength=n)
@@ -89,8 +84,9 @@ class _ActiveValues(torch.autograd.Function):
         x_c, w_enc = ctx.saved_tensors
         p, g = ctx.pattern, g.to(w_enc.dtype)
         g_w = g_b = g_b_dec = None
-        if ctx.needs_input_grad[2]:
-            g_w = x_c.to(w_enc.dtype).t() @ p.columns(g)
+        if ctx.needs_input_grad[2]:  # [d_in, d_sae]: on CPU straight from the CSC layout (faster than a transpose)
+            x_c = x_c.to(w_enc.dtype)
+            g_w = x_c.t() @ p.columns(g) if x_c.device.type == "cpu" else (p.transposed(g) @ x_c).t()
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
             g_b = g.new_zeros(p.n_cols).index_add_(0, p.cols, g)
             if ctx.needs_input_grad[4]:  # pre = (x − b_dec) @ W_enc + b_enc: ∂/∂b_dec = −W_enc Σ_rows g = −W_enc g_b
