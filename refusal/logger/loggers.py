@@ -4,12 +4,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 from pathlib import Path
 
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from refusal.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
+WANDB_ID_FILE = "wandb_run_id"
 
 
 def run_identity() -> tuple[str, str | None]:
@@ -28,7 +33,22 @@ def run_identity() -> tuple[str, str | None]:
     return f"{hc.job.name}-{out.name}", None
 
 
-def build_loggers(logger_cfg, task_name: str, output_dir: str | Path) -> list[Logger]:
+def wandb_run_id(output_dir: str | Path, resume: bool) -> str:
+    """The W&B run id of the run in ``output_dir``: the one kept in ``output_dir/WANDB_ID_FILE`` when the run resumes
+    (so W&B continues the same run), else a new one, kept there for a later resume (written by rank 0 only)."""
+    path = Path(output_dir) / WANDB_ID_FILE
+    if resume and path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)  # W&B ids are [a-z0-9]; from os.urandom, so seeding does not repeat them
+    if rank_zero_only.rank == 0:
+        with atomic_path(path) as tmp:
+            tmp.write_text(run_id + "\n")
+    return run_id
+
+
+def build_loggers(logger_cfg, task_name: str, output_dir: str | Path, resume: bool = False) -> list[Logger]:
+    """The config's loggers; ``resume``: this run continues an earlier one in ``output_dir`` (a train run from its
+    checkpoint), whose W&B run it continues too."""
     loggers: list[Logger] = []
     name, group = run_identity()
     for key, node in (logger_cfg or {}).items():
@@ -36,7 +56,8 @@ def build_loggers(logger_cfg, task_name: str, output_dir: str | Path) -> list[Lo
             continue
         target = str(node.get("_target_", ""))
         if target.endswith("WandbLogger"):
-            kwargs = {"name": node.get("name") or name, "group": node.get("group") or group or task_name}
+            kwargs = {"name": node.get("name") or name, "group": node.get("group") or group or task_name,
+                      "id": wandb_run_id(output_dir, resume), "resume": "allow"}
             os.environ.setdefault("WANDB_SILENT", "true")
             try:
                 wb = instantiate(node, **kwargs)

@@ -52,7 +52,7 @@ def train(cfg: DictConfig) -> float:
     run = TrainRun(run_dir)
     ckpt = run.resume_from(cfg.get("ckpt_path"))
     run.check_resume_settings(cfg, resuming=ckpt is not None)
-    loggers = build_loggers(cfg.get("logger"), cfg.task_name, run_dir)
+    loggers = build_loggers(cfg.get("logger"), cfg.task_name, run_dir, resume=ckpt is not None)
     log_config(loggers, cfg)
 
     prompts, analysis = prepare_prompts(cfg, run)

@@ -30,6 +30,20 @@ def test_sweep_gives_two_wandb_runs_in_one_group_and_two_saes(workdir, run_entry
     assert ks == [round(0.02 * 256), round(0.05 * 256)]  # tiny: d_in 64 x expansion 4
 
 
+def test_a_resumed_run_continues_its_wandb_run(workdir, run_entry):
+    run_dir = workdir / "run"
+    run = ["logger=wandb", *TINY, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+    for _ in range(2):  # the second resumes the first from its last checkpoint
+        res = run_entry("train.py", *run, cwd=workdir)
+        assert res.returncode == 0, res.stderr[-2000:]
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and {r.name.rsplit("-", 1)[-1] for r in runs} == {run_id}
+    fresh = run_entry("train.py", "logger=wandb", *TINY, f"hydra.run.dir={workdir / 'other'}", cwd=workdir)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert (workdir / "other" / "wandb_run_id").read_text().strip() != run_id  # another run, another id
+
+
 @pytest.mark.parametrize("override,needle", [
     ("activations.layers=9", "layer 9 is out of range"),
     ("activations.positions=middle", "activations.positions='middle'"),
