@@ -11,10 +11,12 @@ from omegaconf import OmegaConf
 from refusal.errors import ConfigError
 from refusal.organism.build import ensure_built
 from refusal.organism.child import EXIT_CONFIG, die_with_parent
+from refusal.utils.quiet import silence_known_noise
 
 
 def main(argv: list[str]) -> int:
     die_with_parent()
+    silence_known_noise()
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s: %(message)s")
     if len(argv) != 1:
         print("usage: python -m refusal.organism <model.yaml>")

@@ -10,6 +10,7 @@ import refusal.schemas  # noqa: F401  (config schemas, before Hydra composes)
 from refusal.errors import ConfigError
 from refusal.organism import BANNER
 from refusal.logger.loggers import finish
+from refusal.utils.quiet import silence_known_noise
 
 
 def announce_model(cfg: DictConfig) -> None:
@@ -20,6 +21,7 @@ def announce_model(cfg: DictConfig) -> None:
 
 
 def run_task(task: Callable[[DictConfig], float | None], cfg: DictConfig) -> float | None:
+    silence_known_noise()
     try:
         announce_model(cfg)
         return task(cfg)

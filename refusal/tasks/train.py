@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from refusal.activations import config as activations_config
@@ -22,8 +21,6 @@ from refusal.logger.loggers import build_loggers, log_artifact_dir, log_config, 
 from refusal.utils.io import read_json, stable_hash
 
 log = logging.getLogger(__name__)
-# batches come ready-made from one process: the DataLoader length warning does not apply
-warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
 MONITOR = "val/explained_variance"  # the checkpoint kept besides last.ckpt: the best on this
 
 
@@ -79,7 +76,11 @@ def train(cfg: DictConfig) -> float:
     checkpoint = ModelCheckpoint(dirpath=run.checkpoints, filename="step{step}", save_last=True,
                                  every_n_train_steps=cfg.checkpoint_every_n_steps, save_top_k=1,
                                  monitor=MONITOR, mode="max", auto_insert_metric_name=False)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[checkpoint])
+    callbacks = [checkpoint]
+    if cfg.trainer.get("enable_progress_bar", True):
+        # tqdm's bar, never Lightning's rich one, whose "Epoch 3/-2" reads max_epochs=-1 (training is step-based)
+        callbacks.append(TQDMProgressBar())
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if MONITOR not in metrics:

@@ -36,6 +36,8 @@ def test_a_resumed_run_continues_its_wandb_run(workdir, run_entry):
     for _ in range(2):  # the second resumes the first from its last checkpoint
         res = run_entry("train.py", *run, cwd=workdir)
         assert res.returncode == 0, res.stderr[-2000:]
+        out = res.stdout + res.stderr  # and the run's output is the project's own: no known third-party noise
+        assert "Tip: For seamless cloud logging" not in out and "LeafSpec" not in out and "/-2" not in out
     run_id = (run_dir / "wandb_run_id").read_text().strip()
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and {r.name.rsplit("-", 1)[-1] for r in runs} == {run_id}
