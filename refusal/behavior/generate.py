@@ -15,6 +15,7 @@ from refusal.config import integer
 from refusal.errors import ConfigError
 from refusal.model.chat import ChatFormatter, by_length
 from refusal.model.loading import LoadedModel
+from refusal.utils.progress import progress
 
 
 @dataclass
@@ -70,22 +71,24 @@ def generate_responses(
     order = by_length(prompts)
     device = loaded.device
     try:
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            enc = fmt.encode([prompts[i] for i in idx]).to(device)
-            out = model.generate(**enc.model_inputs(), generation_config=gen_cfg)
-            new = out.sequences[:, enc.seq_len :].cpu()
-            first_logits = out.logits[0]
-            batch_scores = refusal_score(first_logits, refusal_token_ids).cpu() if refusal_token_ids else None
-            for row, i in enumerate(idx):
-                ids = new[row].tolist()
-                cut = next((k for k, t in enumerate(ids) if t in stops), None)
-                finished[i] = cut is not None
-                kept = ids if cut is None else ids[: cut + 1]
-                token_ids[i] = kept
-                responses[i] = tok.decode(kept, skip_special_tokens=True).strip()
-                if batch_scores is not None:
-                    scores[i] = float(batch_scores[row])
+        with progress(n, "generate") as bar:
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                enc = fmt.encode([prompts[i] for i in idx]).to(device)
+                out = model.generate(**enc.model_inputs(), generation_config=gen_cfg)
+                new = out.sequences[:, enc.seq_len :].cpu()
+                first_logits = out.logits[0]
+                batch_scores = refusal_score(first_logits, refusal_token_ids).cpu() if refusal_token_ids else None
+                for row, i in enumerate(idx):
+                    ids = new[row].tolist()
+                    cut = next((k for k, t in enumerate(ids) if t in stops), None)
+                    finished[i] = cut is not None
+                    kept = ids if cut is None else ids[: cut + 1]
+                    token_ids[i] = kept
+                    responses[i] = tok.decode(kept, skip_special_tokens=True).strip()
+                    if batch_scores is not None:
+                        scores[i] = float(batch_scores[row])
+                bar.update(len(idx))
     finally:
         model.train(was_training)
     return Generations(responses, token_ids, finished, scores)

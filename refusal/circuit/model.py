@@ -11,6 +11,7 @@ from refusal.circuit.nodes import node_position_count
 from refusal.circuit.splice import HookedSAE, run_model, splice
 from refusal.errors import ConfigError
 from refusal.model.chat import ChatFormatter, EncodedBatch
+from refusal.utils.progress import progress
 
 Values = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -41,9 +42,11 @@ class CircuitModel:
 
     def batches(self, prompts: list[str]):
         """(row indices, encoded batch) over ``prompts`` in order."""
-        for start in range(0, len(prompts), self.batch_size):
-            rows = list(range(start, min(start + self.batch_size, len(prompts))))
-            yield rows, self.encode([prompts[i] for i in rows])
+        with progress(len(prompts), "attribute") as bar:
+            for start in range(0, len(prompts), self.batch_size):
+                rows = list(range(start, min(start + self.batch_size, len(prompts))))
+                yield rows, self.encode([prompts[i] for i in rows])
+                bar.update(len(rows))
 
     def run(self, enc: EncodedBatch, modes: dict[str, str], values: Values | None = None, grad: bool = False):
         """(metric [B] or None if stopped early, {hook: (f, e)})."""

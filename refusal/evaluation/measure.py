@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from refusal.model.chat import ChatFormatter, by_length
+from refusal.utils.progress import progress
 
 
 def in_order(rows: Tensor, order: list[int]) -> Tensor:
@@ -25,10 +26,12 @@ def last_logits(model: nn.Module, formatter: ChatFormatter, prompts: list[str], 
     order = by_length(prompts)
     ordered = [prompts[i] for i in order]
     out = []
-    for start in range(0, len(ordered), batch_size):
-        enc = formatter.encode(ordered[start:start + batch_size]).to(device)
-        logits = model(**enc.model_inputs(), use_cache=False, logits_to_keep=1).logits[:, -1]
-        out.append(logits.float().cpu())
+    with progress(len(ordered), "logits") as bar:
+        for start in range(0, len(ordered), batch_size):
+            enc = formatter.encode(ordered[start:start + batch_size]).to(device)
+            logits = model(**enc.model_inputs(), use_cache=False, logits_to_keep=1).logits[:, -1]
+            out.append(logits.float().cpu())
+            bar.update(enc.input_ids.shape[0])
     return in_order(torch.cat(out), order) if out else torch.empty(0)
 
 

@@ -1,4 +1,8 @@
 """Batched greedy generation: padding does not change the answers, runs repeat exactly, end of turn stops a row."""
+import io
+import sys
+
+import pytest
 import torch
 
 from refusal.behavior.generate import generate_responses, stop_token_ids
@@ -49,3 +53,16 @@ def test_restores_training_mode(tiny):
         assert tiny.model.training
     finally:
         tiny.model.eval()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_generation_shows_a_progress_bar_on_a_terminal_only(tiny, monkeypatch, terminal):
+    err = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    generate_responses(tiny, ["one", "two", "three"], max_new_tokens=2, batch_size=2)
+    assert ("generate:" in err.getvalue() and "/3 " in err.getvalue()) == terminal
