@@ -123,14 +123,23 @@ def log_table(loggers: list[Logger], key: str, rows: list[dict]) -> None:
     run.log({key: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
 
 
-def log_artifact_dir(loggers: list[Logger], name: str, kind: str, directory: str | Path, metadata: dict | None = None) -> None:
+def log_artifact(loggers: list[Logger], name: str, kind: str, paths, metadata: dict | None = None) -> None:
+    """Log ``paths`` (a directory, or a list of files and directories, each kept under its own name) as one W&B
+    artifact (no-op without W&B)."""
     run = wandb_run(loggers)
     if run is None:
         return
     import wandb
 
-    art = wandb.Artifact(name=name, type=kind, metadata=metadata or {})
-    art.add_dir(str(directory))
+    art = wandb.Artifact(name=name.replace("/", "-"), type=kind, metadata=metadata or {})
+    if isinstance(paths, (str, Path)):
+        art.add_dir(str(paths))
+    else:
+        for p in map(Path, paths):
+            if p.is_dir():
+                art.add_dir(str(p), name=p.name)
+            else:
+                art.add_file(str(p), name=p.name)
     run.log_artifact(art)
 
 

@@ -21,7 +21,7 @@ from refusal.data import PromptSet, build_prompt_set
 from refusal.errors import ConfigError
 from refusal import organism
 from refusal.model import ChatFormatter
-from refusal.logger.loggers import build_loggers, json_metrics, log_artifact_dir, log_config, log_table, wandb_run
+from refusal.logger.loggers import build_loggers, json_metrics, log_artifact, log_config, log_table, wandb_run
 from refusal.runs import DiscoverRun, TrainRun, adopt_run_config, check_model
 from refusal.tasks.common import optimized_metric
 from refusal.utils.io import json_safe, stable_hash
@@ -189,5 +189,5 @@ def _log(loggers, metrics: dict, summary: dict, circuits_dir: Path) -> None:
 
         run.log({f"discover/heatmap/{k}": wandb.Image(p) for k, p in summary["heatmaps"].items()})
         run.summary["verdict"] = summary["verdict"]
-    log_artifact_dir(loggers, f"circuits-{summary['manifest']['model']}-{summary['manifest']['config_hash']}"
-                     .replace("/", "-"), "circuits", circuits_dir, metadata={"verdict": summary["verdict"]})
+    log_artifact(loggers, f"circuits-{summary['manifest']['model']}-{summary['manifest']['config_hash']}", "circuits",
+                 circuits_dir, metadata={"verdict": summary["verdict"]})

@@ -30,7 +30,7 @@ from refusal.evaluation.report import log_report, write_report
 from refusal.evaluation.sae_quality import sae_quality
 from refusal.evaluation.sections import build_report
 from refusal.evaluation.transfer import run_transfer
-from refusal.logger.loggers import build_loggers, json_metrics, log_config, log_table, wandb_run
+from refusal.logger.loggers import build_loggers, json_metrics, log_artifact, log_config, log_table, wandb_run
 from refusal import organism
 from refusal.model import ChatFormatter
 from refusal.model.loading import configured_name
@@ -39,6 +39,9 @@ from refusal.tasks.common import optimized_metric
 from refusal.utils.io import json_safe
 
 log = logging.getLogger(__name__)
+# what the run's W&B artifact holds: the stage results, figures, direction, report and generations (not logs)
+OUTPUT_SUFFIXES = (".json", ".png", ".md", ".html", ".safetensors")
+OUTPUT_DIRS = ("responses",)
 
 
 def _missing_reasons(s: EvalSettings, inputs: RunInputs) -> dict[str, dict | None]:
@@ -111,7 +114,7 @@ def evaluate(cfg: DictConfig) -> float | None:
                                  **results, "verdict": verdict}))
     _, html_path = write_report(report, run.report_md, run.report_html)
     metrics = _metrics(results)
-    _log(loggers, metrics, results, verdict, report, html_path)
+    _log(loggers, metrics, results, verdict, report, html_path, model_name)
     print(f"verdict: {verdict['verdict']} ({verdict['basis']})")
     print(f"report: {html_path}")
     return optimized_metric(cfg, metrics)
@@ -180,7 +183,7 @@ def _metrics(results: dict) -> dict[str, float]:
     return metrics
 
 
-def _log(loggers, metrics: dict, results: dict, verdict: dict, report, html_path: Path) -> None:
+def _log(loggers, metrics: dict, results: dict, verdict: dict, report, html_path: Path, model_name: str) -> None:
     for lg in loggers:
         lg.log_metrics(metrics, step=0)
         lg.save()
@@ -190,3 +193,7 @@ def _log(loggers, metrics: dict, results: dict, verdict: dict, report, html_path
     if run is not None:
         run.summary["verdict"] = verdict.get("verdict")
         log_report(run, report, html_path)
+        out = Path(html_path).parent  # the run dir: its results, figures, report and generations
+        outputs = sorted(p for p in out.iterdir() if p.suffix in OUTPUT_SUFFIXES or p.name in OUTPUT_DIRS)
+        log_artifact(loggers, f"evaluation-{model_name}", "evaluation", outputs,
+                     metadata={"verdict": verdict.get("verdict"), "basis": verdict.get("basis")})

@@ -17,7 +17,7 @@ from refusal.sae.config import SAEConfig
 from refusal.sae.module import SAELightningModule
 from refusal.runs import TrainRun
 from refusal.tasks.common import activation_store, optimized_metric, prepare_prompts
-from refusal.logger.loggers import build_loggers, log_artifact_dir, log_config, log_table
+from refusal.logger.loggers import build_loggers, log_artifact, log_config, log_table
 from refusal.utils.io import read_json, stable_hash
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,8 @@ def train(cfg: DictConfig) -> float:
         run.write_manifest({
             "model": model_name, "hooks": plan.hooks, "sae_dirs": {h: str(p) for h, p in sae_dirs.items()},
             "metrics": metrics, "config_hash": stable_hash(OmegaConf.to_container(cfg, resolve=True)), **meta})
-        log_artifact_dir(loggers, f"sae-{model_name}-{stable_hash(plan.hooks, 6)}".replace("/", "-"), "sae",
-                         run.saes, metadata={"hooks": plan.hooks, **metrics})
+        log_artifact(loggers, f"sae-{model_name}-{stable_hash(plan.hooks, 6)}", "sae", run.saes,
+                     metadata={"hooks": plan.hooks, **metrics})
         print(f"SAEs: {run.saes}")
         for lg in loggers:
             print(f"{type(lg).__name__}: {getattr(lg, 'save_dir', None) or getattr(lg, 'log_dir', '')}")

@@ -84,10 +84,13 @@ def test_evaluate_end_to_end(runs, tmp_path):
     out = tmp_path / "eval"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, str(REPO / "evaluate.py"), f"train_dir={train}", f"discover_dir={disc}",
-                          "model=tiny_llama", "logger=csv", f"hydra.run.dir={out}", *FAST_EVAL],
+                          "model=tiny_llama", "logger=wandb", f"hydra.run.dir={out}", *FAST_EVAL],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"report: {out / 'report.html'}" in res.stdout
+    (wandb_run,) = (out / "wandb").glob("offline-run-*")  # the outputs are logged as an artifact of the run
+    record = next(wandb_run.glob("*.wandb")).read_bytes()
+    assert b"evaluation-tiny-llama" in record and b"report.html" in record and b"transfer.json" in record
     page = (out / "report.html").read_text()
     for key in ("data", "baseline", "sae_quality", "circuits", "statistics", "faithfulness", "transfer", "direction",
                 "verdict"):
