@@ -66,8 +66,9 @@ class Pattern:
                                        (self.n_rows, self.n_cols), check_invariants=False)
 
 
-def _pointers(sorted_or_any: Tensor, n: int) -> Tensor:
-    counts = torch.bincount(sorted_or_any, minlength=n)
+def _pointers(index: Tensor, n: int) -> Tensor:
+    """Compressed pointers of ``index`` (values in [0, n)): where each value's run starts in sorted order."""
+    counts = torch.bincount(index, minlength=n)
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
@@ -76,7 +77,7 @@ class _ActiveValues(torch.autograd.Function):
     def forward(ctx, pre: Tensor, x_c: Tensor, w_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None,
                 pattern: Pattern) -> Tensor:
         ctx.save_for_backward(x_c, w_enc)
-        ctx.pattern, ctx.has_b_dec = pattern, b_dec is not None
+        ctx.pattern = pattern
         return pre[pattern.rows, pattern.cols]
 
     @staticmethod
