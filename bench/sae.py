@@ -23,15 +23,14 @@ from typing import Iterator
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import OmegaConf
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from refusal.sae.loss import sae_loss
 from refusal.sae.module import SAELightningModule
 from refusal.sae.optim import build_optimizer
+from sae_config import sae_config
 
 HOOK = "blocks.12.hook_resid_post"
-CONF = Path(__file__).resolve().parents[1] / "conf" / "sae"
 
 
 class InMemoryActs:
@@ -61,8 +60,7 @@ def sync(device: torch.device) -> None:
 
 
 def make_module(args, total_steps: int, data: InMemoryActs) -> SAELightningModule:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{args.arch}.yaml"))
-    cfg["expansion_factor"] = args.expansion
+    cfg = sae_config(args.arch, expansion_factor=args.expansion)
     L.seed_everything(0, verbose=False)
     module = SAELightningModule(cfg, [HOOK], args.d_in, [f"c{i}" for i in range(10)], total_steps)
     module.init_from_sample({HOOK: data.x[:4096]})

@@ -13,24 +13,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from refusal.sae.config import SPARSE_MAX_DENSITY, SAEConfig
 from refusal.sae.loss import sae_loss
 from refusal.sae.model import SparseAutoencoder
 from refusal.sae.optim import build_optimizer
+from sae_config import sae_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "sae" / "topk.yaml"
 
 
 def make(args, k: int, kernel: str, device):
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF))
-    cfg.pop("defaults")
-    cfg.update(expansion_factor=None, d_sae=args.d_sae, k=k, k_percent=None, kernel=kernel)
-    cfg = SAEConfig.from_cfg(cfg, args.d_in)
+    cfg = SAEConfig.from_cfg(sae_config(expansion_factor=None, d_sae=args.d_sae, k=k, k_percent=None, kernel=kernel),
+                             args.d_in)
     torch.manual_seed(0)
     sae = SparseAutoencoder(args.d_in, args.d_sae, "topk", k=k).to(device).train()
     sae.init_from_sample(torch.randn(4096, args.d_in, device=device))

@@ -29,7 +29,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 HOOK = "blocks.12.hook_resid_post"
-CONF = Path(__file__).resolve().parents[1] / "conf" / "sae"
 
 
 class Turns:
@@ -92,14 +91,11 @@ def our_trainer(args, device, turns: Turns):
 
 
 def our_module(args, dm, total_steps: int):
-    from omegaconf import OmegaConf
-
     from refusal.sae.module import SAELightningModule
+    from sae_config import sae_config
 
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "topk.yaml"))
-    cfg.pop("defaults")  # the schema entry Hydra composes; the module takes the plain keys
-    cfg.update(expansion_factor=None, d_sae=args.d_sae, k_percent=None, k=args.k, lr=args.lr, lr_decay="none",
-               dead_tokens_threshold=args.dead_window * args.batch, kernel=args.kernel)
+    cfg = sae_config(expansion_factor=None, d_sae=args.d_sae, k_percent=None, k=args.k, lr=args.lr, lr_decay="none",
+                     dead_tokens_threshold=args.dead_window * args.batch, kernel=args.kernel)
     module = SAELightningModule(cfg, [HOOK], args.d_in, dm.categories, total_steps=total_steps)
     module.init_from_sample(dm.sample_rows(4096))
     return module
