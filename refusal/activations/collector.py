@@ -95,7 +95,7 @@ def _gather(act: torch.Tensor, b_idx: torch.Tensor, t_idx: torch.Tensor | None, 
     """The store rows of one hook's [B, T, d] activation: the selected tokens in one indexing op, or (``spans``:
     prompt_mean) the mean of each row's span."""
     if t_idx is not None:
-        return act[b_idx.to(act.device), t_idx.to(act.device)]
+        return act[b_idx, t_idx]
     return torch.cat([act[b, i].float().mean(0, keepdim=True) for b, i in enumerate(spans)])
 
 
@@ -230,6 +230,8 @@ def _collect_shard(loaded: LoadedModel, plan: CollectionPlan, refusal_token_ids:
     offset = 0
     for idx, enc, (b_idx, t_idx, spans, _) in zip(batches, encoded, rows):
         enc = enc.to(loaded.device)
+        if t_idx is not None:  # the token indices on the activations' device, once for every hook
+            b_idx, t_idx = b_idx.to(loaded.device), t_idx.to(loaded.device)
         with capture_activations(model, plan.hooks, stop_early=stop) as cache:
             out = run_until_stop(lambda: model(**enc.model_inputs(), logits_to_keep=1, use_cache=False))
         local_idx = [j - a for j in idx]
@@ -240,8 +242,8 @@ def _collect_shard(loaded: LoadedModel, plan: CollectionPlan, refusal_token_ids:
             got = _gather(cache[h], b_idx, t_idx, spans)
             if h not in acts:
                 acts[h] = torch.empty(n_rows, got.shape[-1], dtype=out_dtype)
-            acts[h][offset : offset + len(b_idx)].copy_(got)
-        offset += len(b_idx)
+            acts[h][offset : offset + len(got)].copy_(got)
+        offset += len(got)
         bar.update(len(idx))
     tensors = {f"acts.{h}": t for h, t in acts.items()}
     tensors.update({k: torch.cat([r[3][k] for r in rows]) for k in ("prompt_index", "position", "from_end")})

@@ -37,8 +37,9 @@ def wandb_run_id(output_dir: str | Path, resume: bool) -> str:
     """The W&B run id of the run in ``output_dir``: the one kept in ``output_dir/WANDB_ID_FILE`` when the run resumes
     (so W&B continues the same run), else a new one, kept there for a later resume (written by rank 0 only)."""
     path = Path(output_dir) / WANDB_ID_FILE
-    if resume and path.is_file() and path.read_text().strip():
-        return path.read_text().strip()
+    kept = path.read_text().strip() if resume and path.is_file() else ""
+    if kept:
+        return kept
     run_id = secrets.token_hex(4)  # W&B ids are [a-z0-9]; from os.urandom, so seeding does not repeat them
     if rank_zero_only.rank == 0:
         with atomic_path(path) as tmp:

@@ -104,9 +104,7 @@ def sparse_dead_reconstruction(sae: SparseAutoencoder, pre: Tensor, x_c: Tensor,
                                dead: Tensor, aux_k: int) -> Tensor:
     """``dead_reconstruction`` by the sparse kernels (``pre`` computed without a graph)."""
     idx = dead_top(pre, dead, aux_k)
-    rows = torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1])
-    keep = dead[idx.reshape(-1)]
-    pattern = Pattern.from_entries(rows[keep], idx.reshape(-1)[keep], idx.shape[0], sae.d_sae)
+    pattern = Pattern.from_rows(idx, sae.d_sae, keep=dead[idx.reshape(-1)])
     return decode(active_values(pre, x_c, sae.W_enc, sae.b_enc, b_dec, pattern).relu(), sae.W_dec, pattern)
 
 

@@ -98,8 +98,8 @@ class SparseAutoencoder(nn.Module):
             idx = self.top_indices(pre)
             return torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx).relu())
         if self.selects_top():
-            flat, idx = pre.relu().reshape(-1), self.top_indices(pre)
-            return torch.zeros_like(flat).scatter(0, idx, flat[idx]).view_as(pre)
+            flat, idx = pre.reshape(-1), self.top_indices(pre)
+            return torch.zeros_like(flat).scatter(0, idx, flat[idx].relu()).view_as(pre)
         if arch in ("batchtopk", "jumprelu"):
             return pre.relu() * (pre > self.threshold)
         return pre.relu()

@@ -44,11 +44,13 @@ class Pattern:
         return cls(rows, cols, crow, order, _pointers(cols, n_cols), n_rows, n_cols)
 
     @classmethod
-    def from_rows(cls, idx: Tensor, n_cols: int) -> "Pattern":
-        """``idx`` [B, k]: the columns of each row (k per row)."""
+    def from_rows(cls, idx: Tensor, n_cols: int, keep: Tensor | None = None) -> "Pattern":
+        """``idx`` [B, k]: the columns of each row (k per row); ``keep`` [B·k] bool: only those entries."""
         b, k = idx.shape
-        rows = torch.arange(b, device=idx.device).repeat_interleave(k)
-        return cls.from_entries(rows, idx.reshape(-1), b, n_cols)
+        rows, cols = torch.arange(b, device=idx.device).repeat_interleave(k), idx.reshape(-1)
+        if keep is not None:
+            rows, cols = rows[keep], cols[keep]
+        return cls.from_entries(rows, cols, b, n_cols)
 
     def matrix(self, values: Tensor) -> Tensor:
         """The [n_rows, n_cols] sparse CSR matrix with these entry values."""
