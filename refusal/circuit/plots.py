@@ -54,7 +54,7 @@ def heatmap(matrix: np.ndarray, labels: list[str], title: str, path: Path, vmin:
 
 
 def matrix_plot(matrix: np.ndarray, rows: list[str], cols: list[str], title: str, path: Path,
-                cmap: str = "RdBu_r", symmetric: bool = True) -> Path:
+                cmap: str = "RdBu_r", symmetric: bool = True, xlabel: str = "", ylabel: str = "") -> Path:
     """A rows × cols heatmap with the values written in the cells; colour scale symmetric around 0 by default."""
     m = np.asarray(matrix, dtype=float)
     finite = m[np.isfinite(m)]
@@ -70,6 +70,8 @@ def matrix_plot(matrix: np.ndarray, rows: list[str], cols: list[str], title: str
                 v = m[i, j]
                 ax.text(j, i, "–" if not np.isfinite(v) else f"{v:.2g}", ha="center", va="center", fontsize=7)
         ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return Path(path)
 

@@ -11,6 +11,7 @@ import torch
 from refusal.data import PromptSet, build_prompt_set
 from refusal.errors import ConfigError
 from refusal.runs import DiscoverRecord, DiscoverRun, TrainRecord, TrainRun
+from refusal.utils.io import read_json
 
 
 @dataclass
@@ -29,6 +30,9 @@ class RunInputs:
     circuits = property(lambda self: self.found.circuits if self.found else {})
     # {"ie" [n_prompts, n_nodes], "m_clean", "m_patch", "rows": [{id, category}]}
     attributions = property(lambda self: self.found.attributions if self.found else None)
+    # dashboards.json of the discover run (refusal/circuit/dashboards.py), None when it wrote none
+    dashboards = property(lambda self: read_json(self.found.run.dashboards)
+                          if self.found and self.found.run.dashboards.is_file() else None)
 
     def trained_positions(self) -> str:
         """The token positions the SAEs were trained on (``all`` when they come from elsewhere)."""

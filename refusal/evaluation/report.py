@@ -2,10 +2,10 @@
 self-contained HTML file (``report.html``, images embedded as base64 PNG), and logged to W&B.
 
 A :class:`Report` is a list of :class:`Section` s; a section either holds blocks (:class:`Text`, :class:`Table`,
-:class:`Image`) or is marked missing with the reason (a stage that did not run, an input that is absent): it is
-rendered as such, never skipped and never a crash. Table cells may hold any value: numbers are shown with 4
-significant digits, None/NaN as "–", and text is escaped for the target format (``|`` and line breaks in Markdown,
-``<``/``&`` in HTML), so a cell can never break its table.
+:class:`Image`, :class:`Html`) or is marked missing with the reason (a stage that did not run, an input that is
+absent): it is rendered as such, never skipped and never a crash. Table cells may hold any value: numbers are shown
+with 3 significant digits (a value with its interval: :func:`fmt_ci`), None/NaN as "–", and text is escaped for the
+target format (``|`` and line breaks in Markdown, ``<``/``&`` in HTML), so a cell can never break its table.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from refusal.utils.io import atomic_path
 
 MISSING = "–"
+SIG = 3  # significant digits of a number shown without an interval
 
 
 @dataclass
@@ -46,6 +47,14 @@ class Image:
 
 
 @dataclass
+class Html:
+    """A fragment of HTML (e.g. an interactive graph) embedded as is in report.html; ``markdown`` stands for it in
+    report.md (a link or a note). The fragment must be self-contained: no network, scripts inline."""
+    html: str
+    markdown: str = ""
+
+
+@dataclass
 class Section:
     key: str  # HTML anchor id
     title: str
@@ -63,6 +72,7 @@ class Report:
     title: str
     sections: list[Section]
     meta: dict[str, str] = field(default_factory=dict)
+    lead: bool = False  # the first section (the answer) comes before the contents, on the first screen
 
 
 def fmt(value) -> str:
@@ -74,10 +84,44 @@ def fmt(value) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return MISSING
-        return f"{value:.4g}"
+        return f"{value:.{SIG}g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(fmt(v) for v in value)
     return str(value)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _fixed(x: float, decimals: int) -> str:
+    text = f"{x:.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
+
+
+def fmt_ci(value, low, high) -> str:
+    """``value [low, high]`` rounded to what the interval supports: the half-width's first significant digit (its
+    first two when they start with 1 or 2) sets the decimals of all three: 0.1004 [-0.0072, 0.2024] -> "0.10 [-0.01,
+    0.20]", 0.904 [0.826, 1.008] -> "0.90 [0.83, 1.01]". Without a finite interval: fmt."""
+    if not _finite(value):
+        return fmt(value)
+    if not (_finite(low) and _finite(high)):
+        return fmt(value)
+    half = (high - low) / 2
+    if half <= 0:
+        return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+    exponent = math.floor(math.log10(half))
+    decimals = min(12, max(0, -exponent + (half / 10 ** exponent < 3)))
+    return f"{_fixed(value, decimals)} [{_fixed(low, decimals)}, {_fixed(high, decimals)}]"
+
+
+def fmt_p(p, n_permutations=None) -> str:
+    """A p-value to two significant digits; a permutation p at its floor 1/(n+1) as "≤ floor"."""
+    if not _finite(p):
+        return MISSING
+    if _finite(n_permutations) and n_permutations > 0 and p <= 1 / (n_permutations + 1) + 1e-15:
+        return f"≤ {1 / (n_permutations + 1):.2g}"
+    return f"{p:.2g}"
 
 
 # ------------------------------------------------------------------------------------------------ Markdown
@@ -96,28 +140,37 @@ def _md_table(t: Table) -> str:
     return "\n".join(lines)
 
 
+def _md_section(i: int, s: Section, base_dir) -> list[str]:
+    out = ["", f"## {i}. {s.title}", ""]
+    if s.missing:
+        return out + [f"> **{s.status_label}:** {s.missing}"]
+    for b in s.blocks:
+        if isinstance(b, Text):
+            out.append(f"**{b.text}**" if b.strong else b.text)
+        elif isinstance(b, Table):
+            out.append(_md_table(b))
+        elif isinstance(b, Html):
+            if b.markdown:
+                out.append(b.markdown)
+        elif isinstance(b, Image):
+            rel = os.path.relpath(Path(b.path), Path(base_dir))
+            out.append(f"![{b.caption}]({Path(rel).as_posix()})")
+            if b.caption:
+                out += ["", f"*{b.caption}*"]
+        out.append("")
+    return out
+
+
 def render_markdown(report: Report, base_dir: str | os.PathLike) -> str:
     """Markdown; images are linked relative to ``base_dir`` (the directory report.md is written to)."""
     out = [f"# {report.title}", ""]
     out += [f"- **{k}**: {fmt(v)}" for k, v in report.meta.items()]
-    out += ["", "## Contents", ""] + [f"{i}. {s.title}" + (f" ({s.status_label.lower()})" if s.missing else "")
-                                     for i, s in enumerate(report.sections, 1)]
-    for i, s in enumerate(report.sections, 1):
-        out += ["", f"## {i}. {s.title}", ""]
-        if s.missing:
-            out.append(f"> **{s.status_label}:** {s.missing}")
-            continue
-        for b in s.blocks:
-            if isinstance(b, Text):
-                out.append(f"**{b.text}**" if b.strong else b.text)
-            elif isinstance(b, Table):
-                out.append(_md_table(b))
-            elif isinstance(b, Image):
-                rel = os.path.relpath(Path(b.path), Path(base_dir))
-                out.append(f"![{b.caption}]({Path(rel).as_posix()})")
-                if b.caption:
-                    out += ["", f"*{b.caption}*"]
-            out.append("")
+    sections = [_md_section(i, s, base_dir) for i, s in enumerate(report.sections, 1)]
+    contents = ["", "## Contents", ""] + [f"{i}. {s.title}" + (f" ({s.status_label.lower()})" if s.missing else "")
+                                          for i, s in enumerate(report.sections, 1)]
+    n_lead = 1 if report.lead and sections else 0
+    for part in sections[:n_lead] + [contents] + sections[n_lead:]:
+        out += part
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -132,7 +185,10 @@ caption{caption-side:top;text-align:left;font-style:italic;padding-bottom:3px}
 .missing{background:#fff4e5;border-left:4px solid #f0a020;padding:0.5em 1em}
 .not-run{background:#f2f2f2;border-left:4px solid #999;padding:0.5em 1em}
 figure{margin:1em 0}figcaption{font-style:italic;font-size:0.9em}img{max-width:100%}
-.meta td{text-align:left}
+.meta td{text-align:left}.meta{font-size:0.8em}
+.toc{font-size:0.9em;line-height:1.6;margin:1.5em 0;padding:0.5em 0;border-top:1px solid #ccc;border-bottom:1px solid #ccc}
+.lead figure{float:left;width:54%;margin:0 1.5em 0.5em 0}.lead::after{content:"";display:block;clear:both}
+.lead h2{margin-top:0.8em}.lead td{text-align:left}.lead td:nth-child(2){white-space:nowrap}.caveats{font-size:0.9em}.caveats li{margin-bottom:0.3em}
 """.strip()
 
 
@@ -156,29 +212,38 @@ def _html_image(img: Image) -> str:
     return f'<figure><img alt="{html.escape(img.caption or path.name)}" src="data:image/png;base64,{data}">{cap}</figure>'
 
 
+def _html_section(i: int, s: Section, lead: bool = False) -> str:
+    parts = [f'<section id="{html.escape(s.key)}">' + ('<div class="lead">' if lead else "")
+             + f"<h2>{i}. {html.escape(s.title)}</h2>"]
+    if s.missing:
+        css = s.status_label.lower().replace(" ", "-")  # missing | not-run
+        parts.append(f'<p class="{css}"><b>{s.status_label}:</b> {_esc(s.missing)}</p>')
+    for b in [] if s.missing else s.blocks:
+        if isinstance(b, Text):
+            parts.append(f"<p><b>{_esc(b.text)}</b></p>" if b.strong else f"<p>{_esc(b.text)}</p>")
+        elif isinstance(b, Table):
+            parts.append(_html_table(b))
+        elif isinstance(b, Image):
+            parts.append(_html_image(b))
+        elif isinstance(b, Html):
+            parts.append(b.html)
+    parts.append(("</div>" if lead else "") + "</section>")
+    return "\n".join(parts)
+
+
 def render_html(report: Report) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{html.escape(report.title)}</h1>"]
     if report.meta:
-        parts.append('<table class="meta"><tbody>' + "".join(
-            f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in report.meta.items()) + "</tbody></table>")
-    parts.append("<nav><h2>Contents</h2><ol>" + "".join(
-        f'<li><a href="#{html.escape(s.key)}">{html.escape(s.title)}</a>{f" ({s.status_label.lower()})" if s.missing else ""}</li>'
-        for s in report.sections) + "</ol></nav>")
-    for i, s in enumerate(report.sections, 1):
-        parts.append(f'<section id="{html.escape(s.key)}"><h2>{i}. {html.escape(s.title)}</h2>')
-        if s.missing:
-            css = s.status_label.lower().replace(" ", "-")  # missing | not-run
-            parts.append(f'<p class="{css}"><b>{s.status_label}:</b> {_esc(s.missing)}</p>')
-        for b in [] if s.missing else s.blocks:
-            if isinstance(b, Text):
-                parts.append(f"<p><b>{_esc(b.text)}</b></p>" if b.strong else f"<p>{_esc(b.text)}</p>")
-            elif isinstance(b, Table):
-                parts.append(_html_table(b))
-            elif isinstance(b, Image):
-                parts.append(_html_image(b))
-        parts.append("</section>")
+        parts.append('<table class="meta"><tbody><tr>' + "".join(
+            f"<th>{_esc(k)}</th><td>{_esc(v)}</td>" for k, v in report.meta.items()) + "</tr></tbody></table>")
+    sections = [_html_section(i, s, report.lead and i == 1) for i, s in enumerate(report.sections, 1)]
+    contents = '<nav class="toc"><b>Contents:</b> ' + " · ".join(
+        f'<a href="#{html.escape(s.key)}">{i}. {html.escape(s.title)}</a>'
+        + (f" ({s.status_label.lower()})" if s.missing else "") for i, s in enumerate(report.sections, 1)) + "</nav>"
+    n_lead = 1 if report.lead and sections else 0
+    parts += sections[:n_lead] + [contents] + sections[n_lead:]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

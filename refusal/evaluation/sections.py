@@ -4,30 +4,29 @@ marked missing with the reason.
 
 ``build_report(data)``: ``data`` has the keys ``meta`` (dict), ``data_analysis``, ``train_manifest``,
 ``discovery``, ``discover_dir``, ``baseline``, ``sae_quality``, ``faithfulness``, ``transfer``, ``direction``,
-``cast``, ``neurons``, ``verdict``; each stage value is its result dict or ``{"status": "missing" | "skipped", "reason": ...}`` or None.
+``cast``, ``neurons``, ``verdict``, ``organism`` (the organism card's warning, design check and source, or None),
+``dashboards`` (the discover run's dashboards.json); each stage value is its result dict or ``{"status": "missing" | "skipped", "reason": ...}`` or None.
 """
 from __future__ import annotations
 
-import math
+from functools import partial
 from pathlib import Path
 
-from refusal.evaluation.report import Image, Report, Section, Table, Text, fmt
+from refusal.evaluation.answer import TITLE as ANSWER, answer_section
+from refusal.evaluation.dashboard_section import KEY as DASHBOARDS_KEY, TITLE as DASHBOARDS_TITLE, dashboards_section
+from refusal.evaluation.graph_section import KEY as GRAPH_KEY, TITLE as GRAPH_TITLE, graph_section
+from refusal.evaluation.report import Image, Report, Section, Table, Text, fmt, fmt_ci
 
-SECTIONS = (("data", "Data summary"), ("baseline", "Baseline refusal per category"), ("sae_quality", "SAE quality"),
-            ("circuits", "Circuits and similarity"), ("statistics", "Statistics"),
-            ("faithfulness", "Faithfulness and completeness"), ("transfer", "Transfer matrix"),
-            ("direction", "Refusal direction (reference method)"),
-            ("cast", "Conditional steering (CAST)"), ("neurons", "Refusal-writing MLP neurons"),
-            ("verdict", "Verdict"))
+SECTIONS = (("verdict", ANSWER), ("transfer", "Transfer matrix"), ("circuits", "Circuits and similarity"),
+            (GRAPH_KEY, GRAPH_TITLE), ("statistics", "Statistics"), ("faithfulness", "Faithfulness and completeness"),
+            ("baseline", "Baseline refusal per category"), ("sae_quality", "SAE quality"), ("data", "Data summary"),
+            ("direction", "Refusal direction (reference method)"), ("cast", "Conditional steering (CAST)"),
+            ("neurons", "Refusal-writing MLP neurons"), (DASHBOARDS_KEY, DASHBOARDS_TITLE))
 TITLES = dict(SECTIONS)
 
 
 def _ci(value, low, high) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return fmt(None)
-    if low is None or high is None:
-        return fmt(value)
-    return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+    return fmt_ci(value, low, high)
 
 
 def _missing(key: str, result, default: str) -> Section | None:
@@ -327,31 +326,21 @@ def neurons_section(result) -> Section:
     return Section("neurons", TITLES["neurons"], blocks)
 
 
-def verdict_section(verdict: dict | None, discovery: dict | None, transfer) -> Section:
-    if not verdict or verdict.get("verdict") is None:
-        return Section("verdict", TITLES["verdict"], missing=(verdict or {}).get("basis") or
-                       "neither discovery nor transfer results")
-    blocks = [Text(f"Verdict: {verdict['verdict']}", strong=True), Text(f"Basis: {verdict.get('basis')}")]
-    rows = []
-    if discovery:
-        ev = discovery.get("evidence", {})
-        rows.append(["discovery (similarity, permutation tests)", discovery.get("verdict"),
-                     "; ".join(f"{k} = {fmt(v)}" for k, v in ev.items()), discovery.get("rule")])
-    if transfer and transfer.get("decision"):
-        dec = transfer["decision"]
-        rows.append(["transfer (causal ablation)", dec.get("verdict"),
-                     "; ".join(f"{k} = {fmt(v)}" for k, v in dec.get("evidence", {}).items()), dec.get("rule")])
-    blocks.append(Table(["evidence", "verdict", "values", "rule"], rows))
-    return Section("verdict", TITLES["verdict"], blocks)
-
-
 def build_report(data: dict) -> Report:
+    """The answer first (verdict, key figure, caveats), then the evidence in the order a reader checks it: the causal
+    test, the circuits, their statistics and faithfulness, the model's behaviour and the SAEs, the reference methods,
+    and last the feature dashboards every circuit node links to."""
     discovery, transfer = data.get("discovery"), data.get("transfer")
     transfer_ok = transfer if transfer and transfer.get("status") not in ("missing", "skipped") else None
-    sections = [data_section(data.get("data_analysis")), baseline_section(data.get("baseline")),
-                sae_section(data.get("train_manifest"), data.get("sae_quality")),
-                circuits_section(discovery, data.get("discover_dir")), statistics_section(discovery),
-                faithfulness_section(data.get("faithfulness")), transfer_section(transfer),
-                direction_section(data.get("direction")), cast_section(data.get("cast")),
-                neurons_section(data.get("neurons")), verdict_section(data.get("verdict"), discovery, transfer_ok)]
-    return Report("refusal-circuits evaluation report", sections, data.get("meta", {}))
+    discover_dir = data.get("discover_dir")
+    built = {"verdict": answer_section(data, discovery, transfer_ok, partial(_discover_png, discover_dir)),
+             "transfer": transfer_section(transfer), "circuits": circuits_section(discovery, discover_dir),
+             GRAPH_KEY: graph_section(discover_dir),
+             "statistics": statistics_section(discovery), "faithfulness": faithfulness_section(data.get("faithfulness")),
+             "baseline": baseline_section(data.get("baseline")),
+             "sae_quality": sae_section(data.get("train_manifest"), data.get("sae_quality")),
+             "data": data_section(data.get("data_analysis")), "direction": direction_section(data.get("direction")),
+             "cast": cast_section(data.get("cast")), "neurons": neurons_section(data.get("neurons")),
+             DASHBOARDS_KEY: dashboards_section(data.get("dashboards"))}
+    sections = [built[key] for key, _ in SECTIONS]
+    return Report("refusal-circuits evaluation report", sections, data.get("meta", {}), lead=True)

@@ -229,7 +229,8 @@ def _plots(matrices: dict, rows: list[str], columns: list[str], plot_dir: Path) 
             m = np.array(matrices[key], dtype=float)
             plots[key] = str(matrix_plot(m, rows, columns, title, Path(plot_dir) / f"transfer_{key}.png",
                                          cmap="RdBu_r" if key != "refusal_rate" else "viridis",
-                                         symmetric=key != "refusal_rate"))
+                                         symmetric=key != "refusal_rate", xlabel="held-out prompts",
+                                         ylabel="circuit ablated"))
     return plots
 
 

@@ -124,12 +124,7 @@ def log_table(loggers: list[Logger], key: str, rows: list[dict]) -> None:
     run.log({key: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
 
 
-def log_artifact(loggers: list[Logger], name: str, kind: str, paths, metadata: dict | None = None) -> None:
-    """Log ``paths`` (a directory, or a list of files and directories, each kept under its own name) as one W&B
-    artifact (no-op without W&B)."""
-    run = wandb_run(loggers)
-    if run is None:
-        return
+def _artifact(name: str, kind: str, paths, metadata: dict | None):
     import wandb
 
     art = wandb.Artifact(name=name.replace("/", "-"), type=kind, metadata=metadata or {})
@@ -141,7 +136,36 @@ def log_artifact(loggers: list[Logger], name: str, kind: str, paths, metadata: d
                 art.add_dir(str(p), name=p.name)
             else:
                 art.add_file(str(p), name=p.name)
-    run.log_artifact(art)
+    return art
+
+
+def log_artifact(loggers: list[Logger], name: str, kind: str, paths, metadata: dict | None = None) -> None:
+    """Log ``paths`` (a directory, or a list of files and directories, each kept under its own name) as one W&B
+    artifact (no-op without W&B)."""
+    run = wandb_run(loggers)
+    if run is None:
+        return
+    run.log_artifact(_artifact(name, kind, paths, metadata))
+
+
+def use_artifact(loggers: list[Logger], name: str, kind: str, paths, metadata: dict | None = None) -> None:
+    """Record that this run used the artifact an earlier run logged with ``log_artifact(name, kind, paths,
+    metadata)`` (no-op without W&B; a failure is a warning). The same files give the same digest, so W&B resolves
+    it to the earlier run's version: the lineage train -> discover -> evaluate. Online: ``run.use_artifact``.
+    Offline W&B refuses ``run.use_artifact`` (TypeError, wandb 0.31) and there is no artifact id to name; the run
+    instead records the artifact with ``use_after_commit`` (what ``run.use_artifact`` does online with an
+    artifact not yet logged), which ``wandb sync`` commits (deduplicated by digest) and marks as used by this run."""
+    run = wandb_run(loggers)
+    if run is None:
+        return
+    try:
+        art = _artifact(name, kind, paths, metadata)
+        if run.offline:
+            run._log_artifact(art, use_after_commit=True)
+        else:
+            run.use_artifact(art)
+    except Exception as e:
+        log.warning("W&B could not record the use of artifact %s (%s)", name, str(e).splitlines()[0])
 
 
 def finish() -> None:

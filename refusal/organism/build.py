@@ -93,7 +93,8 @@ def load_built(directory: Path, cfg, key: str) -> LoadedModel:
     files = ModelFiles(str(directory), {"local_files_only": True}, hf_weight_files(directory))
     loaded = load_pretrained(files, f"{cfg.name}-{key[:8]}", cfg.dtype, cfg.device,
                              identity={"organism": True, "cache_key": key, "dir": str(directory), "base": card["base"],
-                                       "refused_categories": card["refused_categories"]})
+                                       "refused_categories": card["refused_categories"], "source": card["source"],
+                                       "warning": card.get("warning"), "check": result})
     return with_chat_settings(loaded, cfg)
 
 

@@ -1,8 +1,9 @@
 """A discover.py run dir: its file names, what it writes, how a later run reads it, and what it must agree with.
 
 Layout: ``circuits/`` (one JSON per circuit), ``attributions/<kind>.safetensors`` with ``<kind>_prompts.json``
-(per-prompt attributions and their prompts), ``heatmaps/`` and ``discovery_summary.json`` (written last: a run
-with it is finished). Its ``manifest`` entry names the model, weights, prompts and SAEs the circuits came from.
+(per-prompt attributions and their prompts), ``heatmaps/``, ``graph.json`` and ``graph.html`` (the toxic circuits
+as one interactive graph, refusal.circuit.graph) and ``discovery_summary.json`` (written last: a run with it is
+finished). Its ``manifest`` entry names the model, weights, prompts and SAEs the circuits came from.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ class DiscoverRun(RunDir):
     circuits = entry("circuits")
     attributions = entry("attributions")
     heatmaps = entry("heatmaps")
+    graph = entry("graph.json")  # refusal.circuit.graph: the toxic circuits as one graph
+    graph_page = entry("graph.html")  # the graph drawn, standalone
+    dashboards = entry("dashboards.json")  # refusal.circuit.dashboards: a dashboard per feature node of any circuit
 
     def write_attributions(self, kind: str, tensors: dict[str, torch.Tensor], rows: list[dict]) -> None:
         """Per-prompt attributions of one group (``toxic``/``safe``) and the prompts they belong to, in order."""
@@ -44,6 +48,13 @@ class DiscoverRun(RunDir):
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.summary, summary)
+
+    def artifact(self, summary: dict) -> dict:
+        """The W&B artifact of the run's circuits, as ``log_artifact``/``use_artifact`` keyword arguments: discover
+        logs it, evaluate uses it."""
+        m = summary["manifest"]
+        return {"name": f"circuits-{m['model']}-{m['config_hash']}", "kind": "circuits", "paths": self.circuits,
+                "metadata": {"verdict": summary["verdict"]}}
 
     def train_dir(self) -> Path | None:
         """The train run whose SAEs this run used (its saved ``train_dir``), None when it used other SAEs."""

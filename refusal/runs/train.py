@@ -19,7 +19,7 @@ from refusal.model.chat import POSITION_MODES
 from refusal.runs.checkpoints import resume_checkpoint
 from refusal.runs.layout import RunDir, entry
 from refusal.runs.saved import saved_value
-from refusal.utils.io import read_json, write_json
+from refusal.utils.io import read_json, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 RESUME_KEYS = ("model", "data", "activations", "sae", "seed")
@@ -49,6 +49,12 @@ class TrainRun(RunDir):
 
     def write_manifest(self, manifest: dict) -> None:
         write_json(self.manifest, {"task": "train", **manifest})
+
+    def artifact(self, manifest: dict) -> dict:
+        """The W&B artifact of the run's SAEs, as ``log_artifact``/``use_artifact`` keyword arguments: train logs
+        it, the stages that read the SAEs use it (the same name and files: W&B's lineage links them)."""
+        return {"name": f"sae-{manifest['model']}-{stable_hash(manifest['hooks'], 6)}", "kind": "sae",
+                "paths": self.saes, "metadata": {"hooks": manifest["hooks"], **manifest.get("metrics", {})}}
 
     def resume_from(self, ckpt_path) -> str | None:
         """The checkpoint ``ckpt_path`` (null, ``last`` or a file) resumes from; see :mod:`refusal.runs.checkpoints`."""

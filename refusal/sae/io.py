@@ -27,6 +27,9 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 _TO_SAELENS = {"topk": "topk", "relu_l1": "standard", "jumprelu": "jumprelu"}
 _FROM_SAELENS = {"topk": "topk", "standard": "relu_l1", "jumprelu": "jumprelu"}
+# the SAELens config layout written (nested ``metadata``): without a version there SAELens >= 6 reads the file as a
+# pre-6.0 one and drops the metadata block (hook_name, model_name, ...)
+SAELENS_FORMAT_VERSION = "6.0.0"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
@@ -50,7 +53,8 @@ def save_saelens(sae: SparseAutoencoder, path: str | os.PathLike, hook_name: str
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": {**(metadata or {}), "model_name": model_name, "hook_name": hook_name,
-                     "hook_layer": hook_layer(hook_name), "trained_architecture": sae.architecture},
+                     "hook_layer": hook_layer(hook_name), "trained_architecture": sae.architecture,
+                     "sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None},
     }
     if out.architecture == "topk":
         cfg["k"] = out.k

@@ -26,7 +26,8 @@ from refusal.sae.sparse import Pattern, active_values, decode
 
 @dataclass
 class LossTerms:
-    """Scalar terms; x_s, x_hat_s [B, d_in] in scaled units; l0 [B] the number of active latents of each row."""
+    """Scalar terms; x_s, x_hat_s [B, d_in] in scaled units; l0 [B] the number of active latents of each row;
+    counts [d_sae] the number of rows each latent is active in."""
     loss: Tensor
     mse: Tensor
     aux: Tensor
@@ -34,6 +35,7 @@ class LossTerms:
     x_s: Tensor
     x_hat_s: Tensor
     l0: Tensor
+    counts: Tensor
 
 
 def l1_lambda(cfg: SAEConfig, step: int) -> float:
@@ -57,19 +59,19 @@ def sae_loss(sae: SparseAutoencoder, x: Tensor, cfg: SAEConfig, step: int) -> Lo
         x_hat_s = decode(vals, sae.W_dec, pattern) + sae.b_dec
         on = vals.detach() > 0
         l0 = torch.bincount(pattern.rows[on], minlength=x_s.shape[0])
-        fired = torch.bincount(pattern.cols[on], minlength=sae.d_sae) > 0
+        counts = torch.bincount(pattern.cols[on], minlength=sae.d_sae)
         f, active = vals.detach(), on  # the batchtopk threshold's smallest kept value comes from these
     else:
         pre = sae.pre_acts(x_s)
         f = sae.activate(pre)
         x_hat_s = sae.decode_scaled(f)
         active = f.detach() > 0
-        l0, fired = active.sum(-1), active.any(0)
+        l0, counts = active.sum(-1), active.sum(0)
     mse = (x_hat_s - x_s).pow(2).mean()
     zero = mse.new_zeros(())
     aux = sparsity = zero
     if sae.training:
-        sae.record_firing(fired, x_s.shape[0])
+        sae.record_firing(counts > 0, x_s.shape[0])
         if sae.architecture == "batchtopk":
             sae.update_threshold(torch.where(active, f.detach(), torch.inf).min())
     if sae.training and cfg.architecture in ("topk", "batchtopk") and cfg.aux_coeff > 0:
@@ -84,7 +86,7 @@ def sae_loss(sae: SparseAutoencoder, x: Tensor, cfg: SAEConfig, step: int) -> Lo
             aux = cfg.aux_coeff * auxk_loss(e_hat, residual, dead)
     elif cfg.architecture == "relu_l1":
         sparsity = l1_lambda(cfg, step) * (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
-    return LossTerms(mse + aux + sparsity, mse, aux, sparsity, x_s, x_hat_s, l0.float())
+    return LossTerms(mse + aux + sparsity, mse, aux, sparsity, x_s, x_hat_s, l0.float(), counts)
 
 
 def dead_top(pre: Tensor, dead: Tensor, aux_k: int) -> Tensor:

@@ -7,6 +7,8 @@ otherwise):
   (topk/batchtopk) or ``sparsity_loss`` (relu_l1); train explained variance is on the current batch.
 - ``val/<hook>/{mse, explained_variance, l0, dead_fraction}``, ``val/<hook>/explained_variance/<category>``
   (categories with >= 2 val tokens) and ``val/explained_variance`` (mean over hooks; the sweep target).
+- ``val/<hook>/feature_density``: a W&B histogram of log10 latent firing frequency over the val tokens (W&B only;
+  ``refusal.sae.density``).
 Explained variance on val = 1 − Σ‖x − x̂‖² / Σ‖x − E x‖² over the whole epoch (torchmetrics R2Score,
 variance-weighted, float64 states). ``mse`` is per element in scaled units (see ``refusal.sae.loss``).
 Gradient clipping: set the Trainer's ``gradient_clip_val``; it is applied after the decoder-gradient projection.
@@ -29,6 +31,7 @@ from torchmetrics import MeanMetric, R2Score, SumMetric
 from refusal.errors import ConfigError
 from refusal.config import plain
 from refusal.sae.config import SAEConfig
+from refusal.sae.density import FiringCounts, log_feature_density
 from refusal.sae.io import save_saelens
 from refusal.sae.loss import batch_explained_variance, sae_loss
 from refusal.sae.model import SparseAutoencoder
@@ -68,6 +71,7 @@ class SAELightningModule(L.LightningModule):
         self.val_category_ev = nn.ModuleDict({
             k: nn.ModuleList(_r2() for _ in categories) for k in self.keys.values()})
         self.val_category_count = nn.ModuleList(SumMetric() for _ in categories)
+        self.val_firing = nn.ModuleDict({k: FiringCounts(self.cfg.d_sae) for k in self.keys.values()})
 
     # ---- setup / export -------------------------------------------------------------------------------------
     def init_from_sample(self, sample: Mapping[str, Tensor]) -> None:
@@ -155,6 +159,7 @@ class SAELightningModule(L.LightningModule):
             m["l0"].update(t.l0)
             m["dead_fraction"].update(sae.dead_mask(self.cfg.dead_tokens_threshold).float().mean())
             m["explained_variance"].update(x_hat, x_s)
+            self.val_firing[key].update(t.counts, n)
             for name, metric in m.items():
                 self.log(f"val/{hook}/{name}", metric, on_step=False, on_epoch=True, batch_size=n)
             for ci, c, idx in groups or []:
@@ -175,3 +180,8 @@ class SAELightningModule(L.LightningModule):
         for m in self.val_category_count:
             m.reset()
         self.log("val/explained_variance", torch.stack(evs).float().mean(), sync_dist=True)
+        freqs = {hook: self.val_firing[key].compute() for hook, key in self.keys.items()}  # synced over ranks
+        for metric in self.val_firing.values():
+            metric.reset()
+        if self._trainer is not None and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            log_feature_density(self.loggers, freqs, self.global_step)

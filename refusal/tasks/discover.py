@@ -1,5 +1,6 @@
 """discover.py's task: SAEs + prompts -> per-prompt attributions -> circuits per category (JSON) -> comparison,
-permutation tests, bootstrap CIs and a verdict (discovery_summary.json, heatmaps)."""
+permutation tests, bootstrap CIs and a verdict (discovery_summary.json, heatmaps), and the circuit graph
+(graph.json, graph.html)."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,9 @@ from omegaconf import DictConfig
 
 from refusal.circuit.attribution import node_space
 from refusal.circuit.circuit import COMBINED, write_circuit
+from refusal.circuit.dashboard_run import write_run_dashboards
 from refusal.circuit.discovery import attribute_group, make_circuit
+from refusal.circuit.graph import write_graph
 from refusal.circuit.metric import build_metric
 from refusal.circuit.model import CircuitModel
 from refusal.circuit.saes import load_hooked_saes
@@ -19,12 +22,14 @@ from refusal.circuit.summary import analyse
 from refusal.config import plain
 from refusal.data import PromptSet, build_prompt_set
 from refusal.errors import ConfigError
+from refusal.evaluation.dashboard_section import log_dashboards
 from refusal import organism
 from refusal.model import ChatFormatter
-from refusal.logger.loggers import build_loggers, json_metrics, log_artifact, log_config, log_table, wandb_run
+from refusal.logger.loggers import (build_loggers, json_metrics, log_artifact, log_config, log_table, use_artifact,
+                                    wandb_run)
 from refusal.runs import DiscoverRun, TrainRun, adopt_run_config, check_model
 from refusal.tasks.common import optimized_metric
-from refusal.utils.io import json_safe, stable_hash
+from refusal.utils.io import json_safe, read_json, stable_hash
 
 log = logging.getLogger(__name__)
 # logged as discover/<path>: the JSON path of the same value in discovery_summary.json
@@ -154,6 +159,9 @@ def discover(cfg: DictConfig) -> float:
     written, toxic_circuits = _write_circuits(cm, run, loaded.name, groups, categories, safe_categories,
                                               space, s, metric_desc, settings, manifest)
     circuits_dir = run.circuits
+    graph_file, graph_page = write_graph(run.dir, [read_json(w["file"]) for w in written])
+    write_run_dashboards(run.dashboards, [w["file"] for w in written], saes, loaded, prompts,
+                         train_manifest.get("activation_store"), s, formatter, manifest["config_hash"])
 
     summary = analyse(groups["toxic"], toxic_circuits, space, s.selection, s.stats, s.rule, cfg.seed, run.heatmaps)
     summary = json_safe({**summary, "circuits": written, "metric": metric_desc,
@@ -161,7 +169,8 @@ def discover(cfg: DictConfig) -> float:
                           "settings": settings, "manifest": manifest})
     run.write_summary(summary)
     metrics = json_metrics("discover", summary, LOGGED_PATHS)
-    _log(loggers, metrics, summary, circuits_dir)
+    used = [TrainRun(cfg.train_dir).artifact(train_manifest)] if cfg.get("train_dir") else []
+    _log(loggers, metrics, summary, run, used)
 
     g = summary["global_test"]
     print(f"verdict: {summary['verdict']} (global p = {g['p_value']:.4g}, "
@@ -169,11 +178,15 @@ def discover(cfg: DictConfig) -> float:
           f"mean core mass = {summary['shared_core']['mean_core_mass']})")
     print(f"circuits: {circuits_dir}")
     print(f"heatmaps: {run.heatmaps}")
+    print(f"graph: {graph_page} ({graph_file.name})")
     print(f"summary: {run.summary}")
     return optimized_metric(cfg, metrics)
 
 
-def _log(loggers, metrics: dict, summary: dict, circuits_dir: Path) -> None:
+def _log(loggers, metrics: dict, summary: dict, run_dir: DiscoverRun, used: list[dict]) -> None:
+    """Metrics, tables, heatmaps; the artifacts the run read (``used``: the train run's SAEs) and its circuits."""
+    for art in used:
+        use_artifact(loggers, **art)
     for lg in loggers:
         lg.log_metrics(metrics, step=0)
         lg.save()
@@ -189,5 +202,5 @@ def _log(loggers, metrics: dict, summary: dict, circuits_dir: Path) -> None:
 
         run.log({f"discover/heatmap/{k}": wandb.Image(p) for k, p in summary["heatmaps"].items()})
         run.summary["verdict"] = summary["verdict"]
-    log_artifact(loggers, f"circuits-{summary['manifest']['model']}-{summary['manifest']['config_hash']}", "circuits",
-                 circuits_dir, metadata={"verdict": summary["verdict"]})
+        log_dashboards(run, read_json(run_dir.dashboards) if run_dir.dashboards.is_file() else None)
+    log_artifact(loggers, **run_dir.artifact(summary))

@@ -30,7 +30,8 @@ from refusal.evaluation.report import log_report, write_report
 from refusal.evaluation.sae_quality import sae_quality
 from refusal.evaluation.sections import build_report
 from refusal.evaluation.transfer import run_transfer
-from refusal.logger.loggers import build_loggers, json_metrics, log_artifact, log_config, log_table, wandb_run
+from refusal.logger.loggers import (build_loggers, json_metrics, log_artifact, log_config, log_table, use_artifact,
+                                    wandb_run)
 from refusal import organism
 from refusal.model import ChatFormatter
 from refusal.model.loading import configured_name
@@ -88,10 +89,13 @@ def evaluate(cfg: DictConfig) -> float | None:
 
     results: dict[str, dict | None] = _missing_reasons(s, inputs)
     model_name = (inputs.train_manifest or {}).get("model") or configured_name(cfg.model)
+    organism_card = None
     if any(v is None for v in results.values()):
         loaded = organism.load(cfg.model)
         torch.manual_seed(cfg.seed)  # an organism built on first use drew random numbers: the same state either way
         model_name = loaded.name
+        if loaded.identity.get("organism"):
+            organism_card = {k: loaded.identity.get(k) for k in ("source", "warning", "check")}
         check_model(loaded, inputs.train_manifest, inputs.found.manifest if inputs.found else None)
         formatter = ChatFormatter(loaded.tokenizer, loaded.system_prompt, s.max_length)
         ctx = EvalContext(loaded, formatter, eval_prompts, build_judge(s.judge),
@@ -111,10 +115,13 @@ def evaluate(cfg: DictConfig) -> float | None:
     report = build_report(json_safe({"meta": meta, "data_analysis": inputs.data_analysis,
                                  "train_manifest": inputs.train_manifest, "discovery": inputs.discovery,
                                  "discover_dir": str(inputs.discover_dir) if inputs.discover_dir else None,
-                                 **results, "verdict": verdict}))
+                                 "dashboards": inputs.dashboards,
+                                 **results, "verdict": verdict, "organism": organism_card}))
     _, html_path = write_report(report, run.report_md, run.report_html)
     metrics = _metrics(results)
-    _log(loggers, metrics, results, verdict, report, html_path, model_name)
+    used = ([inputs.train.run.artifact(inputs.train_manifest)] if inputs.train else []) + \
+        ([inputs.found.run.artifact(inputs.discovery)] if inputs.found else [])
+    _log(loggers, metrics, results, verdict, report, html_path, model_name, used)
     print(f"verdict: {verdict['verdict']} ({verdict['basis']})")
     print(f"report: {html_path}")
     return optimized_metric(cfg, metrics)
@@ -183,7 +190,12 @@ def _metrics(results: dict) -> dict[str, float]:
     return metrics
 
 
-def _log(loggers, metrics: dict, results: dict, verdict: dict, report, html_path: Path, model_name: str) -> None:
+def _log(loggers, metrics: dict, results: dict, verdict: dict, report, html_path: Path, model_name: str,
+         used: list[dict]) -> None:
+    """Metrics, tables, the report; the artifacts the run read (``used``: the train run's SAEs, the discover run's
+    circuits) and its outputs."""
+    for art in used:
+        use_artifact(loggers, **art)
     for lg in loggers:
         lg.log_metrics(metrics, step=0)
         lg.save()

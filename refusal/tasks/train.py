@@ -91,11 +91,10 @@ def train(cfg: DictConfig) -> float:
         meta = {"activation_store": str(store_dir), "store_fingerprint": stable_hash(dm.store.manifest["fingerprint"]),
                 "prompts_hash": prompts.content_hash(), "n_layers": n_layers}
         sae_dirs = module.export_saelens(run.saes, model_name=model_name, extra_metadata=meta)
-        run.write_manifest({
-            "model": model_name, "hooks": plan.hooks, "sae_dirs": {h: str(p) for h, p in sae_dirs.items()},
-            "metrics": metrics, "config_hash": stable_hash(OmegaConf.to_container(cfg, resolve=True)), **meta})
-        log_artifact(loggers, f"sae-{model_name}-{stable_hash(plan.hooks, 6)}", "sae", run.saes,
-                     metadata={"hooks": plan.hooks, **metrics})
+        manifest = {"model": model_name, "hooks": plan.hooks, "sae_dirs": {h: str(p) for h, p in sae_dirs.items()},
+                    "metrics": metrics, "config_hash": stable_hash(OmegaConf.to_container(cfg, resolve=True)), **meta}
+        run.write_manifest(manifest)
+        log_artifact(loggers, **run.artifact(manifest))
         print(f"SAEs: {run.saes}")
         for lg in loggers:
             print(f"{type(lg).__name__}: {getattr(lg, 'save_dir', None) or getattr(lg, 'log_dir', '')}")

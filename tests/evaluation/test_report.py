@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
+from refusal.circuit.graph import write_graph  # noqa: E402
 from refusal.evaluation.sections import SECTIONS, build_report  # noqa: E402
 from refusal.evaluation.report import (Image, Report, Section, Table, Text, log_report, render_html,  # noqa: E402
                                      render_markdown, write_report)
@@ -57,7 +58,7 @@ def test_markdown_tables_keep_their_shape(tmp_path):
     assert len(rows) == 4  # header, rule, two rows
     counts = {len(re.findall(r"(?<!\\)\|", line)) for line in rows}
     assert counts == {len(NASTY) + 1}
-    assert "line one<br>line two" in md and "1.235" in md and "–" in md and "yes" in md
+    assert "line one<br>line two" in md and "1.23" in md and "–" in md and "yes" in md
     assert "![pic](p.png)" in md
     assert "> **Missing:** the stage did not run | at all" in md
 
@@ -98,14 +99,33 @@ def _rates(cond=None):
     return {**row, "condition": cond} if cond else row
 
 
+def _circuit(category: str, nodes: list[tuple]) -> dict:
+    """A toxic circuit file's content: nodes (hook, feature, attribution), edges from the first node to the rest."""
+    ids = [f"{h}/{f}" for h, f, _ in nodes]
+    return {"category": category, "kind": "toxic", "manifest": {"model": "tiny"},
+            "nodes": [{"id": i, "hook": h, "layer": int(h.split(".")[1]), "feature": f, "position": None,
+                       "attribution": a} for i, (h, f, a) in zip(ids, nodes)],
+            "edges": [{"source": ids[0], "target": t, "weight": 0.5} for t in ids[1:]]}
+
+
 def _full(tmp_path) -> dict:
     png = str(_png(tmp_path / "plot.png"))
     point = {"n_nodes": 3, "faithfulness": 0.8, "completeness": None, "random": {
         "faithfulness": {"mean": 0.1, "min": 0.0, "max": 0.2}, "completeness": {"mean": None, "min": None, "max": None}}}
     cell = {"circuit": "a", "prompts": "a", "score_drop": 1.0, "score_drop_ci_low": 0.5, "score_drop_ci_high": 1.5,
             "refusal_rate": 0.2, "refusal_rate_ci_low": 0.0, "refusal_rate_ci_high": 0.5}
+    discover = tmp_path / "discover"
+    write_graph(discover, [_circuit("a", [("blocks.1.hook_resid_post", 3, 0.9), ("blocks.2.hook_resid_post", 7, 0.4)]),
+                           _circuit("b", [("blocks.1.hook_resid_post", 3, 0.5)])])
     return {
         "meta": {"model": "tiny"},
+        "discover_dir": str(discover),
+        "dashboards": {"version": 1, "n_tokens": 4, "source": {"kind": "store"}, "prompts": {}, "error_nodes": [],
+                       "nodes": {"blocks-1-hook_resid_post-3": {
+                           "key": "blocks-1-hook_resid_post-3", "hook": "blocks.1.hook_resid_post", "layer": 1,
+                           "feature": 3, "activation": {"n_tokens": 4, "frequency": 0.5, "mean": 0.25}, "by_group": [],
+                           "top_examples": [], "attribution": {"toxic": {"a": 0.9, "b": 0.5}},
+                           "logits": {"promoted": [], "suppressed": []}}}},
         "data_analysis": {"counts": [{"category": "a", "label": "toxic", "split": "test", "n": 2}], "warnings": ["thin"]},
         "train_manifest": {"hooks": ["h"], "metrics": {"val/h/explained_variance": 0.7}},
         "discovery": {"circuits": [{"category": "a", "kind": "toxic", "n_nodes": 3, "n_edges": 1}],
@@ -161,8 +181,8 @@ def test_train_only_report_marks_the_rest_missing(tmp_path):
                     "transfer": {"status": "missing", "reason": "no discover run"}})
     report = build_report(partial)
     missing = {s.key: s.missing for s in report.sections if s.missing}
-    assert set(missing) == {"baseline", "circuits", "statistics", "faithfulness", "transfer", "direction", "cast",
-                            "neurons", "verdict"}
+    assert set(missing) == {"baseline", "circuits", "circuit_graph", "statistics", "faithfulness", "transfer",
+                            "direction", "cast", "neurons", "verdict", "dashboards"}
     assert missing["transfer"] == "no discover run" and missing["baseline"] == "not in evaluation.stages"
     assert [s.key for s in report.sections if s.not_run] == ["baseline"]  # not asked for, rather than missing
     page = render_html(report)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from refusal.logger.offline import artifacts
+
 REPO = Path(__file__).resolve().parents[2]
 VERDICTS = ("modular", "monolithic", "mixed", "inconclusive")
 
@@ -88,3 +90,22 @@ def test_demo_runs_the_pipeline_on_the_organism(tmp_path, real_model_cache):
     verdict = json.loads((run / "evaluate" / "verdict.json").read_text())["verdict"]
     assert f"verdict: {verdict} (" in evaluate
     assert report_problems((run / "evaluate" / "report.html").read_text(), verdict) == []
+    assert lineage_problems(run) == []
+
+
+def lineage_problems(run: Path) -> list[str]:
+    """What breaks the W&B lineage train -> discover -> evaluate in the demo's offline runs: each later run must
+    record the use of the artifacts the earlier ones logged (same name, type and digest)."""
+    logged, used = {}, {}
+    for stage in ("train", "discover", "evaluate"):
+        (wandb_dir,) = (run / stage / "wandb").glob("offline-run-*")
+        for a in artifacts(wandb_dir):
+            key = (a["type"], a["name"], a["digest"])
+            (used if a["used"] else logged).setdefault(stage, set()).add(key)
+    sae = {k for k in logged.get("train", set()) if k[0] == "sae"}
+    circuits = {k for k in logged.get("discover", set()) if k[0] == "circuits"}
+    problems = [] if len(sae) == 1 and len(circuits) == 1 else [f"logged: {logged}"]
+    for stage, wanted in (("discover", sae), ("evaluate", sae | circuits)):
+        if not wanted <= used.get(stage, set()):
+            problems.append(f"{stage} used {used.get(stage)}, not all of {wanted}")
+    return problems
