@@ -15,6 +15,12 @@ Schema (``metadata.schema`` = ``"refusal-circuits/graph"``, ``metadata.schema_ve
                 "dash-<hook>-<feature>" sanitised (refusal.circuit.dashboards.node_key), null for error nodes}],
      "links": [{"source", "target", "weight", "category", "shared": the edge is in every category's circuit}]}
 
+The circuits' metric is one more node, ``node_id`` ``"metric"`` (``feature_type`` ``"logit"`` as circuit-tracer's
+output nodes, ``layer`` one above the deepest circuit layer, ``feature`` the metric's name, e.g. refusal_score),
+and every node of a category's circuit links to it with ``weight`` = the node's attribution in that category (its
+total indirect effect on the metric, not only the direct path), so a circuit read at one hook still shows which
+features carry the metric in which categories.
+
 ``shared`` is the discovery summary's shared core (:func:`refusal.circuit.compare.shared_core`): a feature node in
 every toxic category's circuit; error nodes are never shared. The pooled circuit (category ``all``) and the safe
 circuits are left out. A link is one edge of one category's circuit, so an edge several circuits hold appears once
@@ -37,6 +43,7 @@ SCHEMA = "refusal-circuits/graph"
 SCHEMA_VERSION = 1
 GRAPH_FILE = "graph.json"
 GRAPH_PAGE = "graph.html"
+METRIC = "metric"  # node_id of the circuits' metric (the graph's output node)
 
 
 def dashboard_anchor(hook: str, feature) -> str:
@@ -95,6 +102,9 @@ def graph_json(circuits: list[dict]) -> dict:
         links += [{"source": e["source"], "target": e["target"], "weight": rnd(e.get("weight")), "category": cat}
                   for e in c.get("edges", [])]
     shared = _shared(nodes, holders, cats)
+    metric_name = next((c.get("metric", {}).get("name") for c in by_cat.values()), None) or "metric"
+    links += [{"source": i, "target": METRIC, "weight": a, "category": cat}
+              for i, n in nodes.items() for cat, a in n["attribution"].items()]
     out_nodes = []
     for n in sorted(nodes.values(), key=_node_order):
         err = n["feature"] == ERROR
@@ -104,7 +114,12 @@ def graph_json(circuits: list[dict]) -> dict:
             "categories": sorted(holders[n["node_id"]]), "attribution": dict(sorted(n["attribution"].items())),
             "max_abs_attribution": _max_abs(n["attribution"].values()), "shared": n["node_id"] in shared,
             "dashboard": None if err else dashboard_anchor(n["hook"], n["feature"])})
-    links = sorted((x for x in links if x["source"] in nodes and x["target"] in nodes),
+    if out_nodes:
+        out_nodes.append({"node_id": METRIC, "hook": None, "layer": max(n["layer"] for n in out_nodes) + 1,
+                          "feature": metric_name, "ctx_idx": None, "feature_type": "logit", "categories": cats,
+                          "attribution": {}, "max_abs_attribution": 0.0, "shared": False, "dashboard": None})
+    ids = {n["node_id"] for n in out_nodes}
+    links = sorted((x for x in links if x["source"] in ids and x["target"] in ids),
                    key=lambda x: (x["source"], x["target"], x["category"]))
     held: dict[tuple, int] = {}
     for x in links:
@@ -113,9 +128,9 @@ def graph_json(circuits: list[dict]) -> dict:
         x["shared"] = bool(cats) and held[(x["source"], x["target"])] == len(cats)
     model = next((c.get("manifest", {}).get("model") for c in by_cat.values()), None)
     meta = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "model": model, "kind": "toxic", "categories": cats,
-            "layers": sorted({n["layer"] for n in out_nodes}),
+            "layers": sorted({n["layer"] for n in out_nodes if n["node_id"] != METRIC}),
             "positions": sorted({n["ctx_idx"] for n in out_nodes if n["ctx_idx"] is not None}),
-            "n_nodes": len(out_nodes), "n_links": len(links), "n_shared": len(shared),
+            "n_nodes": len(out_nodes) - (METRIC in ids), "n_links": len(links), "n_shared": len(shared),
             "max_abs_attribution": _max_abs(n["max_abs_attribution"] for n in out_nodes),
             "max_abs_weight": _max_abs(x["weight"] for x in links)}
     return {"metadata": meta, "nodes": out_nodes, "links": links}

@@ -66,8 +66,9 @@ SCRIPT = r"""
   function fill(n) {
     while (tip.firstChild) { tip.removeChild(tip.firstChild); }
     add(add(tip, "div"), "b", n.node_id);
-    add(tip, "div", n.feature_type + ", layer " + n.layer + (n.ctx_idx === null ? "" : ", position " + n.ctx_idx) +
-        (n.shared ? ", shared by every category" : ""));
+    add(tip, "div", n.feature_type === "logit" ? "the circuits' metric (" + n.feature + "): each link is a node's " +
+        "attribution to it in one category" : n.feature_type + ", layer " + n.layer +
+        (n.ctx_idx === null ? "" : ", position " + n.ctx_idx) + (n.shared ? ", shared by every category" : ""));
     add(tip, "div", "categories: " + n.categories.join(", "));
     var table = add(tip, "table");
     Object.keys(n.attribution).sort().forEach(function (c) {

@@ -7,7 +7,7 @@ link to its feature dashboard card.
 
 Colours: a shared node (in every category's circuit) or link (an edge of every category's circuit) is dark; a
 node of one category only and a category's link take that category's colour; a node of several categories but
-not all is grey. Feature nodes are circles, error nodes squares; link width grows with |weight|, negative
+not all is grey. Feature nodes are circles, error nodes squares, the metric a triangle on top; link width grows with |weight|, negative
 weights dashed. Every element id is prefixed with the fragment's ``uid`` (default: from the graph's content), so
 several graphs can share one page; pass distinct uids to embed the same graph twice.
 """
@@ -67,7 +67,7 @@ def layout(graph: dict) -> tuple[list[tuple[float, float]], float, float, list, 
 def _colours(graph: dict) -> tuple[dict[str, str], list[str], list[str]]:
     cats = graph["metadata"]["categories"]
     by_cat = {c: PALETTE[k % len(PALETTE)] for k, c in enumerate(cats)}
-    nodes = [SHARED if n["shared"] else by_cat[n["categories"][0]] if len(n["categories"]) == 1 else PARTIAL
+    nodes = [SHARED if n["shared"] or n["feature_type"] == "logit" else by_cat[n["categories"][0]] if len(n["categories"]) == 1 else PARTIAL
              for n in graph["nodes"]]
     links = [SHARED if x.get("shared") else by_cat.get(x["category"], PARTIAL) for x in graph["links"]]
     return by_cat, nodes, links
@@ -93,7 +93,9 @@ def _svg_nodes(graph: dict, centres, colours) -> list[str]:
     for k, (n, (x, y)) in enumerate(zip(graph["nodes"], centres)):
         label = html.escape(n["node_id"], quote=True)
         common = f'class="rc-node" data-node="{k}" tabindex="0" fill="{colours[k]}" aria-label="{label}"'
-        if n["feature_type"] == "sae error":
+        if n["feature_type"] == "logit":
+            out.append(f'<polygon {common} points="{x - 9:.2f},{y + 7:.2f} {x + 9:.2f},{y + 7:.2f} {x:.2f},{y - 9:.2f}"/>')
+        elif n["feature_type"] == "sae error":
             out.append(f'<rect {common} x="{x - 6:.2f}" y="{y - 6:.2f}" width="12" height="12"/>')
         else:
             out.append(f'<circle {common} cx="{x:.2f}" cy="{y:.2f}" r="7"/>')
@@ -106,7 +108,9 @@ def _svg(graph: dict, uid: str) -> str:
     parts = [f'<svg id="{uid}-svg" class="rc-svg" xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
              f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" role="img" '
              f'aria-label="circuit graph: {len(graph["nodes"])} nodes, {len(graph["links"])} links">']
-    parts += [f'<text class="rc-axis" x="8" y="{y + 4:.2f}">layer {lay}</text>' for lay, y in rows]
+    top = {n["layer"] for n in graph["nodes"] if n["feature_type"] == "logit"}
+    parts += [f'<text class="rc-axis" x="8" y="{y + 4:.2f}">{"metric" if lay in top else f"layer {lay}"}</text>'
+              for lay, y in rows]
     parts += [f'<text class="rc-axis" x="{x:.2f}" y="{height - 14:.0f}" text-anchor="middle">'
               f'{"all positions" if p is None else f"pos {p}"}</text>' for p, x in cols]
     parts += _svg_links(graph, centres, link_colours) + _svg_nodes(graph, centres, node_colours)

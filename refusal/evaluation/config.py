@@ -18,9 +18,14 @@ from refusal.evaluation.estimators import CLOSED_FORM, ESTIMATORS
 from refusal.evaluation.neurons import NeuronSettings
 from refusal.evaluation.interventions import ARDITI_KINDS
 from refusal.evaluation.transfer import TransferSettings
+from refusal.evaluation.ablation_curve import AblationCurveSchema, AblationCurveSettings
+from refusal.evaluation.lens import LensSchema, LensSettings
+from refusal.evaluation.patching import PatchingSchema, PatchingSettings
+from refusal.evaluation.probes import ProbeSettings, ProbesSchema
 from refusal.model.hooks import HOOK_KINDS, parse_layers
 
-STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction", "cast", "neurons")
+STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction", "cast", "neurons", "patching",
+          "ablation_curve", "lens", "probes")
 
 
 @dataclass
@@ -112,6 +117,10 @@ class EvaluationSchema:
     direction: DirectionSchema = field(default_factory=DirectionSchema)
     cast: CastSchema = field(default_factory=CastSchema)
     neurons: NeuronSchema = field(default_factory=NeuronSchema)
+    patching: PatchingSchema = field(default_factory=PatchingSchema)
+    ablation_curve: AblationCurveSchema = field(default_factory=AblationCurveSchema)
+    lens: LensSchema = field(default_factory=LensSchema)
+    probes: ProbesSchema = field(default_factory=ProbesSchema)
 
 
 register("evaluation", EvaluationSchema)
@@ -134,6 +143,10 @@ class EvalSettings:
     direction: DirectionSettings
     cast: CastSettings
     neurons: NeuronSettings
+    patching: PatchingSettings
+    ablation_curve: AblationCurveSettings
+    lens: LensSettings
+    probes: ProbeSettings
 
 
 def _layer_spec(name: str, value):
@@ -211,7 +224,10 @@ def settings_from(e) -> EvalSettings:
         faith_n_random=integer("evaluation.faithfulness.n_random", e.faithfulness.n_random, 0),
         transfer=_transfer(e.transfer), direction=_direction(e.direction), cast=_cast(e.cast),
         neurons=NeuronSettings(tuple(integer("evaluation.neurons.ks entry", k, 1) for k in plain(e.neurons.ks)),
-                               integer("evaluation.neurons.steer_k", e.neurons.steer_k, 1)))
+                               integer("evaluation.neurons.steer_k", e.neurons.steer_k, 1)),
+        patching=PatchingSettings.from_config(e.patching),
+        ablation_curve=AblationCurveSettings.from_config(e.ablation_curve), lens=LensSettings.from_config(e.lens),
+        probes=ProbeSettings.from_config(e.probes))
 
 
 def _cast(c) -> CastSettings:

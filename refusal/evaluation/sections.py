@@ -5,7 +5,8 @@ marked missing with the reason.
 ``build_report(data)``: ``data`` has the keys ``meta`` (dict), ``data_analysis``, ``train_manifest``,
 ``discovery``, ``discover_dir``, ``baseline``, ``sae_quality``, ``faithfulness``, ``transfer``, ``direction``,
 ``cast``, ``neurons``, ``verdict``, ``organism`` (the organism card's warning, design check and source, or None),
-``dashboards`` (the discover run's dashboards.json); each stage value is its result dict or ``{"status": "missing" | "skipped", "reason": ...}`` or None.
+``dashboards`` (the discover run's dashboards.json), ``patching``, ``ablation_curve``, ``lens``, ``probes``; each stage
+value is its result dict or ``{"status": "missing" | "skipped", "reason": ...}`` or None.
 """
 from __future__ import annotations
 
@@ -15,13 +16,17 @@ from pathlib import Path
 from refusal.evaluation.answer import TITLE as ANSWER, answer_section
 from refusal.evaluation.dashboard_section import KEY as DASHBOARDS_KEY, TITLE as DASHBOARDS_TITLE, dashboards_section
 from refusal.evaluation.graph_section import KEY as GRAPH_KEY, TITLE as GRAPH_TITLE, graph_section
+from refusal.evaluation.lens_section import LENS, PROBES, lens_section, probes_section
+from refusal.evaluation.patching_section import (ABLATION_KEY, ABLATION_TITLE, PATCHING_KEY, PATCHING_TITLE,
+                                                 ablation_curve_section, patching_section)
 from refusal.evaluation.report import Image, Report, Section, Table, Text, fmt, fmt_ci
 
 SECTIONS = (("verdict", ANSWER), ("transfer", "Transfer matrix"), ("circuits", "Circuits and similarity"),
             (GRAPH_KEY, GRAPH_TITLE), ("statistics", "Statistics"), ("faithfulness", "Faithfulness and completeness"),
             ("baseline", "Baseline refusal per category"), ("sae_quality", "SAE quality"), ("data", "Data summary"),
             ("direction", "Refusal direction (reference method)"), ("cast", "Conditional steering (CAST)"),
-            ("neurons", "Refusal-writing MLP neurons"), (DASHBOARDS_KEY, DASHBOARDS_TITLE))
+            ("neurons", "Refusal-writing MLP neurons"), (PATCHING_KEY, PATCHING_TITLE), (ABLATION_KEY, ABLATION_TITLE),
+            LENS, PROBES, (DASHBOARDS_KEY, DASHBOARDS_TITLE))
 TITLES = dict(SECTIONS)
 
 
@@ -328,8 +333,9 @@ def neurons_section(result) -> Section:
 
 def build_report(data: dict) -> Report:
     """The answer first (verdict, key figure, caveats), then the evidence in the order a reader checks it: the causal
-    test, the circuits, their statistics and faithfulness, the model's behaviour and the SAEs, the reference methods,
-    and last the feature dashboards every circuit node links to."""
+    test, the circuits, their statistics and faithfulness, the model's behaviour and the SAEs, the reference methods
+    (direction, steering, neurons), the localisation methods (patching, ablation curves, lens, probes), and last the
+    feature dashboards every circuit node links to."""
     discovery, transfer = data.get("discovery"), data.get("transfer")
     transfer_ok = transfer if transfer and transfer.get("status") not in ("missing", "skipped") else None
     discover_dir = data.get("discover_dir")
@@ -341,6 +347,8 @@ def build_report(data: dict) -> Report:
              "sae_quality": sae_section(data.get("train_manifest"), data.get("sae_quality")),
              "data": data_section(data.get("data_analysis")), "direction": direction_section(data.get("direction")),
              "cast": cast_section(data.get("cast")), "neurons": neurons_section(data.get("neurons")),
-             DASHBOARDS_KEY: dashboards_section(data.get("dashboards"))}
+             PATCHING_KEY: patching_section(data.get("patching")),
+             ABLATION_KEY: ablation_curve_section(data.get("ablation_curve")), LENS[0]: lens_section(data.get("lens")),
+             PROBES[0]: probes_section(data.get("probes")), DASHBOARDS_KEY: dashboards_section(data.get("dashboards"))}
     sections = [built[key] for key, _ in SECTIONS]
     return Report("refusal-circuits evaluation report", sections, data.get("meta", {}), lead=True)

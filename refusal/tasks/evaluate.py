@@ -30,6 +30,10 @@ from refusal.evaluation.report import log_report, write_report
 from refusal.evaluation.sae_quality import sae_quality
 from refusal.evaluation.sections import build_report
 from refusal.evaluation.transfer import run_transfer
+from refusal.evaluation.ablation_curve import run_ablation_curve
+from refusal.evaluation.lens import run_lens
+from refusal.evaluation.patching import run_patching
+from refusal.evaluation.probes import run_probes
 from refusal.logger.loggers import (build_loggers, json_metrics, log_artifact, log_config, log_table, use_artifact,
                                     wandb_run)
 from refusal import organism
@@ -53,6 +57,9 @@ def _missing_reasons(s: EvalSettings, inputs: RunInputs) -> dict[str, dict | Non
             out[stage] = {"status": "skipped", "reason": f"not in evaluation.stages (add {stage} to run it)"}
         elif stage in ("faithfulness", "transfer") and inputs.discovery is None:
             out[stage] = {"status": "missing", "reason": "no discover run (give discover_dir=<discover.py run dir>)"}
+        elif stage == "ablation_curve" and "patching" not in s.stages:
+            out[stage] = {"status": "missing", "reason": "the ablation curve ranks components by the patching "
+                                                         "stage's effects: add patching to evaluation.stages"}
         elif stage in ("cast", "neurons") and "direction" not in s.stages:
             out[stage] = {"status": "missing", "reason": f"{stage} reads the direction stage's direction: add "
                                                          "direction to evaluation.stages"}
@@ -152,6 +159,25 @@ def _run_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: d
             results["transfer"] = {"status": "done", "ablation": s.ablation,
                                    **run_transfer(ctx, setup, s.transfer, run_dir)}
     _run_direction_stages(ctx, s, inputs, results, run_dir, loaded)
+    _run_localisation_stages(ctx, s, inputs, results, run_dir)
+
+
+def _run_localisation_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: dict, run_dir: Path) -> None:
+    """Where refusal is decided, the ways other studies localise it: patching sweeps, ablation curves over the
+    components they rank, logit and tuned lens, linear probes with a control task."""
+    if results["patching"] is None:
+        log.info("evaluate: activation patching")
+        results["patching"] = {"status": "done", **run_patching(ctx, inputs.prompts, s.patching, run_dir)}
+    if results["ablation_curve"] is None:
+        log.info("evaluate: ablation curves")
+        results["ablation_curve"] = {"status": "done", **run_ablation_curve(ctx, inputs.prompts, s.ablation_curve,
+                                                                            run_dir, results["patching"])}
+    if results["lens"] is None:
+        log.info("evaluate: logit and tuned lens")
+        results["lens"] = {"status": "done", **run_lens(ctx, inputs.prompts, s.lens, run_dir, s.split)}
+    if results["probes"] is None:
+        log.info("evaluate: linear probes")
+        results["probes"] = {"status": "done", **run_probes(ctx, inputs.prompts, s.probes, run_dir, s.split)}
 
 
 def _run_direction_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: dict, run_dir: Path,

@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 from graph_testlib import H1, H2, circuit, circuits, node
 
 from refusal.circuit.compare import shared_core
-from refusal.circuit.graph import GRAPH_FILE, GRAPH_PAGE, SCHEMA, dashboard_anchor, graph_json, write_graph
+from refusal.circuit.graph import GRAPH_FILE, GRAPH_PAGE, METRIC, SCHEMA, dashboard_anchor, graph_json, write_graph
 from refusal.circuit.graph_view import graph_html, graph_page, json_for_script
 
 NODE_KEYS = {"node_id", "hook", "layer", "feature", "ctx_idx", "feature_type", "categories", "attribution",
@@ -49,14 +49,15 @@ def test_schema_fields_and_what_is_left_out():
     assert meta["schema"] == SCHEMA and meta["schema_version"] == 1 and meta["kind"] == "toxic"
     assert meta["categories"] == ["cyber", "fraud", "violence"]  # not "all", not the safe circuit
     assert meta["layers"] == [1, 2] and meta["positions"] == [] and meta["model"] == "tiny-llama"
-    assert meta["n_nodes"] == len(g["nodes"]) == 5 and meta["n_links"] == len(g["links"]) == 6
+    assert meta["n_nodes"] == len(g["nodes"]) - 1 == 5  # the metric node is not counted
+    assert meta["n_links"] == len(g["links"]) == 6 + 11  # 6 edges, and 4 + 4 + 3 nodes linked to the metric
     assert meta["max_abs_weight"] == 0.9 and meta["max_abs_attribution"] == 0.9
     ids = [n["node_id"] for n in g["nodes"]]
     assert f"{H1}/99" not in ids and f"{H1}/42" not in ids
     for n in g["nodes"]:
         assert set(n) == NODE_KEYS
-        assert set(n["attribution"]) == set(n["categories"])
-    assert ids == [f"{H1}/3", f"{H1}/5", f"{H1}/error", f"{H2}/7", f"{H2}/11"]  # model order, error last
+        assert set(n["attribution"]) == (set(n["categories"]) if n["node_id"] != METRIC else set())
+    assert ids == [f"{H1}/3", f"{H1}/5", f"{H1}/error", f"{H2}/7", f"{H2}/11", METRIC]  # model order, error last
     err = next(n for n in g["nodes"] if n["feature"] == "error")
     assert err["feature_type"] == "sae error" and err["dashboard"] is None and not err["shared"]
     f3 = g["nodes"][0]
@@ -75,15 +76,16 @@ def test_shared_flag_is_the_summary_shared_core():
     assert shared == {f"{H1}/3", f"{H2}/7"} and g["metadata"]["n_shared"] == 2
     # same answer as compare.shared_core on the category masks (the discovery summary's rule)
     import torch
-    feats = [n["node_id"] for n in g["nodes"] if n["feature"] != "error"]
+    feats = [n["node_id"] for n in g["nodes"] if n["feature_type"] == "sae feature"]
     cats = g["metadata"]["categories"]
-    masks = torch.tensor([[c in n["categories"] for n in g["nodes"] if n["feature"] != "error"] for c in cats])
+    masks = torch.tensor([[c in n["categories"] for n in g["nodes"] if n["feature_type"] == "sae feature"]
+                          for c in cats])
     core = shared_core(torch.ones(masks.shape, dtype=torch.float64), masks)["core"]
     assert shared == {i for i, k in zip(feats, core.tolist()) if k}
     # an error node in every circuit is still not shared
     cs = [circuit(c, [node(H1, "error", 1.0), node(H1, 1, 1.0)], []) for c in ("a", "b")]
     flags = {n["node_id"]: n["shared"] for n in graph_json(cs)["nodes"]}
-    assert flags == {f"{H1}/1": True, f"{H1}/error": False}
+    assert flags == {f"{H1}/1": True, f"{H1}/error": False, METRIC: False}
 
 
 def test_links_per_category_and_shared_links():
@@ -91,16 +93,28 @@ def test_links_per_category_and_shared_links():
     edge = [x for x in g["links"] if (x["source"], x["target"]) == (f"{H1}/3", f"{H2}/7")]
     assert [(x["category"], x["weight"], x["shared"]) for x in edge] == [
         ("cyber", 0.5, True), ("fraud", 0.5, True), ("violence", 0.9, True)]
-    others = [x for x in g["links"] if x not in edge]
+    others = [x for x in g["links"] if x not in edge and x["target"] != METRIC]
     assert others and not any(x["shared"] for x in others)
     assert {x["category"] for x in others} == {"cyber", "fraud"}
+
+
+def test_every_node_links_to_the_metric_with_its_attribution_per_category():
+    g = graph_json(circuits())
+    metric = g["nodes"][-1]
+    assert metric["node_id"] == METRIC and metric["feature_type"] == "logit" and metric["layer"] == 3
+    assert metric["categories"] == ["cyber", "fraud", "violence"] and metric["dashboard"] is None
+    into = {(x["source"], x["category"]): (x["weight"], x["shared"]) for x in g["links"] if x["target"] == METRIC}
+    expected = {(n["node_id"], c): a for n in g["nodes"][:-1] for c, a in n["attribution"].items()}
+    assert {k: w for k, (w, _) in into.items()} == expected and len(into) == 11
+    assert into[(f"{H1}/3", "fraud")] == (0.5, True)  # a shared node's links to the metric are shared
+    assert into[(f"{H2}/11", "cyber")] == (-0.2, False)
 
 
 def test_per_position_nodes_keep_their_position():
     cs = [circuit(c, [node(H1, 2, 0.5, position=-1), node(H1, 2, 0.2, position=-3)], []) for c in ("a", "b")]
     g = graph_json(cs)
-    assert [n["ctx_idx"] for n in g["nodes"]] == [-3, -1] and g["metadata"]["positions"] == [-3, -1]
-    assert [n["node_id"] for n in g["nodes"]] == [f"{H1}/2@-3", f"{H1}/2@-1"]
+    assert [n["ctx_idx"] for n in g["nodes"]] == [-3, -1, None] and g["metadata"]["positions"] == [-3, -1]
+    assert [n["node_id"] for n in g["nodes"]] == [f"{H1}/2@-3", f"{H1}/2@-1", METRIC]
 
 
 def test_deterministic_whatever_the_input_order(tmp_path):
@@ -132,6 +146,7 @@ def test_fragment_holds_the_filter_data():
     assert sorted(int(i) for i in re.findall(r'data-node="(\d+)"', frag)) == list(range(len(g["nodes"])))
     assert sorted(int(i) for i in re.findall(r'data-link="(\d+)"', frag)) == list(range(len(g["links"])))
     assert frag.count("<rect ") == 1 and frag.count("<circle ") == 4  # the error node is a square
+    assert frag.count("<polygon ") == 1 and ">metric</text>" in frag  # the metric: a triangle on its own row
     kinds = [k for k, _ in parser.scripts]
     assert kinds == ["application/json", "text/javascript"]
     assert json.loads(parser.scripts[0][1]) == g

@@ -122,22 +122,23 @@ def test_hovering_a_node_shows_its_tooltip(page):
 
 
 def test_threshold_slider_and_category_filter_hide_links_and_nodes(page):
+    # 6 edges and 9 node -> metric links (one per node of each category's circuit); 5 nodes and the metric
     links, nodes = f"{GRAPH} .rc-link", f"{GRAPH} .rc-node"
-    assert _visible(page, links) == 6 and _visible(page, nodes) == 5
+    assert _visible(page, links) == 15 and _visible(page, nodes) == 6
     slider = page.locator(f"{GRAPH} input[type=range]")
     slider.focus()
-    page.keyboard.press("End")  # the slider moved to the largest |weight|: only that link is left
-    assert _visible(page, links) == 1 and "1 of 6 links shown" in page.locator(f"{GRAPH} .rc-count").inner_text()
+    page.keyboard.press("End")  # the slider moved to the largest |weight| (0.9): an edge and an attribution
+    assert _visible(page, links) == 2 and "2 of 15 links shown" in page.locator(f"{GRAPH} .rc-count").inner_text()
     page.keyboard.press("Home")
-    assert _visible(page, links) == 6
+    assert _visible(page, links) == 15
     box = slider.bounding_box()  # drag it to the middle: |weight| >= 0.45
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    assert _visible(page, links) == 3
+    assert _visible(page, links) == 7
     page.keyboard.press("Home")
     page.select_option(f"{GRAPH} select", "fraud")
-    assert _visible(page, nodes) == 3 and _visible(page, links) == 2
+    assert _visible(page, nodes) == 4 and _visible(page, links) == 5
     page.select_option(f"{GRAPH} select", "")
-    assert _visible(page, nodes) == 5 and _visible(page, links) == 6
+    assert _visible(page, nodes) == 6 and _visible(page, links) == 15
 
 
 def test_screenshot_helper_writes_the_first_screen(report_html, tmp_path):
