@@ -2,6 +2,9 @@
 
 IE of a node = m(clean) − m(clean with that node set to its patch value), estimated by
 - ``atp``: (a_clean − a_patch)·∂m/∂a at clean — one forward + one backward per batch for all nodes of all hooks;
+- ``lrp``: as ``atp``, with ∂m/∂a read from the LRP-linearised backward (refusal/circuit/lrp.py: RMSNorm scale and
+  softmax probabilities detached, eager attention, identity rule for the MLP activation, half rule for gate × up),
+  so that over a complete cut the relevances are conservative; m_clean is read in the same (eager) forward;
 - ``ig``: (a_clean − a_patch)·mean_k ∂m/∂a at a_patch + (k/K)(a_clean − a_patch), k = 1..K, every node of one
   hook interpolated together, one hook at a time (K forwards + backwards per hook and batch);
 - ``exact``: patch each node and rerun (each node at all its positions at once with ``aggregation: sum``, else
@@ -14,17 +17,19 @@ regroup prompts without another model pass.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
+from refusal.circuit.lrp import lrp_linearised
 from refusal.circuit.model import CircuitModel, Values
 from refusal.circuit.nodes import NodeSpace, aggregate
 from refusal.circuit.patch import PatchSource
 from refusal.errors import ConfigError, check_choice
 from refusal.model.chat import EncodedBatch
 
-METHODS = ("atp", "ig", "exact", "stats")
+METHODS = ("atp", "ig", "exact", "stats", "lrp")
 EXACT_ROWS = 64  # prompts × patched nodes per forward of the exact method
 
 
@@ -128,13 +133,14 @@ def attribute(cm: CircuitModel, prompts: list[str], source: PatchSource, method:
         check_exact_size(space, exact_max_nodes)
     if method == "ig" and (not isinstance(ig_steps, int) or ig_steps < 1):
         raise ConfigError(f"circuit.n_integration_steps={ig_steps!r} is not valid; use an int >= 1")
-    fn = {"atp": _atp, "ig": _ig, "exact": _exact, "stats": _stats}[method]
+    fn = {"atp": _atp, "lrp": _atp, "ig": _ig, "exact": _exact, "stats": _stats}[method]
     ies, mc, mp = [], [], []
     for rows, enc in cm.batches(prompts):
         B = len(rows)
         grads = None
-        if method == "atp":
-            m_clean, clean, grads = cm.read(enc)
+        if method in ("atp", "lrp"):
+            with lrp_linearised(cm.model) if method == "lrp" else contextlib.nullcontext():
+                m_clean, clean, grads = cm.read(enc)
         else:
             m_clean, clean = cm.capture(enc)
         patch = _expand(source.values(rows, clean), B)

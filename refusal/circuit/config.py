@@ -1,11 +1,12 @@
 """The ``circuit`` config group (conf/circuit/): its schema and the discovery settings it turns into, checked before
 any model is loaded."""
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
 from refusal.circuit.dashboard_stats import DashboardSettings
+from refusal.circuit.neurons import BASES, NeuronSettings, neuron_settings
 from refusal.circuit.select import Selection
 from refusal.circuit.summary import StatsSettings
 from refusal.circuit.verdict import DecisionRule
@@ -35,7 +36,15 @@ class DashboardsSchema:
 
 
 @dataclass
+class NeuronsSchema:
+    layers: Any = MISSING
+    universal_top_k: int = MISSING
+    universal_fraction: float = MISSING
+
+
+@dataclass
 class CircuitSchema:
+    basis: str = MISSING
     discovery_split: str = MISSING
     positions: str = MISSING
     aggregation: str = MISSING
@@ -57,6 +66,7 @@ class CircuitSchema:
     edge_threshold: float = MISSING
     statistics: StatisticsSchema = field(default_factory=StatisticsSchema)
     dashboards: DashboardsSchema = field(default_factory=DashboardsSchema)
+    neurons: NeuronsSchema = field(default_factory=NeuronsSchema)
 
 
 register("circuit", CircuitSchema)
@@ -65,6 +75,8 @@ register("circuit", CircuitSchema)
 @dataclass(frozen=True)
 class DiscoverySettings:
     """The ``circuit`` node, checked: what discover.py needs to attribute, select, compare and decide."""
+    basis: str  # sae | neurons (refusal/circuit/neurons.py)
+    neurons: NeuronSettings
     discovery_split: str
     safe_labels: list[str]
     positions: str
@@ -88,6 +100,7 @@ def settings_from(c) -> DiscoverySettings:
                    for lb in plain(c.safe_labels)]
     s, d = c.statistics, c.dashboards
     return DiscoverySettings(
+        basis=choice("circuit.basis", c.basis, BASES), neurons=neuron_settings(c.neurons),
         discovery_split=choice("circuit.discovery_split", c.discovery_split, DISCOVERY_SPLITS),
         safe_labels=safe_labels, positions=c.positions, aggregation=c.aggregation, metric=c.metric,
         compliance_tokens=plain(c.compliance_tokens), separate_safe_toxic=c.separate_safe_toxic,

@@ -5,12 +5,13 @@
 - ``top_n_per_layer``: among the n largest |IE| of its hooked point;
 - ``cumulative_fraction``: among the fewest largest-|IE| nodes (over all hooks) whose |IE| sum reaches that
   fraction of the total |IE| mass.
-Nodes with IE exactly 0 are never kept. Null disables a rule; at least one rule must be enabled.
+Nodes with IE exactly 0 are never kept, nor the nodes of ``exclude`` (the neuron basis's universal neurons,
+refusal/circuit/neurons.py). Null disables a rule; at least one rule must be enabled.
 ``edge_threshold`` uses the same ``threshold_mode``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ class Selection:
     top_n_per_layer: int | None = None
     cumulative_fraction: float | None = None
     edge_threshold: float = 0.0
+    exclude: torch.Tensor | None = field(default=None, compare=False, repr=False)  # [n_nodes] bool: never kept
 
     def __post_init__(self):
         check_choice("circuit.threshold_mode", self.threshold_mode, THRESHOLD_MODES)
@@ -58,6 +60,8 @@ def select_nodes(ie: torch.Tensor, hook_index: torch.Tensor, sel: Selection, eff
     """[n_nodes] bool mask of the kept nodes for a mean IE vector ``ie`` ([n_nodes])."""
     mag = ie.abs().double()
     keep = mag > 0
+    if sel.exclude is not None:
+        keep &= ~sel.exclude.to(keep.device)
     if sel.node_threshold is not None:
         keep &= mag >= sel.node_threshold * sel.scale(effect)
     if sel.top_n_per_layer is not None:

@@ -7,6 +7,8 @@ at the node positions:
   circuits' attributions were patched towards (circuit.patch=mean_safe);
 - ``mean_all``: mean over every prompt of the discovery split (toxic and contrast; Marks et al. 2024);
 - ``zero``: f = 0 and e = 0.
+A discover run with ``circuit.basis: neurons`` (its saved settings) is rebuilt on the MLP-neuron basis of its
+hooks (refusal/circuit/neurons.py): no SAEs, ablating a node sets that neuron to its ablation value.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from torch import Tensor
 
 from refusal.circuit.metric import build_metric
 from refusal.circuit.model import CircuitModel
+from refusal.circuit.neurons import neuron_hooks
 from refusal.circuit.nodes import NodeSpace
 from refusal.circuit.patch import mean_values
 from refusal.circuit.saes import load_hooked_saes
@@ -25,6 +28,7 @@ from refusal.errors import ConfigError, check_choice
 from refusal.evaluation.inputs import RunInputs
 from refusal.evaluation.nodes import NodeAblator, circuit_mask
 from refusal.model.chat import ChatFormatter
+from refusal.model.hooks import parse_hook_name
 from refusal.model.loading import LoadedModel
 
 ABLATIONS = ("mean_safe", "mean_all", "zero")
@@ -41,6 +45,15 @@ class CircuitSetup:
     settings: dict  # the discover run's circuit settings
 
 
+def _hooked(inputs: RunInputs, loaded: LoadedModel, space: NodeSpace, basis: str) -> dict:
+    """What the discover run's nodes were spliced with: its SAEs, or (circuit.basis=neurons) the neuron basis."""
+    if basis == "neurons":
+        return neuron_hooks(loaded.model, [parse_hook_name(h, loaded.n_layers).layer for h in space.hooks],
+                            loaded.n_layers)
+    dirs = dict(inputs.sae_dirs)
+    return load_hooked_saes([(h, dirs[h]) for h in space.hooks], loaded)
+
+
 def build_circuit_setup(inputs: RunInputs, loaded: LoadedModel, formatter: ChatFormatter, ablation: str,
                         batch_size: int) -> CircuitSetup:
     check_choice("evaluation.ablation", ablation, ABLATIONS)
@@ -48,8 +61,7 @@ def build_circuit_setup(inputs: RunInputs, loaded: LoadedModel, formatter: ChatF
     manifest, settings = summary["manifest"], summary["settings"]
     ns = manifest["node_space"]
     space = NodeSpace(tuple(ns["hooks"]), tuple(ns["d_sae"]), int(ns["n_positions"]), ns["aggregation"])
-    dirs = dict(inputs.sae_dirs)
-    saes = load_hooked_saes([(h, dirs[h]) for h in space.hooks], loaded)
+    saes = _hooked(inputs, loaded, space, settings.get("basis", "sae"))
     for h, d in zip(space.hooks, space.d_sae):
         if saes[h].sae.d_sae != d:
             raise ConfigError(f"SAE at {h} has d_sae={saes[h].sae.d_sae} but the discover run had {d}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from refusal.circuit.neurons import NeuronEdit, is_neuron_basis
 from refusal.circuit.nodes import ERROR, NodeSpace
 from refusal.errors import ConfigError
 from refusal.evaluation.interventions import FeatureEdit, intervene
@@ -108,6 +109,9 @@ class NodeAblator:
             if not bool(b.any()):
                 continue
             f, e = self.values[hook]
+            if is_neuron_basis(self.saes[hook]):  # neurons: the error node is exactly 0, nothing to ablate
+                out.append(NeuronEdit(hook, b[:, :-1], f))
+                continue
             out.append(FeatureEdit(hook, self.saes[hook], b[:, :-1], "mean", value=f, error=b[:, -1], error_value=e))
         return out
 

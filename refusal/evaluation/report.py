@@ -185,10 +185,10 @@ caption{caption-side:top;text-align:left;font-style:italic;padding-bottom:3px}
 .missing{background:#fff4e5;border-left:4px solid #f0a020;padding:0.5em 1em}
 .not-run{background:#f2f2f2;border-left:4px solid #999;padding:0.5em 1em}
 figure{margin:1em 0}figcaption{font-style:italic;font-size:0.9em}img{max-width:100%}
-.meta td{text-align:left}.meta{font-size:0.8em}
+.meta{font-size:0.8em;color:#555}
 .toc{font-size:0.9em;line-height:1.6;margin:1.5em 0;padding:0.5em 0;border-top:1px solid #ccc;border-bottom:1px solid #ccc}
 .lead figure{float:left;width:54%;margin:0 1.5em 0.5em 0}.lead::after{content:"";display:block;clear:both}
-.lead h2{margin-top:0.8em}.lead td{text-align:left}.lead td:nth-child(2){white-space:nowrap}.caveats{font-size:0.9em}.caveats li{margin-bottom:0.3em}
+.lead h2{margin-top:0.8em}.lead td{text-align:left}.lead td:nth-child(2){white-space:nowrap}.caveats{font-size:0.9em;clear:both;padding-top:0.3em}.caveats li{margin-bottom:0.3em}
 """.strip()
 
 
@@ -236,8 +236,8 @@ def render_html(report: Report) -> str:
              f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{html.escape(report.title)}</h1>"]
     if report.meta:
-        parts.append('<table class="meta"><tbody><tr>' + "".join(
-            f"<th>{_esc(k)}</th><td>{_esc(v)}</td>" for k, v in report.meta.items()) + "</tr></tbody></table>")
+        parts.append('<p class="meta">' + " · ".join(f"<b>{_esc(k)}</b>: {_esc(v)}" for k, v in report.meta.items())
+                     + "</p>")
     sections = [_html_section(i, s, report.lead and i == 1) for i, s in enumerate(report.sections, 1)]
     contents = '<nav class="toc"><b>Contents:</b> ' + " · ".join(
         f'<a href="#{html.escape(s.key)}">{i}. {html.escape(s.title)}</a>'

@@ -4,6 +4,7 @@ permutation tests, bootstrap CIs and a verdict (discovery_summary.json, heatmaps
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from refusal.circuit.discovery import attribute_group, make_circuit
 from refusal.circuit.graph import write_graph
 from refusal.circuit.metric import build_metric
 from refusal.circuit.model import CircuitModel
+from refusal.circuit.neurons import neuron_hooks, universal_mask
 from refusal.circuit.saes import load_hooked_saes
 from refusal.circuit.config import settings_from
 from refusal.circuit.summary import analyse
@@ -37,9 +39,14 @@ LOGGED_PATHS = ("global_test/statistic", "global_test/p_value", "evidence/pair_f
                 "shared_core/mean_core_mass")
 
 
-def load_sources(cfg: DictConfig) -> tuple[PromptSet, list[tuple[str | None, str]], dict]:
-    """(prompt set, [(expected hook, SAE dir)], train manifest or {})."""
+def load_sources(cfg: DictConfig, basis: str = "sae") -> tuple[PromptSet, list[tuple[str | None, str]], dict]:
+    """(prompt set, [(expected hook, SAE dir)], train manifest or {}). The neuron basis needs no SAEs: its prompts
+    come from train_dir (its SAEs unused) or from ``data`` alone."""
     train_dir, sae_dirs = cfg.get("train_dir"), plain(cfg.get("sae_dirs"))
+    if basis == "neurons" and not train_dir and not sae_dirs:
+        if cfg.get("data") is None:
+            raise ConfigError("circuit.basis=neurons needs prompts: give train_dir=<train run dir> or data=<group>")
+        return build_prompt_set(cfg.data), [], {}
     if bool(train_dir) == bool(sae_dirs):
         raise ConfigError(f"give exactly one of train_dir=<train run dir> or sae_dirs=[<SAELens dir>, ...] "
                           f"(got train_dir={train_dir!r}, sae_dirs={sae_dirs!r})")
@@ -102,6 +109,25 @@ def _attribute(cm: CircuitModel, prompts: PromptSet, s):
     return groups, categories, skipped, safe_categories, safe_skipped
 
 
+def _universal_neurons(cm: CircuitModel, prompts: PromptSet, s, groups: dict, space) -> torch.Tensor:
+    """The universal-neuron mask (refusal/circuit/neurons.py) over the toxic and contrast prompts' attributions
+    (the contrast prompts are attributed here when the run has no safe group)."""
+    n = s.neurons
+    if not n.filter_enabled:
+        return torch.zeros(space.n_nodes, dtype=torch.bool)
+    rows = [groups["toxic"].attributions.ie]
+    if "safe" in groups:
+        rows.append(groups["safe"].attributions.ie)
+    else:
+        split = prompts.filter(split=s.discovery_split)
+        safe, toxic = list(split.filter(label=s.safe_labels)), groups["toxic"].records
+        if safe:
+            rows.append(attribute_group(cm, "safe", safe, toxic, **s.attribution).attributions.ie)
+    mask = universal_mask(torch.cat(rows), space, n.universal_top_k, n.universal_fraction)
+    log.info("discover: %d universal neurons excluded from the circuits", int(mask.sum()))
+    return mask
+
+
 def _write_circuits(cm: CircuitModel, run: DiscoverRun, model_name: str, groups: dict, categories: list[str],
                     safe_categories: list[str], space, s, metric_desc: dict, settings: dict, manifest: dict):
     """Select and write one circuit per toxic category, the pooled toxic one and the contrast ones; save the
@@ -134,14 +160,16 @@ def discover(cfg: DictConfig) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
     run = DiscoverRun(run_dir)
     adopt_run_config(cfg, cfg.get("train_dir"))
-    prompts, sae_dirs, train_manifest = load_sources(cfg)
+    prompts, sae_dirs, train_manifest = load_sources(cfg, s.basis)
     loggers = build_loggers(cfg.get("logger"), cfg.task_name, run_dir)
     log_config(loggers, cfg)
 
     loaded = organism.load(cfg.model)
     torch.manual_seed(cfg.seed)  # an organism built on first use drew random numbers: the same state either way
     check_model(loaded, train_manifest)
-    saes = load_hooked_saes(sae_dirs, loaded)
+    neurons = s.basis == "neurons"
+    saes = neuron_hooks(loaded.model, s.neurons.layers, loaded.n_layers) if neurons else \
+        load_hooked_saes(sae_dirs, loaded)
     metric_fn, metric_desc = build_metric(s.metric, loaded.tokenizer, loaded.refusal_tokens,
                                           s.compliance_tokens)
     formatter = ChatFormatter(loaded.tokenizer, loaded.system_prompt, s.max_length)
@@ -149,19 +177,27 @@ def discover(cfg: DictConfig) -> float:
     space = node_space(cm, s.aggregation)
 
     groups, categories, skipped, safe_categories, safe_skipped = _attribute(cm, prompts, s)
+    universal = _universal_neurons(cm, prompts, s, groups, space) if neurons else None
+    if universal is not None:
+        s = replace(s, selection=replace(s.selection, exclude=universal))
 
     manifest = {"model": loaded.name, "weights_hash": loaded.weights_hash, "config_hash": config_hash(cfg),
                 "prompts_hash": prompts.content_hash(), "discovery_split": s.discovery_split,
-                "saes": {h: {"dir": x.path, "weights_hash": x.weights_hash} for h, x in saes.items()},
+                "saes": {} if neurons else {h: {"dir": x.path, "weights_hash": x.weights_hash} for h, x in saes.items()},
                 "node_space": {"hooks": list(space.hooks), "d_sae": list(space.d_sae),
                                "n_positions": space.n_positions, "aggregation": space.aggregation}}
+    if universal is not None:
+        manifest["universal_neurons"] = [space.node_id(i) for i in torch.nonzero(universal).flatten().tolist()]
     settings = plain(cfg.circuit)
     written, toxic_circuits = _write_circuits(cm, run, loaded.name, groups, categories, safe_categories,
                                               space, s, metric_desc, settings, manifest)
     circuits_dir = run.circuits
     graph_file, graph_page = write_graph(run.dir, [read_json(w["file"]) for w in written])
-    write_run_dashboards(run.dashboards, [w["file"] for w in written], saes, loaded, prompts,
-                         train_manifest.get("activation_store"), s, formatter, manifest["config_hash"])
+    if neurons:
+        log.info("discover: no feature dashboards for circuit.basis=neurons")
+    else:
+        write_run_dashboards(run.dashboards, [w["file"] for w in written], saes, loaded, prompts,
+                             train_manifest.get("activation_store"), s, formatter, manifest["config_hash"])
 
     summary = analyse(groups["toxic"], toxic_circuits, space, s.selection, s.stats, s.rule, cfg.seed, run.heatmaps)
     summary = json_safe({**summary, "circuits": written, "metric": metric_desc,
