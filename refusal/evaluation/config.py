@@ -19,13 +19,14 @@ from refusal.evaluation.neurons import NeuronSettings
 from refusal.evaluation.interventions import ARDITI_KINDS
 from refusal.evaluation.transfer import TransferSettings
 from refusal.evaluation.ablation_curve import AblationCurveSchema, AblationCurveSettings
+from refusal.evaluation.eap import EapSchema, EapSettings
 from refusal.evaluation.lens import LensSchema, LensSettings
 from refusal.evaluation.patching import PatchingSchema, PatchingSettings
 from refusal.evaluation.probes import ProbeSettings, ProbesSchema
 from refusal.model.hooks import HOOK_KINDS, parse_layers
 
 STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction", "cast", "neurons", "patching",
-          "ablation_curve", "lens", "probes")
+          "ablation_curve", "eap", "lens", "probes")
 
 
 @dataclass
@@ -119,6 +120,7 @@ class EvaluationSchema:
     neurons: NeuronSchema = field(default_factory=NeuronSchema)
     patching: PatchingSchema = field(default_factory=PatchingSchema)
     ablation_curve: AblationCurveSchema = field(default_factory=AblationCurveSchema)
+    eap: EapSchema = field(default_factory=EapSchema)
     lens: LensSchema = field(default_factory=LensSchema)
     probes: ProbesSchema = field(default_factory=ProbesSchema)
 
@@ -145,6 +147,7 @@ class EvalSettings:
     neurons: NeuronSettings
     patching: PatchingSettings
     ablation_curve: AblationCurveSettings
+    eap: EapSettings
     lens: LensSettings
     probes: ProbeSettings
 
@@ -226,7 +229,8 @@ def settings_from(e) -> EvalSettings:
         neurons=NeuronSettings(tuple(integer("evaluation.neurons.ks entry", k, 1) for k in plain(e.neurons.ks)),
                                integer("evaluation.neurons.steer_k", e.neurons.steer_k, 1)),
         patching=PatchingSettings.from_config(e.patching),
-        ablation_curve=AblationCurveSettings.from_config(e.ablation_curve), lens=LensSettings.from_config(e.lens),
+        ablation_curve=AblationCurveSettings.from_config(e.ablation_curve), eap=EapSettings.from_config(e.eap),
+        lens=LensSettings.from_config(e.lens),
         probes=ProbeSettings.from_config(e.probes))
 
 

@@ -123,13 +123,19 @@ def attribute(ctx, toxic: list[str], clean: list, delta_native: list, send, recv
     return torch.cat(out)
 
 
-def exact_edges(ctx, toxic: list[str], delta: torch.Tensor, recv, mask) -> torch.Tensor:
-    """[n, S, R] float64 exact path patching effects m(v sees corrupt u) − m_clean (0 off the edges)."""
-    n_pos = delta.shape[2]
-    base = path_patched(ctx, toxic, None, delta[0], n_pos)
+def exact_edges(ctx, toxic: list[str], delta: torch.Tensor, recv, mask, chunk: int = 64) -> torch.Tensor:
+    """[n, S, R] float64 exact path patching effects m(v sees corrupt u) − m_clean (0 off the edges); one forward
+    per receiver per batch, its senders' patches stacked along the batch (at most ``chunk`` rows)."""
     out = torch.zeros(len(toxic), *mask.shape, dtype=torch.float64)
-    for s, r in mask.nonzero().tolist():
-        out[:, s, r] = path_patched(ctx, toxic, recv[r], delta[s], n_pos) - base
+    for start, enc in _batches(ctx, toxic):
+        B = enc.input_ids.shape[0]
+        rows = slice(start, start + B)
+        base = path_patched(ctx, enc, None, delta[:1, rows])[0]
+        for r, v in enumerate(recv):
+            senders = mask[:, r].nonzero()[:, 0].tolist()
+            for i in range(0, len(senders), max(1, chunk // B)):
+                part = senders[i:i + max(1, chunk // B)]
+                out[rows, part, r] = (path_patched(ctx, enc, v, delta[part, rows]) - base).T
     return out
 
 
@@ -166,6 +172,22 @@ def eap_plot(top: list[dict], title: str, path: Path) -> str:
     return str(matrix_plot(m, rows, cols, title, path, xlabel="receiver", ylabel="sender"))
 
 
+def edge_inputs(ctx, toxic: list[str], safe: list[str], corruption: str, n_pos: int) -> dict:
+    """The graph (send, recv, mask), the senders' clean native activations and their corrupt − clean deltas (lists
+    of [n, n_pos, W]), and the clean and corrupt scores [n] of ``toxic`` paired with ``safe`` (π(i) = i mod n)."""
+    layers = list(range(ctx.loaded.n_layers))
+    send, recv, mask = graph(len(layers), n_heads(ctx.model))
+    clean_acts, clean_m = capture(ctx, toxic, layers, n_pos, "hook_resid_pre")
+    safe_acts, safe_m = capture(ctx, safe, layers, n_pos, "hook_resid_pre")
+    pair = [i % len(safe) for i in range(len(toxic))]
+    corrupt = safe_acts.select(pair) if corruption == "paired" else safe_acts.mean()
+    dh = head_dim(ctx.model)
+    clean, bad = native(clean_acts, send, dh), native(corrupt, send, dh)
+    return {"send": send, "recv": recv, "mask": mask, "clean": [c.clone() for c in clean],
+            "delta": [(b - c).clone() for b, c in zip(bad, clean)], "clean_m": clean_m,
+            "corrupt_m": safe_m[pair] if corruption == "paired" else safe_m.mean().expand(len(toxic))}
+
+
 def run_eap(ctx, prompts, s: EapSettings, run_dir: Path) -> dict:
     """The module doc's attributions on ``prompts`` (a PromptSet; its ``s.split``), figures written into ``run_dir``;
     a JSON-able dict: top edges and per-component in/out sums per method and group, validation when asked."""
@@ -173,27 +195,20 @@ def run_eap(ctx, prompts, s: EapSettings, run_dir: Path) -> dict:
     n_pos = ctx.formatter.n_post_instruction if s.positions == "post_instruction" else int(s.positions)
     toxic_r, safe_r = eap_prompts(prompts, s, ctx.seed)
     toxic, cats = [r.prompt for r in toxic_r], [r.category for r in toxic_r]
-    layers = list(range(ctx.loaded.n_layers))
-    send, recv, mask = graph(len(layers), n_heads(ctx.model))
-    clean_acts, clean_m = capture(ctx, toxic, layers, n_pos, "hook_resid_pre")
-    safe_acts, safe_m = capture(ctx, [r.prompt for r in safe_r], layers, n_pos, "hook_resid_pre")
-    pair = [i % len(safe_r) for i in range(len(toxic))]
-    corrupt = safe_acts.select(pair) if s.corruption == "paired" else safe_acts.mean()
-    dh = head_dim(ctx.model)
-    clean, bad = native(clean_acts, send, dh), native(corrupt, send, dh)
-    delta_native = [(b - c).clone() for b, c in zip(bad, clean)]
-    groups = {"all": list(range(len(toxic))), **{c: [i for i, x in enumerate(cats) if x == c] for c in sorted(set(cats))}}
-    corrupt_m = safe_m[pair] if s.corruption == "paired" else safe_m.mean().expand(len(toxic))
+    g = edge_inputs(ctx, toxic, [r.prompt for r in safe_r], s.corruption, n_pos)
+    send, recv, mask = g["send"], g["recv"], g["mask"]
+    groups = {"all": list(range(len(toxic))),
+              **{c: [i for i, x in enumerate(cats) if x == c] for c in sorted(set(cats))}}
     result = {"split": s.split, "corruption": s.corruption, "n_positions": n_pos, "methods": list(s.methods),
               "ig_steps": s.ig_steps, "n_toxic": len(toxic), "n_safe": len(safe_r), "categories": sorted(set(cats)),
               "n_senders": len(send), "n_receivers": len(recv), "n_edges": int(mask.sum()),
-              "baseline": {g: {"n": len(i), "m_clean": float(clean_m[i].mean()), "m_corrupt": float(corrupt_m[i].mean())}
-                           for g, i in groups.items()},
+              "baseline": {k: {"n": len(i), "m_clean": float(g["clean_m"][i].mean()),
+                               "m_corrupt": float(g["corrupt_m"][i].mean())} for k, i in groups.items()},
               "top_edges": {}, "components": {}, "plots": {}, "seconds_per_method": {}, "validation": None}
     scores = {}
     for method in s.methods:
         t0 = time.perf_counter()
-        scores[method] = attribute(ctx, toxic, [c.clone() for c in clean], delta_native, send, recv, mask, n_pos,
+        scores[method] = attribute(ctx, toxic, g["clean"], g["delta"], send, recv, mask, n_pos,
                                    1 if method == "eap" else s.ig_steps)
         result["seconds_per_method"][method] = time.perf_counter() - t0
         result["top_edges"][method], result["components"][method] = _summaries(scores[method], groups, send, recv,
@@ -204,7 +219,7 @@ def run_eap(ctx, prompts, s: EapSettings, run_dir: Path) -> dict:
                  result["seconds_per_method"][method])
     if s.validate:
         t0 = time.perf_counter()
-        exact = exact_edges(ctx, toxic, written(ctx.model, send, delta_native), recv, mask).mean(0)[mask].numpy()
+        exact = exact_edges(ctx, toxic, written(ctx.model, send, g["delta"]), recv, mask).mean(0)[mask].numpy()
         result["validation"] = {m: agreement(v.mean(0)[mask].numpy(), exact, s.top_k) for m, v in scores.items()}
         result["validation"]["seconds_exact"] = time.perf_counter() - t0
     result["seconds"] = time.perf_counter() - start

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from refusal.behavior.score import refusal_score
 from refusal.errors import ConfigError
-from refusal.evaluation.patch_sites import _batches, _logits, head_dim, n_heads
+from refusal.evaluation.patch_sites import _logits, head_dim, n_heads
 from refusal.model.hooks import decoder_layers
 
 
@@ -136,11 +136,12 @@ def receiver_grads(ctx, enc, recv: list[Node], n_pos: int, targets: dict | None 
 
 
 @torch.no_grad()
-def path_patched(ctx, prompts: list[str], receiver: Node, delta: Tensor, n_pos: int) -> Tensor:
-    """[n] float64 refusal scores with ``delta`` [n, n_pos, d] added to ``receiver``'s input alone."""
-    out = []
-    for start, enc in _batches(ctx, prompts):
-        rows = delta[start:start + enc.input_ids.shape[0]]
-        with split_forward(ctx.model, n_pos, adds={receiver: rows} if receiver else None):
-            out.append(refusal_score(_logits(ctx.model, enc), ctx.refusal_token_ids).cpu())
-    return torch.cat(out)
+def path_patched(ctx, enc, receiver: Node | None, deltas: Tensor) -> Tensor:
+    """[E, B] float64 refusal scores of the batch ``enc`` with each of ``deltas`` [E, B, n_pos, d] added to
+    ``receiver``'s input alone (E copies of the batch in one forward); ``receiver`` None: [1, B] unpatched."""
+    E, B, n_pos = deltas.shape[:3]
+    inputs = {k: v.repeat(E, *([1] * (v.dim() - 1))) for k, v in enc.model_inputs().items()}
+    adds = {receiver: deltas.reshape(E * B, n_pos, -1)} if receiver is not None else None
+    with split_forward(ctx.model, n_pos, adds=adds):
+        logits = ctx.model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1]
+    return refusal_score(logits, ctx.refusal_token_ids).cpu().view(E, B)

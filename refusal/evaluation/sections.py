@@ -5,7 +5,8 @@ marked missing with the reason.
 ``build_report(data)``: ``data`` has the keys ``meta`` (dict), ``data_analysis``, ``train_manifest``,
 ``discovery``, ``discover_dir``, ``baseline``, ``sae_quality``, ``faithfulness``, ``transfer``, ``direction``,
 ``cast``, ``neurons``, ``verdict``, ``organism`` (the organism card's warning, design check and source, or None),
-``dashboards`` (the discover run's dashboards.json), ``patching``, ``ablation_curve``, ``lens``, ``probes``; each stage
+``dashboards`` (the discover run's dashboards.json), ``patching``, ``ablation_curve``, ``eap``, ``lens``,
+``probes``; each stage
 value is its result dict or ``{"status": "missing" | "skipped", "reason": ...}`` or None.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from refusal.evaluation.answer import TITLE as ANSWER, answer_section
 from refusal.evaluation.dashboard_section import KEY as DASHBOARDS_KEY, TITLE as DASHBOARDS_TITLE, dashboards_section
 from refusal.evaluation.graph_section import KEY as GRAPH_KEY, TITLE as GRAPH_TITLE, graph_section
+from refusal.evaluation.eap_section import EAP_KEY, EAP_TITLE, eap_section
 from refusal.evaluation.lens_section import LENS, PROBES, lens_section, probes_section
 from refusal.evaluation.patching_section import (ABLATION_KEY, ABLATION_TITLE, PATCHING_KEY, PATCHING_TITLE,
                                                  ablation_curve_section, patching_section)
@@ -26,7 +28,7 @@ SECTIONS = (("verdict", ANSWER), ("transfer", "Transfer matrix"), ("circuits", "
             ("baseline", "Baseline refusal per category"), ("sae_quality", "SAE quality"), ("data", "Data summary"),
             ("direction", "Refusal direction (reference method)"), ("cast", "Conditional steering (CAST)"),
             ("neurons", "Refusal-writing MLP neurons"), (PATCHING_KEY, PATCHING_TITLE), (ABLATION_KEY, ABLATION_TITLE),
-            LENS, PROBES, (DASHBOARDS_KEY, DASHBOARDS_TITLE))
+            (EAP_KEY, EAP_TITLE), LENS, PROBES, (DASHBOARDS_KEY, DASHBOARDS_TITLE))
 TITLES = dict(SECTIONS)
 
 
@@ -348,7 +350,8 @@ def build_report(data: dict) -> Report:
              "data": data_section(data.get("data_analysis")), "direction": direction_section(data.get("direction")),
              "cast": cast_section(data.get("cast")), "neurons": neurons_section(data.get("neurons")),
              PATCHING_KEY: patching_section(data.get("patching")),
-             ABLATION_KEY: ablation_curve_section(data.get("ablation_curve")), LENS[0]: lens_section(data.get("lens")),
+             ABLATION_KEY: ablation_curve_section(data.get("ablation_curve")), EAP_KEY: eap_section(data.get("eap")),
+             LENS[0]: lens_section(data.get("lens")),
              PROBES[0]: probes_section(data.get("probes")), DASHBOARDS_KEY: dashboards_section(data.get("dashboards"))}
     sections = [built[key] for key, _ in SECTIONS]
     return Report("refusal-circuits evaluation report", sections, data.get("meta", {}), lead=True)

@@ -153,6 +153,19 @@ def _write_circuits(cm: CircuitModel, run: DiscoverRun, model_name: str, groups:
     return written, toxic_circuits
 
 
+def _manifest(cfg: DictConfig, loaded, prompts: PromptSet, s, saes: dict, space, universal) -> dict:
+    """What the circuits were found with (the neuron basis: no SAEs, and the universal neurons it excluded)."""
+    neurons = s.basis == "neurons"
+    manifest = {"model": loaded.name, "weights_hash": loaded.weights_hash, "config_hash": config_hash(cfg),
+                "prompts_hash": prompts.content_hash(), "discovery_split": s.discovery_split,
+                "saes": {} if neurons else {h: {"dir": x.path, "weights_hash": x.weights_hash} for h, x in saes.items()},
+                "node_space": {"hooks": list(space.hooks), "d_sae": list(space.d_sae),
+                               "n_positions": space.n_positions, "aggregation": space.aggregation}}
+    if universal is not None:
+        manifest["universal_neurons"] = [space.node_id(i) for i in torch.nonzero(universal).flatten().tolist()]
+    return manifest
+
+
 def discover(cfg: DictConfig) -> float:
     torch.manual_seed(cfg.seed)
     s = settings_from(cfg.circuit)
@@ -181,13 +194,7 @@ def discover(cfg: DictConfig) -> float:
     if universal is not None:
         s = replace(s, selection=replace(s.selection, exclude=universal))
 
-    manifest = {"model": loaded.name, "weights_hash": loaded.weights_hash, "config_hash": config_hash(cfg),
-                "prompts_hash": prompts.content_hash(), "discovery_split": s.discovery_split,
-                "saes": {} if neurons else {h: {"dir": x.path, "weights_hash": x.weights_hash} for h, x in saes.items()},
-                "node_space": {"hooks": list(space.hooks), "d_sae": list(space.d_sae),
-                               "n_positions": space.n_positions, "aggregation": space.aggregation}}
-    if universal is not None:
-        manifest["universal_neurons"] = [space.node_id(i) for i in torch.nonzero(universal).flatten().tolist()]
+    manifest = _manifest(cfg, loaded, prompts, s, saes, space, universal)
     settings = plain(cfg.circuit)
     written, toxic_circuits = _write_circuits(cm, run, loaded.name, groups, categories, safe_categories,
                                               space, s, metric_desc, settings, manifest)

@@ -31,6 +31,7 @@ from refusal.evaluation.sae_quality import sae_quality
 from refusal.evaluation.sections import build_report
 from refusal.evaluation.transfer import run_transfer
 from refusal.evaluation.ablation_curve import run_ablation_curve
+from refusal.evaluation.eap import run_eap
 from refusal.evaluation.lens import run_lens
 from refusal.evaluation.patching import run_patching
 from refusal.evaluation.probes import run_probes
@@ -164,7 +165,7 @@ def _run_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: d
 
 def _run_localisation_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: dict, run_dir: Path) -> None:
     """Where refusal is decided, the ways other studies localise it: patching sweeps, ablation curves over the
-    components they rank, logit and tuned lens, linear probes with a control task."""
+    components they rank, edge attribution patching, logit and tuned lens, linear probes with a control task."""
     if results["patching"] is None:
         log.info("evaluate: activation patching")
         results["patching"] = {"status": "done", **run_patching(ctx, inputs.prompts, s.patching, run_dir)}
@@ -172,6 +173,9 @@ def _run_localisation_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInput
         log.info("evaluate: ablation curves")
         results["ablation_curve"] = {"status": "done", **run_ablation_curve(ctx, inputs.prompts, s.ablation_curve,
                                                                             run_dir, results["patching"])}
+    if results["eap"] is None:
+        log.info("evaluate: edge attribution patching")
+        results["eap"] = {"status": "done", **run_eap(ctx, inputs.prompts, s.eap, run_dir)}
     if results["lens"] is None:
         log.info("evaluate: logit and tuned lens")
         results["lens"] = {"status": "done", **run_lens(ctx, inputs.prompts, s.lens, run_dir, s.split)}

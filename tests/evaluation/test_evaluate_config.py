@@ -21,7 +21,7 @@ def _cfg(*overrides: str):
 
 def test_defaults_are_valid():
     s = settings_from(_cfg().evaluation)
-    opt_in = ("cast", "neurons", "patching", "ablation_curve", "lens", "probes")
+    opt_in = ("cast", "neurons", "patching", "ablation_curve", "eap", "lens", "probes")
     assert s.stages == [st for st in STAGES if st not in opt_in] and s.split == "test" and s.ablation == "mean_safe"
     assert s.transfer.rule.alpha == 0.05 and not s.transfer.include_error_nodes
     assert s.direction.max_kl == 0.1 and s.direction.max_layer_fraction == 0.8

@@ -161,15 +161,16 @@ def test_without_run_dirs_the_data_prompts_feed_baseline_and_direction(tmp_path)
 
 def test_localisation_stages_run_through_the_entry_point(tmp_path):
     out = tmp_path / "localise"
-    evaluate(_compose("evaluate", out, "data=tiny", "evaluation.stages=[patching,ablation_curve,lens,probes]",
+    evaluate(_compose("evaluate", out, "data=tiny", "evaluation.stages=[patching,ablation_curve,eap,lens,probes]", "evaluation.eap.n_per_category=2",
+                      "evaluation.eap.n_safe=4", "evaluation.eap.ig_steps=2",
                       "evaluation.patching.n_per_category=2", "evaluation.patching.n_safe=4",
                       "evaluation.ablation_curve.n_per_category=2", "evaluation.ablation_curve.n_random=2",
                       "evaluation.lens.tuned.steps=5", "evaluation.lens.tuned.max_prompts=16",
                       "evaluation.probes.max_prompts=32", *FAST_EVAL))
-    for stage in ("patching", "ablation_curve", "lens", "probes"):
+    for stage in ("patching", "ablation_curve", "eap", "lens", "probes"):
         assert json.loads((out / f"{stage}.json").read_text())["status"] == "done", stage
     page = (out / "report.html").read_text()
-    for key in ("patching", "ablation_curve", "lens", "probes"):
+    for key in ("patching", "ablation_curve", "eap", "lens", "probes"):
         body = page.split(f'<section id="{key}">', 1)[1].split("</section>", 1)[0]
         assert "Missing:" not in body and "Not run:" not in body and "<img" in body, key
     alone = tmp_path / "curve_alone"

@@ -19,7 +19,7 @@ from refusal.evaluation.sections import SECTIONS, build_report  # noqa: E402
 from refusal.evaluation.report import (Image, Report, Section, Table, Text, log_report, render_html,  # noqa: E402
                                      render_markdown, write_report)
 
-LOCALISATION = ("patching", "ablation_curve", "lens", "probes")
+LOCALISATION = ("patching", "ablation_curve", "eap", "lens", "probes")
 NASTY = ["a|b", "line one\nline two", "<script>alert(1)</script>", None, math.nan, True, 1.23456789, [1, 2.5], "x\\|y"]
 
 
