@@ -38,6 +38,7 @@ from refusal.data.records import SPLITS
 from refusal.errors import ConfigError
 from refusal.evaluation.patch_sites import Acts, all_sites, capture, head_dim, n_heads, site_scores
 from refusal.model.hooks import parse_layers
+from refusal.utils.progress import progress
 
 log = logging.getLogger(__name__)
 DIRECTIONS = ("denoising", "noising")
@@ -180,13 +181,15 @@ def sweep(ctx, toxic: list[str], cats: list[str], safe: list[str], s: PatchingSe
         t0 = time.perf_counter()
         eff = {k: {g: np.full((len(layers), {"resid": n_pos, "head": heads, "mlp": 1}[k]), np.nan) for g in groups}
                for k in kinds}
-        for site in sites:
-            patched = site_scores(ctx, run, lambda rows, site=site: [
-                (site, source.value(site, slice(0, 1) if one else rows, dh))], n_pos, s.resid_hook)
-            for g, idx in groups.items():
-                b = base[direction][g]
-                eff[site.kind][g][layers.index(site.layer), site.index] = normalised(
-                    float(patched[idx].mean()), b["m_clean"], b["m_corrupt"], direction)
+        with progress(len(sites), f"patching ({direction})", unit="site") as bar:
+            for site in sites:
+                patched = site_scores(ctx, run, lambda rows, site=site: [
+                    (site, source.value(site, slice(0, 1) if one else rows, dh))], n_pos, s.resid_hook)
+                for g, idx in groups.items():
+                    b = base[direction][g]
+                    eff[site.kind][g][layers.index(site.layer), site.index] = normalised(
+                        float(patched[idx].mean()), b["m_clean"], b["m_corrupt"], direction)
+                bar.update(1)
         log.info("patching: %s, %d sites x %d prompts in %.1fs", direction, len(sites), len(run),
                  time.perf_counter() - t0)
         effects[direction] = {k: {g: (a[:, 0] if k == "mlp" else a).tolist() for g, a in e.items()}
