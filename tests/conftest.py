@@ -72,3 +72,22 @@ def compose_user(tmp_path):
             return compose("train", overrides=[f"hydra.searchpath=[file://{user}]", *overrides])
 
     return run
+
+
+@pytest.fixture
+def failing_apt(monkeypatch):
+    """Root, apt-get present, and every apt-get call fails (tests/apt_install.py stubbed); the calls made."""
+    import subprocess
+
+    import apt_install
+
+    calls = []
+
+    def failing_sh(*cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(list(cmd), 100, "", f"E: Unable to locate package {cmd[-1]}")
+
+    monkeypatch.setattr(apt_install.shutil, "which", lambda b: "/usr/bin/apt-get" if b == "apt-get" else None)
+    monkeypatch.setattr(apt_install.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(apt_install, "sh", failing_sh)
+    return calls

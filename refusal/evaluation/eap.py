@@ -34,7 +34,7 @@ from refusal.data.records import SPLITS
 from refusal.errors import ConfigError
 from refusal.evaluation.eap_graph import graph, path_patched, receiver_grads
 from refusal.evaluation.patch_sites import _batches, capture, head_dim, n_heads
-from refusal.evaluation.patching import CORRUPTIONS, _choices, config_keys, subset
+from refusal.evaluation.patching import CORRUPTIONS, _choices, config_keys, prompt_subsets
 
 log = logging.getLogger(__name__)
 METHODS = ("eap", "eap_ig")
@@ -78,15 +78,8 @@ class EapSchema:
 
 
 def eap_prompts(prompts, s: EapSettings, seed: int) -> tuple[list, list]:
-    """(toxic records by category, at most n_per_category each; safe records, at most n_safe): patching's subsets."""
-    sel = prompts.filter(split=s.split)
-    toxic = [r for c in sorted(sel.categories(label="toxic"))
-             for r in subset(list(sel.filter(label="toxic", category=c)), s.n_per_category, seed, f"patch:{c}")]
-    safe = subset(list(sel.filter(label="safe")), s.n_safe, seed, "patch:safe")
-    if not toxic or not safe:
-        raise ConfigError(f"evaluation.eap.split={s.split!r} has no {'toxic' if not toxic else 'safe'} prompts; "
-                          f"choose a split with both (one of {list(SPLITS)})")
-    return toxic, safe
+    """The patching stage's subsets for the eap settings (:func:`refusal.evaluation.patching.prompt_subsets`)."""
+    return prompt_subsets(prompts, s.split, s.n_per_category, s.n_safe, seed, "evaluation.eap")
 
 
 def native(acts, send, dh: int) -> list[torch.Tensor]:

@@ -130,16 +130,22 @@ def subset(records: list, n: int, seed: int, tag: str) -> list:
     return [records[i] for i in np.sort(rng.choice(len(records), n, replace=False))]
 
 
-def patching_prompts(prompts, s: PatchingSettings, seed: int) -> tuple[list, list]:
-    """(toxic records, category by category, at most n_per_category each; safe records, at most n_safe)."""
-    sel = prompts.filter(split=s.split)
+def prompt_subsets(prompts, split: str, n_per_category: int, n_safe: int, seed: int, key: str) -> tuple[list, list]:
+    """(toxic records of ``split``, category by category, at most n_per_category each; its safe records, at most
+    n_safe), seeded; ``key`` names the config group in the error when the split lacks either."""
+    sel = prompts.filter(split=split)
     toxic = [r for c in sorted(sel.categories(label="toxic"))
-             for r in subset(list(sel.filter(label="toxic", category=c)), s.n_per_category, seed, f"patch:{c}")]
-    safe = subset(list(sel.filter(label="safe")), s.n_safe, seed, "patch:safe")
+             for r in subset(list(sel.filter(label="toxic", category=c)), n_per_category, seed, f"patch:{c}")]
+    safe = subset(list(sel.filter(label="safe")), n_safe, seed, "patch:safe")
     if not toxic or not safe:
-        raise ConfigError(f"evaluation.patching.split={s.split!r} has no {'toxic' if not toxic else 'safe'} prompts; "
+        raise ConfigError(f"{key}.split={split!r} has no {'toxic' if not toxic else 'safe'} prompts; "
                           f"choose a split with both (one of {list(SPLITS)})")
     return toxic, safe
+
+
+def patching_prompts(prompts, s: PatchingSettings, seed: int) -> tuple[list, list]:
+    """The patching stage's prompts (:func:`prompt_subsets`)."""
+    return prompt_subsets(prompts, s.split, s.n_per_category, s.n_safe, seed, "evaluation.patching")
 
 
 def _category_means(acts: Acts, cats: list[str]) -> Acts:

@@ -1,24 +1,14 @@
 """When the slurm tests skip and when they fail (no cluster is started here: apt-get is stubbed)."""
-import subprocess
-
+import apt_install
 import pytest
 import slurm_install
 
 
 @pytest.fixture
-def no_slurm_failing_apt(monkeypatch):
+def no_slurm_failing_apt(monkeypatch, failing_apt):
     """No SLURM binaries, root, apt-get present, and every apt-get call fails."""
-    calls = []
-
-    def failing_sh(*cmd, **kw):
-        calls.append(cmd)
-        return subprocess.CompletedProcess(list(cmd), 100, "", "E: Unable to locate package slurm-wlm")
-
     monkeypatch.setattr(slurm_install, "installed", lambda: False)
-    monkeypatch.setattr(slurm_install.shutil, "which", lambda b: "/usr/bin/apt-get" if b == "apt-get" else None)
-    monkeypatch.setattr(slurm_install.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(slurm_install, "sh", failing_sh)
-    return calls
+    return failing_apt
 
 
 def test_failed_install_under_ci_fails(no_slurm_failing_apt, monkeypatch):
@@ -37,7 +27,7 @@ def test_failed_install_outside_ci_skips(no_slurm_failing_apt, monkeypatch):
 
 def test_without_root_skips_even_under_ci(no_slurm_failing_apt, monkeypatch):
     monkeypatch.setenv("CI", "true")
-    monkeypatch.setattr(slurm_install.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(apt_install.os, "geteuid", lambda: 1000)
     with pytest.raises(pytest.skip.Exception, match="need root"):
         slurm_install.require_slurm()
     assert no_slurm_failing_apt == []
