@@ -23,7 +23,7 @@ from refusal.evaluation.eap import EapSchema, EapSettings
 from refusal.evaluation.lens import LensSchema, LensSettings
 from refusal.evaluation.patching import PatchingSchema, PatchingSettings
 from refusal.evaluation.probes import ProbeSettings, ProbesSchema
-from refusal.model.hooks import HOOK_KINDS, parse_layers
+from refusal.model.hooks import HOOK_KINDS, layer_spec
 
 STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction", "cast", "neurons", "patching",
           "ablation_curve", "eap", "lens", "probes")
@@ -152,15 +152,6 @@ class EvalSettings:
     probes: ProbeSettings
 
 
-def _layer_spec(name: str, value):
-    value = plain(value)
-    try:
-        parse_layers(value, 10**6)  # the form; the range is checked against the loaded model
-    except (ConfigError, TypeError, ValueError):
-        raise ConfigError(f"evaluation.{name}={value!r} is not valid; use all, mid, an int, a list or 'a-b'") from None
-    return value
-
-
 def _thresholds(values) -> list[float]:
     if not values:
         raise ConfigError(f"evaluation.faithfulness.thresholds={values!r} is not valid; use a non-empty list of "
@@ -184,7 +175,7 @@ def _direction(d) -> DirectionSettings:
         number("evaluation.direction.max_layer_fraction", d.max_layer_fraction, 0, 1, open_lo=True),
         number("evaluation.direction.induce_min_score", d.induce_min_score),
         number("evaluation.direction.actadd_coeff", d.actadd_coeff),
-        _layer_spec("direction.candidate_layers", d.candidate_layers), bool(d.filter_by_score),
+        layer_spec("evaluation.direction.candidate_layers", plain(d.candidate_layers)), bool(d.filter_by_score),
         _outlier_factor(d.outlier_factor), choice("evaluation.direction.method", d.method, ESTIMATORS),
         tuple(choice("evaluation.direction.compare_methods entry", m, ESTIMATORS) for m in plain(d.compare_methods)),
         choice("evaluation.direction.compare_at", d.compare_at, ("selected", "strongest")),

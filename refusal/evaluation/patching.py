@@ -37,7 +37,7 @@ from refusal.config import choice, integer, plain
 from refusal.data.records import SPLITS
 from refusal.errors import ConfigError
 from refusal.evaluation.patch_sites import Acts, all_sites, capture, head_dim, n_heads, site_scores
-from refusal.model.hooks import parse_layers
+from refusal.model.hooks import layer_spec, parse_layers
 from refusal.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,6 @@ def config_keys(node, key: str, names: list[str]) -> dict:
         if k not in d:
             raise ConfigError(f"{key}.{k} is missing; set it (keys: {names})")
     return d
-
-
-def _layer_spec(key: str, value):
-    try:
-        parse_layers(value, 10**6)
-    except (ConfigError, TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not valid; use all, mid, an int, a list or 'a-b'") from None
-    return value
 
 
 def _choices(key: str, values, valid) -> tuple:
@@ -96,7 +88,7 @@ class PatchingSettings:
                    integer(f"{key}.n_safe", d["n_safe"], 1), choice(f"{key}.corruption", d["corruption"], CORRUPTIONS),
                    _choices(f"{key}.directions", d["directions"], DIRECTIONS),
                    _choices(f"{key}.components", d["components"], COMPONENTS),
-                   choice(f"{key}.resid_hook", d["resid_hook"], RESID_HOOKS), _layer_spec(f"{key}.layers", d["layers"]),
+                   choice(f"{key}.resid_hook", d["resid_hook"], RESID_HOOKS), layer_spec(f"{key}.layers", d["layers"]),
                    pos)
 
 

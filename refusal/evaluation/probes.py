@@ -34,7 +34,7 @@ from refusal.data.records import SPLITS
 from refusal.errors import ConfigError
 from refusal.evaluation.lens_plots import probes_plot
 from refusal.evaluation.residual import residual_batches
-from refusal.model.hooks import parse_layers
+from refusal.model.hooks import layer_spec, parse_layers
 from refusal.utils.io import atomic_path, stable_hash
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,8 @@ class ProbeSettings:
 
     @classmethod
     def from_config(cls, node, key: str = "evaluation.probes") -> "ProbeSettings":
-        layers = plain(node.layers)
-        try:
-            parse_layers(layers, 10**6)
-        except (ConfigError, TypeError, ValueError):
-            raise ConfigError(f"{key}.layers={layers!r} is not valid; use all, mid, an int, a list or 'a-b'") from None
-        return cls(layers, choice(f"{key}.position", node.position, POSITIONS),
+        return cls(layer_spec(f"{key}.layers", plain(node.layers)),
+                   choice(f"{key}.position", node.position, POSITIONS),
                    choice(f"{key}.split", node.split, SPLITS),
                    integer(f"{key}.max_prompts", node.max_prompts, 1), number(f"{key}.l2", node.l2, 0, open_lo=True),
                    integer(f"{key}.control_draws", node.control_draws, 1))

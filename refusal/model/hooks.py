@@ -70,6 +70,16 @@ def parse_layers(spec, n_layers: int) -> list[int]:
     return sorted(out)
 
 
+def layer_spec(key: str, value):
+    """``value`` when it has the form of a layer spec (checked before a model is loaded, so its range is checked
+    later against the model), else a one-line ConfigError naming ``key``."""
+    try:
+        parse_layers(value, 10**6)
+    except (ConfigError, TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not valid; use all, mid, an int, a list or 'a-b'") from None
+    return value
+
+
 def parse_hook_name(name: str, n_layers: int) -> HookSpec:
     m = _HOOK_RE.match(name)
     if not m:
