@@ -8,10 +8,9 @@ Built from the same JSON-able results as the other sections (refusal.evaluation.
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 
-from refusal.evaluation.report import Html, Image, Section, Table, Text, fmt, fmt_ci, fmt_p
+from refusal.evaluation.report import Html, Image, Section, Table, Text, finite, fmt, fmt_ci, fmt_p
 
 TITLE = "Answer"
 
@@ -30,10 +29,6 @@ MEANING = {
 def _ci_of(stats: dict, key: str) -> str:
     ci = (stats.get("ci") or {}).get(key) or {}
     return fmt_ci(stats.get(key), ci.get("low"), ci.get("high"))
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def key_numbers(discovery: dict | None, transfer: dict | None) -> Table | None:
@@ -71,13 +66,13 @@ def caveats(data: dict, discovery: dict | None, transfer: dict | None, verdict: 
     s_ci = (st.get("ci") or {}).get("specificity") or {}
     if n:
         line = f"Power: {min(n)}–{max(n)} held-out toxic prompts per category"
-        if _finite(s_ci.get("low")) and _finite(s_ci.get("high")):
+        if finite(s_ci.get("low")) and finite(s_ci.get("high")):
             half = (s_ci["high"] - s_ci["low"]) / 2
             line += (f"; S's CI is ±{half:.2g} wide, so a category specificity smaller than that cannot be told from "
                      "none here")
         out.append(line + ".")
     alpha = ((transfer or {}).get("decision") or {}).get("thresholds", {}).get("alpha")
-    if _finite(st.get("p_value")) and _finite(alpha) and st["p_value"] > alpha:
+    if finite(st.get("p_value")) and finite(alpha) and st["p_value"] > alpha:
         out.append(f"p(S) = {fmt_p(st['p_value'], st.get('n_permutations'))} > α is not evidence that the categories "
                    "share a mechanism; only the transfer ratio's CI (above) bounds how much they share.")
     seed = (data.get("meta") or {}).get("seed")

@@ -90,7 +90,8 @@ def fmt(value) -> str:
     return str(value)
 
 
-def _finite(x) -> bool:
+def finite(x) -> bool:
+    """A real number (not a bool) that is neither NaN nor infinite."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -103,9 +104,9 @@ def fmt_ci(value, low, high) -> str:
     """``value [low, high]`` rounded to what the interval supports: the half-width's first significant digit (its
     first two when they start with 1 or 2) sets the decimals of all three: 0.1004 [-0.0072, 0.2024] -> "0.10 [-0.01,
     0.20]", 0.904 [0.826, 1.008] -> "0.90 [0.83, 1.01]". Without a finite interval: fmt."""
-    if not _finite(value):
+    if not finite(value):
         return fmt(value)
-    if not (_finite(low) and _finite(high)):
+    if not (finite(low) and finite(high)):
         return fmt(value)
     half = (high - low) / 2
     if half <= 0:
@@ -117,9 +118,9 @@ def fmt_ci(value, low, high) -> str:
 
 def fmt_p(p, n_permutations=None) -> str:
     """A p-value to two significant digits; a permutation p at its floor 1/(n+1) as "≤ floor"."""
-    if not _finite(p):
+    if not finite(p):
         return MISSING
-    if _finite(n_permutations) and n_permutations > 0 and p <= 1 / (n_permutations + 1) + 1e-15:
+    if finite(n_permutations) and n_permutations > 0 and p <= 1 / (n_permutations + 1) + 1e-15:
         return f"≤ {1 / (n_permutations + 1):.2g}"
     return f"{p:.2g}"
 
