@@ -26,11 +26,13 @@ demo: setup
 	$(PY) discover.py train_dir=$(DEMO)/train circuit=demo hydra.run.dir=$(DEMO)/discover
 	$(PY) evaluate.py train_dir=$(DEMO)/train discover_dir=$(DEMO)/discover evaluation=demo hydra.run.dir=$(DEMO)/evaluate
 
+# the tests run on WORKERS pytest-xdist workers (one torch thread each; a test file stays on one worker)
+WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup -m "not slow"
 
 bench: setup
 	$(PY) bench/collect.py

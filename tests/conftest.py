@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random Llama model built in code and a small synthetic prompt set."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,11 @@ import pytest
 from refusal.organism.portable import pin_mkl
 
 pin_mkl()  # before any matrix product: tiny organisms are built in this process, with every CPU's bits (portable.py)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per worker: two workers share the machine's cores
+    import torch
+
+    torch.set_num_threads(1)
 
 import refusal.schemas  # noqa: F401  (config schemas for tests that compose configs)
 from refusal.data import PromptRecord, PromptSet
@@ -91,3 +97,15 @@ def failing_apt(monkeypatch):
     monkeypatch.setattr(apt_install.os, "geteuid", lambda: 0)
     monkeypatch.setattr(apt_install, "sh", failing_sh)
     return calls
+
+
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist (``-n 2 --dist loadgroup``, the Makefile's), each test file runs whole on one worker, so
+    module and file-local fixtures are built once; every test under tests/slurm/ shares one worker, as one SLURM
+    cluster serves them; the slow tests share one worker in collection order, so the organism the organism test
+    builds in ``real_model_cache`` is the one the demo test loads."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        rel = Path(str(item.path)).resolve().relative_to(root)
+        group = "slow" if item.get_closest_marker("slow") else "slurm" if rel.parts[0] == "slurm" else str(rel)
+        item.add_marker(pytest.mark.xdist_group(group))

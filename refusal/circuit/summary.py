@@ -117,6 +117,7 @@ def analyse(group: PromptGroup, circuits: dict[str, Circuit], space: NodeSpace, 
                            _mean_error_mass({c: circuits[c] for c in cats}, space))
     feat_idx = torch.nonzero(feat).flatten()
     return {
+        "recognition": decision.pop("verdict"),  # descriptive evidence, never the run's verdict (refusal.verdict.final)
         **decision,
         "categories": cats,
         "global_test": {**glob, "statistic_name": "1 - mean pairwise cosine of category mean-IE vectors (features)",

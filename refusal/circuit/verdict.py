@@ -27,10 +27,9 @@ Transfer rule (:class:`TransferRule`, on the transfer-matrix statistics of refus
     monolithic    p(S) > alpha and ρ ≥ monolithic_min_transfer
     mixed         otherwise
 
-Combined verdict (:func:`combine`): the causal transfer verdict and the discovery (similarity) verdict agree →
-that verdict; transfer modular/monolithic and discovery mixed → the transfer verdict (the causal test is the more
-direct one); they contradict (modular vs monolithic) or transfer is mixed → mixed; transfer missing or
-inconclusive → the discovery verdict, flagged as correlational only; neither → none.
+Both are descriptive evidence now, never the run's verdict (refusal.verdict.final): the discovery rule's answer is
+reported as *recognition* (its permutation tests reject in any model whose topic features differ by category), and
+the transfer rule reads "p > alpha" as sameness. The verdict is the layer-resolved one of refusal.verdict.
 """
 from __future__ import annotations
 
@@ -111,20 +110,3 @@ class TransferRule:
         return {"verdict": verdict, "rule": TRANSFER_RULE, "thresholds": asdict(self),
                 "evidence": {"specificity": stats["specificity"], "p_value": p, "transfer_ratio": rho,
                              "mean_diagonal": diag, "beats_random": beats_random}}
-
-
-def combine(discovery: str | None, transfer: str | None) -> dict:
-    """The final verdict from the discovery verdict (similarity statistics) and the transfer verdict (causal)."""
-    decisive = ("modular", "monolithic")
-    if transfer in (None, "inconclusive"):
-        if discovery is None:
-            return {"verdict": None, "basis": "no evidence: neither discovery nor transfer results"}
-        why = "transfer was not run" if transfer is None else "the transfer test was inconclusive"
-        return {"verdict": discovery, "basis": f"discovery statistics only (correlational; {why})"}
-    if discovery is None:
-        return {"verdict": transfer, "basis": "transfer test only (no discovery verdict)"}
-    if transfer == discovery:
-        return {"verdict": transfer, "basis": "discovery and transfer agree"}
-    if transfer in decisive and discovery == "mixed":
-        return {"verdict": transfer, "basis": "causal transfer test decides where discovery was mixed"}
-    return {"verdict": "mixed", "basis": f"discovery says {discovery}, transfer says {transfer}"}

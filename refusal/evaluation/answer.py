@@ -1,9 +1,11 @@
-"""The report's first section: the answer. The verdict in one sentence, what it means, the key figure (the transfer
-matrix, else the discovery heatmap), the few numbers it rests on with their CIs, and its caveats (power, seeds, the
-model's own warning, a correlational-only basis), then the rules that produced it.
+"""The report's first section: the answer. The verdict in one sentence, what it means, the key figure, the few
+numbers it rests on with their CIs, and its caveats (power, seeds, the model's own warning), then how it was reached.
 
-Built from the same JSON-able results as the other sections (refusal.evaluation.sections); the section key stays
-``verdict`` so links and checks that look for the verdict find it.
+The verdict is the layer-resolved one (refusal.verdict.final: the bottleneck stage's shared-bottleneck and
+dissociation evidence, DESIGN.md §4). Discovery's permutation tests (*recognition*) and the transfer matrix's rule are
+shown as descriptive evidence, never as the verdict. Built from the same JSON-able results as the other sections
+(refusal.evaluation.sections); the section key stays ``verdict`` so links and checks that look for the verdict find
+it.
 """
 from __future__ import annotations
 
@@ -11,70 +13,103 @@ import html
 from pathlib import Path
 
 from refusal.evaluation.report import Html, Image, Section, Table, Text, finite, fmt, fmt_ci, fmt_p
+from refusal.verdict.final import ran
 
 TITLE = "Answer"
 
 MEANING = {
-    "monolithic": "ablating one category's refusal circuit removes refusal from the other categories about as much "
-                  "as from its own: one shared mechanism carries refusal across categories.",
-    "modular": "ablating a category's refusal circuit removes refusal mostly from that category: separate mechanisms "
-               "carry refusal for separate categories.",
-    "mixed": "the evidence fits neither one shared mechanism nor separate ones: categories share part of the "
-             "mechanism, or the two tests disagree (see the basis).",
-    "inconclusive": "the tests could not tell: the circuits' effects were not distinguishable from random circuits "
-                    "of the same size.",
+    "monolithic": "at some analysed layer a small set of features, found from pooled toxic-vs-safe prompts without "
+                  "category labels, carries most of every refused category's refusal (ablating it leaves little of "
+                  "each category's refusal above the safe floor, more than random sets of its size do, with small KL "
+                  "on safe prompts): one shared bottleneck.",
+    "modular": "at no analysed layer does a shared set carry much of any category's refusal, and each category's own "
+               "features remove its own refusal more than the others' (double dissociation): separate mechanisms.",
+    "mixed": "a shared part carries a measured fraction of each category's refusal and category-specific parts the "
+             "rest.",
+    "inconclusive": "the evidence cannot decide (CIs too wide, a condition of every label failed, or the layer-resolved "
+                    "test did not run); see the basis. It is not a finding of sameness or of difference.",
 }
-
-
 def _ci_of(stats: dict, key: str) -> str:
     ci = (stats.get("ci") or {}).get(key) or {}
     return fmt_ci(stats.get(key), ci.get("low"), ci.get("high"))
 
 
-def key_numbers(discovery: dict | None, transfer: dict | None) -> Table | None:
-    rows = []
+def _t(t: dict | None) -> str:
+    return "–" if not t or t.get("estimate") is None else fmt_ci(t["estimate"], t.get("low"), t.get("high"))
+
+
+def best_layer(bottleneck: dict | None) -> dict | None:
+    """The bottleneck stage's layer result at the model verdict's best layer (the first layer if none)."""
+    if not ran(bottleneck) or not bottleneck.get("layers"):
+        return None
+    best = (bottleneck["model"].get("best_layer") or {}).get("layer")
+    return next((r for r in bottleneck["layers"] if r["layer"] == best), bottleneck["layers"][0])
+
+
+def _bottleneck_rows(bottleneck: dict | None) -> list[list]:
+    at = best_layer(bottleneck)
+    if at is None:
+        return []
+    ev, th = at["evidence"], at["decision"]["thresholds"]
+    reading = (f"bottleneck: CI low ≥ {fmt(1 - th['bottleneck_max_residual'])} in every category; none: CI high ≤ "
+               f"{fmt(1 - th['no_bottleneck_min_residual'])}")
+    rows = [[f"share of {p['category']}'s refusal the shared set carries (n = {p['n']})", _t(p["shared_share"]),
+             reading if i == 0 else "″"] for i, p in enumerate(q for q in ev["per_category"] if q["counted"])]
+    rows.append(["safe-prompt KL of the shared ablation", _t(ev.get("safe_kl")), f"≤ {fmt(th['max_kl'])} (CI high)"])
+    rows.append(["refusal induced on safe prompts (share of headroom)", _t(ev.get("induced_fraction")),
+                 f"≥ {fmt(th['min_induced'])} (CI low) for a bottleneck"])
+    rows.append(["double-dissociation index", _t((ev.get("dissociation") or {}).get("mean")),
+                 f"≥ {fmt(th['dissociation_margin'])} (CI low): categories dissociate"])
+    return rows
+
+
+def key_numbers(discovery: dict | None, transfer: dict | None, bottleneck: dict | None = None) -> Table | None:
+    rows = _bottleneck_rows(bottleneck)
     if transfer and transfer.get("statistic"):
         st = transfer["statistic"]
         th = (transfer.get("decision") or {}).get("thresholds") or {}
-        rows.append(["transfer ratio ρ (other categories' drop ÷ own drop)", _ci_of(st, "transfer_ratio"),
+        rows.append(["descriptive — transfer ratio ρ (other categories' drop ÷ own drop)", _ci_of(st, "transfer_ratio"),
                      f"≥ {fmt(th.get('monolithic_min_transfer'))}: monolithic; ≤ {fmt(th.get('modular_max_transfer'))}"
                      ": modular"])
-        rows.append(["specificity S (own drop − other drop)", _ci_of(st, "specificity"),
+        rows.append(["descriptive — specificity S (own drop − other drop)", _ci_of(st, "specificity"),
                      f"permutation p = {fmt_p(st.get('p_value'), st.get('n_permutations'))}; "
                      f"α = {fmt(th.get('alpha'))}"])
         if "beats_random" in st:
-            rows.append(["own drop − random circuits' drop", _ci_of(st, "beats_random"),
-                         "must lie above 0, else inconclusive"])
+            rows.append(["descriptive — own drop − random circuits' drop", _ci_of(st, "beats_random"),
+                         "above 0: the circuits matter more than random sets"])
     if discovery:
         ev = discovery.get("evidence") or {}
         core = (discovery.get("shared_core") or {})
         ci = core.get("mean_core_mass_ci") or {}
-        rows.append(["discovery: global permutation test", f"p = {fmt_p(ev.get('global_p'))}",
+        rows.append(["recognition: global permutation test", f"p = {fmt_p(ev.get('global_p'))}",
                      "p ≤ α: attributions differ by category (topic features do this in any model)"])
-        rows.append(["discovery: category pairs that differ", fmt(ev.get("pair_fraction_differ")),
+        rows.append(["recognition: category pairs that differ", fmt(ev.get("pair_fraction_differ")),
                      "share of pairs with BH-adjusted p ≤ α"])
-        rows.append(["discovery: shared-core mass", fmt_ci(core.get("mean_core_mass", ev.get("mean_core_mass")),
+        rows.append(["recognition: shared-core mass", fmt_ci(core.get("mean_core_mass", ev.get("mean_core_mass")),
                                                           ci.get("low"), ci.get("high")),
                      "share of each circuit's |IE| on nodes every category's circuit has"])
-    return Table(["quantity", "value [95% CI]", "how it is read"], rows, "the numbers the verdict rests on") if rows else None
+    at = best_layer(bottleneck)
+    where = f" (shared set of {at['k']} features at {at['hook']})" if at else ""
+    return Table(["quantity", "value [95% CI]", "how it is read"], rows,
+                 f"the numbers the verdict rests on{where}") if rows else None
 
 
 def caveats(data: dict, discovery: dict | None, transfer: dict | None, verdict: dict) -> list[str]:
     out = []
+    at = best_layer(data.get("bottleneck"))
+    if at is not None:
+        ns = [p["n"] for p in at["evidence"]["per_category"]]
+        left = [p["category"] for p in at["evidence"]["per_category"] if not p["counted"]]
+        line = f"Power: {min(ns)}–{max(ns)} held-out toxic prompts per category at {at['hook']}. " + \
+            ((at["evidence"].get("resolution") or {}).get("sentence") or "")
+        out.append(line.strip())
+        if left:
+            out.append(f"Not counted (refused too little to measure: headroom CI not above 0): {', '.join(left)}.")
     st = (transfer or {}).get("statistic") or {}
-    n = [k for k in st.get("n_prompts") or [] if isinstance(k, int)]
-    s_ci = (st.get("ci") or {}).get("specificity") or {}
-    if n:
-        line = f"Power: {min(n)}–{max(n)} held-out toxic prompts per category"
-        if finite(s_ci.get("low")) and finite(s_ci.get("high")):
-            half = (s_ci["high"] - s_ci["low"]) / 2
-            line += (f"; S's CI is ±{half:.2g} wide, so a category specificity smaller than that cannot be told from "
-                     "none here")
-        out.append(line + ".")
     alpha = ((transfer or {}).get("decision") or {}).get("thresholds", {}).get("alpha")
     if finite(st.get("p_value")) and finite(alpha) and st["p_value"] > alpha:
-        out.append(f"p(S) = {fmt_p(st['p_value'], st.get('n_permutations'))} > α is not evidence that the categories "
-                   "share a mechanism; only the transfer ratio's CI (above) bounds how much they share.")
+        out.append(f"Transfer p(S) = {fmt_p(st['p_value'], st.get('n_permutations'))} > α is not evidence that the "
+                   "categories share a mechanism (the transfer rule reads it so; it is descriptive here).")
     seed = (data.get("meta") or {}).get("seed")
     out.append(f"Seeds: this report is one seed ({fmt(seed)}); agreement across seeds was not checked. A verdict that "
                "changes with the seed is inconclusive: rerun train, discover and evaluate with other seeds before "
@@ -92,17 +127,30 @@ def caveats(data: dict, discovery: dict | None, transfer: dict | None, verdict: 
             line += (" Its refusal mechanism is whatever fine-tuning produced, not known by construction: the verdict "
                      "cannot be checked against a truth on it (planted organisms, model=planted_<kind>, have one).")
         out.append(line)
-    if discovery and discovery.get("verdict") == "modular":
-        out.append("Discovery's 'modular' compares per-prompt attributions, which differ by category wherever topic "
-                   "features do: read it as category-specific inputs into refusal, not as proof of separate "
-                   "mechanisms; the transfer test is the causal one.")
-    basis = verdict.get("basis") or ""
-    if "correlational" in basis:
-        out.append("This verdict rests on correlational evidence only (no causal transfer result).")
+    if discovery and discovery.get("recognition") == "modular":
+        out.append("Recognition's 'modular' compares per-prompt attributions, which differ by category wherever topic "
+                   "features do: it shows category-specific inputs into refusal, not separate mechanisms.")
+    hooks = verdict.get("layers") or []
+    if len(hooks) == 1:
+        out.append(f"One analysed layer ({hooks[0]}): where the categories converge along depth cannot be asked; "
+                   "train SAEs at more layers (activations.layers) to get the profile.")
     return out
 
 
-def key_figure(discovery: dict | None, transfer: dict | None, discover_png) -> Image | None:
+def key_figure(discovery: dict | None, transfer: dict | None, discover_png, bottleneck: dict | None = None
+               ) -> Image | None:
+    plots = (bottleneck or {}).get("plots") or {} if ran(bottleneck) else {}
+    order = (("residual_heatmap", "key figure: residual refusal of each category (columns; 0 = at the "
+                                              "safe floor, 1 = untouched) with the shared set ablated, by layer "
+                                              "(rows). A column near 0 at a layer: that category's refusal passes "
+                                              "through the shared bottleneck there."),
+                         ("best_layer_bars", "key figure: residual refusal per category with the shared set, the "
+                                        "category's own set and random sets ablated"))
+    if len((bottleneck or {}).get("layers") or []) == 1:  # one layer: the bars say more than a one-row heatmap
+        order = order[::-1]
+    for key, caption in order:
+        if plots.get(key):
+            return Image(Path(plots[key]), caption)
     plot = ((transfer or {}).get("plots") or {}).get("score_drop")
     if plot:
         return Image(Path(plot), "key figure: refusal-score drop when each category's circuit (rows) is ablated, on "
@@ -120,28 +168,38 @@ def answer_section(data: dict, discovery: dict | None, transfer: dict | None, di
     verdict = data.get("verdict")
     if not verdict or verdict.get("verdict") is None:
         return Section("verdict", TITLE, missing=(verdict or {}).get("basis") or
-                       "neither discovery nor transfer results")
+                       "no bottleneck, discovery or transfer results")
     word = verdict["verdict"]
     model = (data.get("meta") or {}).get("model") or "this model"
+    bottleneck = data.get("bottleneck")
     blocks = [Text(f"Verdict: {word}", strong=True),
-              Text(f"Refusal in {model} is {word}: {MEANING.get(word, '')} Basis: {verdict.get('basis')}.")]
-    fig = key_figure(discovery, transfer, discover_png)
+              Text((f"Refusal in {model} is {word}: " if word != "inconclusive" else
+                    f"Whether refusal in {model} is monolithic or modular is inconclusive: ") +
+                   f"{MEANING.get(word, '')} Basis: {verdict.get('basis')}.")]
+    if verdict.get("summary"):
+        blocks.append(Text(verdict["summary"]))
+    fig = key_figure(discovery, transfer, discover_png, bottleneck)
     if fig:
         blocks.append(fig)
-    nums = key_numbers(discovery, transfer)
+    nums = key_numbers(discovery, transfer, bottleneck)
     if nums:
         blocks.append(nums)
     notes = caveats(data, discovery, transfer, verdict)
     blocks.append(Html('<ul class="caveats">' + "".join(f"<li><b>Caveat.</b> {html.escape(c)}</li>" for c in notes)
                        + "</ul>", "\n".join(f"- **Caveat.** {c}" for c in notes)))
     rows = []
+    if ran(bottleneck) and bottleneck.get("layers"):
+        rows += [[f"{r['hook']} (shared bottleneck, dissociation)", r["decision"]["verdict"],
+                  " ".join(r["decision"]["reasons"]), r["decision"]["rule"]] for r in bottleneck["layers"]]
+        rows.append(["model (along depth)", bottleneck["model"]["verdict"], bottleneck["model"]["reason"],
+                     bottleneck["model"]["rule"]])
     if discovery:
         ev = discovery.get("evidence", {})
-        rows.append(["discovery (similarity, permutation tests)", discovery.get("verdict"),
+        rows.append(["recognition (discovery's permutation tests; descriptive)", discovery.get("recognition"),
                      "; ".join(f"{k} = {fmt(v)}" for k, v in ev.items()), discovery.get("rule")])
     if transfer and transfer.get("decision"):
         dec = transfer["decision"]
-        rows.append(["transfer (causal ablation)", dec.get("verdict"),
+        rows.append(["transfer matrix rule (descriptive)", dec.get("verdict"),
                      "; ".join(f"{k} = {fmt(v)}" for k, v in dec.get("evidence", {}).items()), dec.get("rule")])
     if rows:
         blocks.append(Table(["evidence", "verdict", "values", "rule"], rows, "how the verdict was reached"))

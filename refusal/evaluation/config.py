@@ -19,14 +19,15 @@ from refusal.evaluation.neurons import NeuronSettings
 from refusal.evaluation.interventions import ARDITI_KINDS
 from refusal.evaluation.transfer import TransferSettings
 from refusal.evaluation.ablation_curve import AblationCurveSchema, AblationCurveSettings
+from refusal.evaluation.bottleneck import BottleneckSchema, BottleneckSettings
 from refusal.evaluation.eap import EapSchema, EapSettings
 from refusal.evaluation.lens import LensSchema, LensSettings
 from refusal.evaluation.patching import PatchingSchema, PatchingSettings
 from refusal.evaluation.probes import ProbeSettings, ProbesSchema
 from refusal.model.hooks import HOOK_KINDS, layer_spec
 
-STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "direction", "cast", "neurons", "patching",
-          "ablation_curve", "eap", "lens", "probes")
+STAGES = ("baseline", "sae_quality", "faithfulness", "transfer", "bottleneck", "direction", "cast", "neurons",
+          "patching", "ablation_curve", "eap", "lens", "probes")
 
 
 @dataclass
@@ -123,6 +124,7 @@ class EvaluationSchema:
     eap: EapSchema = field(default_factory=EapSchema)
     lens: LensSchema = field(default_factory=LensSchema)
     probes: ProbesSchema = field(default_factory=ProbesSchema)
+    bottleneck: BottleneckSchema = field(default_factory=BottleneckSchema)
 
 
 register("evaluation", EvaluationSchema)
@@ -150,6 +152,7 @@ class EvalSettings:
     eap: EapSettings
     lens: LensSettings
     probes: ProbeSettings
+    bottleneck: BottleneckSettings
 
 
 def _thresholds(values) -> list[float]:
@@ -222,7 +225,7 @@ def settings_from(e) -> EvalSettings:
         patching=PatchingSettings.from_config(e.patching),
         ablation_curve=AblationCurveSettings.from_config(e.ablation_curve), eap=EapSettings.from_config(e.eap),
         lens=LensSettings.from_config(e.lens),
-        probes=ProbeSettings.from_config(e.probes))
+        probes=ProbeSettings.from_config(e.probes), bottleneck=BottleneckSettings.from_config(e.bottleneck))
 
 
 def _cast(c) -> CastSettings:

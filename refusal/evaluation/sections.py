@@ -6,7 +6,7 @@ marked missing with the reason.
 ``discovery``, ``discover_dir``, ``baseline``, ``sae_quality``, ``faithfulness``, ``transfer``, ``direction``,
 ``cast``, ``neurons``, ``verdict``, ``organism`` (the organism card's warning, design check and source, or None),
 ``dashboards`` (the discover run's dashboards.json), ``patching``, ``ablation_curve``, ``eap``, ``lens``,
-``probes``; each stage
+``probes``, ``bottleneck``; each stage
 value is its result dict or ``{"status": "missing" | "skipped", "reason": ...}`` or None.
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ from functools import partial
 from pathlib import Path
 
 from refusal.evaluation.answer import TITLE as ANSWER, answer_section
+from refusal.evaluation.bottleneck_section import (KEY as BOTTLENECK_KEY, TITLE as BOTTLENECK_TITLE,
+                                                   bottleneck_section)
 from refusal.evaluation.dashboard_section import KEY as DASHBOARDS_KEY, TITLE as DASHBOARDS_TITLE, dashboards_section
 from refusal.evaluation.graph_section import KEY as GRAPH_KEY, TITLE as GRAPH_TITLE, graph_section
 from refusal.evaluation.eap_section import EAP_KEY, EAP_TITLE, eap_section
@@ -23,7 +25,8 @@ from refusal.evaluation.patching_section import (ABLATION_KEY, ABLATION_TITLE, P
                                                  ablation_curve_section, patching_section)
 from refusal.evaluation.report import Image, Report, Section, Table, Text, fmt, fmt_ci
 
-SECTIONS = (("verdict", ANSWER), ("transfer", "Transfer matrix"), ("circuits", "Circuits and similarity"),
+SECTIONS = (("verdict", ANSWER), (BOTTLENECK_KEY, BOTTLENECK_TITLE), ("transfer", "Transfer matrix"),
+            ("circuits", "Circuits and similarity"),
             (GRAPH_KEY, GRAPH_TITLE), ("statistics", "Statistics"), ("faithfulness", "Faithfulness and completeness"),
             ("baseline", "Baseline refusal per category"), ("sae_quality", "SAE quality"), ("data", "Data summary"),
             ("direction", "Refusal direction (reference method)"), ("cast", "Conditional steering (CAST)"),
@@ -199,7 +202,7 @@ def transfer_section(result) -> Section:
         blocks.append(Text(f"Same statistic on generated refusal: S = {fmt(sr.get('specificity'))}, p = "
                            f"{fmt(sr.get('p_value'))}, transfer ratio = {fmt(sr.get('transfer_ratio'))}"))
     dec = result.get("decision", {})
-    blocks.append(Text(f"Transfer verdict: {dec.get('verdict')}", strong=True))
+    blocks.append(Text(f"Transfer rule (descriptive, not the verdict): {dec.get('verdict')}", strong=True))
     blocks.append(Text(f"Rule: {dec.get('rule')}"))
     if result.get("categories_without_prompts"):
         blocks.append(Text("Circuits without held-out prompts: " + fmt(result["categories_without_prompts"])))
@@ -352,6 +355,8 @@ def build_report(data: dict) -> Report:
              PATCHING_KEY: patching_section(data.get("patching")),
              ABLATION_KEY: ablation_curve_section(data.get("ablation_curve")), EAP_KEY: eap_section(data.get("eap")),
              LENS[0]: lens_section(data.get("lens")),
-             PROBES[0]: probes_section(data.get("probes")), DASHBOARDS_KEY: dashboards_section(data.get("dashboards"))}
+             PROBES[0]: probes_section(data.get("probes")),
+             BOTTLENECK_KEY: bottleneck_section(data.get("bottleneck")),
+             DASHBOARDS_KEY: dashboards_section(data.get("dashboards"))}
     sections = [built[key] for key, _ in SECTIONS]
     return Report("refusal-circuits evaluation report", sections, data.get("meta", {}), lead=True)

@@ -54,7 +54,7 @@ class DiscoverRun(RunDir):
         logs it, evaluate uses it."""
         m = summary["manifest"]
         return {"name": f"circuits-{m['model']}-{m['config_hash']}", "kind": "circuits", "paths": self.circuits,
-                "metadata": {"verdict": summary["verdict"]}}
+                "metadata": {"recognition": summary.get("recognition")}}
 
     def train_dir(self) -> Path | None:
         """The train run whose SAEs this run used (its saved ``train_dir``), None when it used other SAEs."""

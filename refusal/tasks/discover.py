@@ -1,5 +1,5 @@
 """discover.py's task: SAEs + prompts -> per-prompt attributions -> circuits per category (JSON) -> comparison,
-permutation tests, bootstrap CIs and a verdict (discovery_summary.json, heatmaps), and the circuit graph
+permutation tests, bootstrap CIs and the recognition rule's reading (discovery_summary.json, heatmaps), and the circuit graph
 (graph.json, graph.html)."""
 from __future__ import annotations
 
@@ -216,7 +216,7 @@ def discover(cfg: DictConfig) -> float:
     _log(loggers, metrics, summary, run, used)
 
     g = summary["global_test"]
-    print(f"verdict: {summary['verdict']} (global p = {g['p_value']:.4g}, "
+    print(f"recognition: {summary['recognition']} (global p = {g['p_value']:.4g}, "
           f"pairs differing = {summary['evidence']['pair_fraction_differ']}, "
           f"mean core mass = {summary['shared_core']['mean_core_mass']})")
     print(f"circuits: {circuits_dir}")
@@ -244,6 +244,6 @@ def _log(loggers, metrics: dict, summary: dict, run_dir: DiscoverRun, used: list
         import wandb
 
         run.log({f"discover/heatmap/{k}": wandb.Image(p) for k, p in summary["heatmaps"].items()})
-        run.summary["verdict"] = summary["verdict"]
+        run.summary["recognition"] = summary["recognition"]
         log_dashboards(run, read_json(run_dir.dashboards) if run_dir.dashboards.is_file() else None)
     log_artifact(loggers, **run_dir.artifact(summary))

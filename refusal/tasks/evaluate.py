@@ -1,5 +1,6 @@
 """evaluate.py's task: a train and/or discover run dir -> baseline behavior, SAE quality, faithfulness and
-completeness curves, the cross-category transfer matrix, the refusal direction (a reference method), the verdict, and
+completeness curves, the cross-category transfer matrix, the shared bottleneck and dissociation per layer (whose model
+verdict is the run's verdict, refusal.verdict.final), the refusal direction (a reference method), and
 report.md / report.html (every stage's JSON next to them). A stage whose inputs are absent is reported missing."""
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from safetensors.torch import load_file
 from refusal.behavior.judge import build_judge
 from refusal.behavior.score import resolve_refusal_tokens
 from refusal.circuit.saes import load_hooked_saes
-from refusal.circuit.verdict import combine
 from refusal.data.records import SPLITS
 from refusal.errors import ConfigError
 from refusal.evaluation.circuit_setup import build_circuit_setup
@@ -34,6 +34,8 @@ from refusal.evaluation.ablation_curve import run_ablation_curve
 from refusal.evaluation.eap import run_eap
 from refusal.evaluation.lens import run_lens
 from refusal.evaluation.patching import run_patching
+from refusal.evaluation.bottleneck import run_bottleneck
+from refusal.verdict.final import final_verdict
 from refusal.evaluation.probes import run_probes
 from refusal.logger.loggers import (build_loggers, json_metrics, log_artifact, log_config, log_table, use_artifact,
                                     wandb_run)
@@ -56,7 +58,7 @@ def _missing_reasons(s: EvalSettings, inputs: RunInputs) -> dict[str, dict | Non
     for stage in STAGES:
         if stage not in s.stages:
             out[stage] = {"status": "skipped", "reason": f"not in evaluation.stages (add {stage} to run it)"}
-        elif stage in ("faithfulness", "transfer") and inputs.discovery is None:
+        elif stage in ("faithfulness", "transfer", "bottleneck") and inputs.discovery is None:
             out[stage] = {"status": "missing", "reason": "no discover run (give discover_dir=<discover.py run dir>)"}
         elif stage == "ablation_curve" and "patching" not in s.stages:
             out[stage] = {"status": "missing", "reason": "the ablation curve ranks components by the patching "
@@ -113,8 +115,8 @@ def evaluate(cfg: DictConfig) -> float | None:
 
     log.info("evaluate: report")
     transfer = results["transfer"] if results["transfer"] and "decision" in results["transfer"] else None
-    verdict = combine(inputs.discovery.get("verdict") if inputs.discovery else None,
-                      transfer["decision"]["verdict"] if transfer else None)
+    verdict = final_verdict(results["bottleneck"], inputs.discovery.get("recognition") if inputs.discovery else None,
+                            transfer["decision"]["verdict"] if transfer else None)
     run.write_results({stage: json_safe(res) for stage, res in results.items()}, json_safe(verdict))
     meta = {"model": model_name, "train_dir": str(inputs.train_dir) if inputs.train_dir else None,
             "discover_dir": str(inputs.discover_dir) if inputs.discover_dir else None, "evaluation split": s.split,
@@ -149,7 +151,7 @@ def _run_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: d
         rows = sae_quality(ctx.model, ctx.formatter, {h: x.sae for h, x in saes.items()},
                            _sae_prompts(ctx, s.sae_max_prompts, ctx.seed), s.batch_size, positions)
         results["sae_quality"] = {"status": "done", "split": s.split, "rows": rows}
-    if results["faithfulness"] is None or results["transfer"] is None:
+    if any(results[k] is None for k in ("faithfulness", "transfer", "bottleneck")):
         setup = build_circuit_setup(inputs, loaded, ctx.formatter, s.ablation, s.batch_size)
         if results["faithfulness"] is None:
             log.info("evaluate: faithfulness and completeness")
@@ -159,6 +161,10 @@ def _run_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: d
             log.info("evaluate: transfer matrix")
             results["transfer"] = {"status": "done", "ablation": s.ablation,
                                    **run_transfer(ctx, setup, s.transfer, run_dir)}
+        if results["bottleneck"] is None:
+            log.info("evaluate: shared bottleneck and dissociation per layer")
+            results["bottleneck"] = {"status": "done", "ablation": s.ablation,
+                                     **run_bottleneck(ctx, setup, inputs, s.bottleneck, run_dir)}
     _run_direction_stages(ctx, s, inputs, results, run_dir, loaded)
     _run_localisation_stages(ctx, s, inputs, results, run_dir)
 

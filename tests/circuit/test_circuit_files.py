@@ -107,7 +107,7 @@ def test_summary_verdict_follows_planted_structure(tmp_path, structure):
         circuits[c] = Circuit(c, "toxic", [group.records[i].id for i in rows], mean, mask, mc, mp)
     out = analyse(group, circuits, space, sel, StatsSettings(n_permutations=199, n_resamples=20, ci_level=0.95), DecisionRule(),
                   seed=0, heatmap_dir=tmp_path)
-    assert out["verdict"] == structure
+    assert out["recognition"] == structure
     assert set(out["heatmaps"]) == {"jaccard", "weighted_jaccard", "cosine", "pairwise_p_adjusted"}
     assert all((tmp_path / f"{k}.png").read_bytes()[:4] == b"\x89PNG" for k in out["heatmaps"])
     core = out["shared_core"]["mean_core_mass"]

@@ -48,8 +48,8 @@ def discover_run(train_dir, tmp_path_factory) -> tuple[Path, subprocess.Complete
 def test_discover_writes_circuits_heatmaps_and_summary(discover_run):
     out, res = discover_run
     summary = json.loads((out / "discovery_summary.json").read_text())
-    assert summary["verdict"] in ("monolithic", "modular", "mixed")
-    assert f"verdict: {summary['verdict']}" in res.stdout and str(out / "heatmaps") in res.stdout
+    assert summary["recognition"] in ("monolithic", "modular", "mixed") and "verdict" not in summary
+    assert f"recognition: {summary['recognition']}" in res.stdout and str(out / "heatmaps") in res.stdout
     cats = summary["categories"]
     assert len(cats) >= 2 and len(summary["pairwise_tests"]) == len(cats) * (len(cats) - 1) // 2
     assert 0 < summary["global_test"]["p_value"] <= 1 and summary["global_test"]["n_permutations"] == 200

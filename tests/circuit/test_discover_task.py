@@ -118,4 +118,4 @@ def test_same_config_gives_byte_identical_circuit_files(train_dir, tmp_path):
     assert names and names == [Path(c["file"]).name for c in b["circuits"]]
     for name in names:
         assert (tmp_path / "a" / "circuits" / name).read_bytes() == (tmp_path / "b" / "circuits" / name).read_bytes()
-    assert a["global_test"] == b["global_test"] and a["verdict"] == b["verdict"]
+    assert a["global_test"] == b["global_test"] and a["recognition"] == b["recognition"]

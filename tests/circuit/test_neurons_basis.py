@@ -178,7 +178,7 @@ def test_discover_and_evaluate_on_the_neuron_basis(tmp_path):
     disc = tmp_path / "disc"
     discover(_compose("discover", disc, *NEURONS))
     summary = json.loads((disc / "discovery_summary.json").read_text())
-    assert summary["verdict"] in ("monolithic", "modular", "mixed")
+    assert summary["recognition"] in ("monolithic", "modular", "mixed")
     assert summary["manifest"]["saes"] == {} and summary["settings"]["basis"] == "neurons"
     universal = set(summary["manifest"]["universal_neurons"])
     for c in summary["circuits"]:

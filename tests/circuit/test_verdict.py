@@ -1,8 +1,8 @@
-"""The verdict rules on hand-made evidence: the discovery rule, the transfer rule's threshold checks, and the
-combined verdict."""
+"""The descriptive rules on hand-made evidence: the discovery (recognition) rule and the transfer rule's threshold
+checks. The run's verdict is refusal.verdict's (tests/verdict/)."""
 import pytest
 
-from refusal.circuit.verdict import DecisionRule, TransferRule, combine
+from refusal.circuit.verdict import DecisionRule, TransferRule
 from refusal.errors import ConfigError
 
 
@@ -31,11 +31,3 @@ def test_rule_thresholds_are_checked():
         DecisionRule(max_error_mass=True)
     with pytest.raises(ConfigError, match=r"^circuit\.statistics\.alpha=nan is not valid"):
         DecisionRule(alpha=float("nan"))
-
-
-@pytest.mark.parametrize("discovery,transfer,expected", [
-    ("modular", "modular", "modular"), ("mixed", "monolithic", "monolithic"), ("modular", "monolithic", "mixed"),
-    ("monolithic", "mixed", "mixed"), ("modular", "inconclusive", "modular"), ("modular", None, "modular"),
-    (None, "modular", "modular"), (None, None, None)])
-def test_combined_verdict(discovery, transfer, expected):
-    assert combine(discovery, transfer)["verdict"] == expected

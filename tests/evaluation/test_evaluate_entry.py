@@ -20,6 +20,8 @@ from refusal.sae.model import SparseAutoencoder
 from refusal.tasks.discover import discover
 from refusal.tasks.evaluate import evaluate
 from refusal.utils.io import write_json
+from refusal.verdict import LayerRule, model_verdict
+from refusal.verdict.final import final_verdict
 
 REPO = Path(__file__).resolve().parents[2]
 HOOKS = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
@@ -28,7 +30,8 @@ FAST_EVAL = ["evaluation.max_new_tokens=3", "evaluation.bootstrap.n_resamples=10
              "evaluation.faithfulness.thresholds=[0.1,0.0]", "evaluation.faithfulness.n_random=1",
              "evaluation.transfer.n_random=1", "evaluation.transfer.n_permutations=50",
              "evaluation.direction.n_selection_prompts=3", "evaluation.direction.max_layer_fraction=0.5",
-             "evaluation.sae_quality.max_prompts=8"]
+             "evaluation.sae_quality.max_prompts=8", "evaluation.bottleneck.size=4", "evaluation.bottleneck.n_random=2",
+             "evaluation.bottleneck.curve_sizes=[]"]
 
 
 def _prompts() -> PromptSet:
@@ -93,7 +96,7 @@ def test_evaluate_end_to_end(runs, tmp_path):
     assert b"evaluation-tiny-llama" in record and b"report.html" in record and b"transfer.json" in record
     page = (out / "report.html").read_text()
     for key in ("data", "baseline", "sae_quality", "circuits", "statistics", "faithfulness", "transfer", "direction",
-                "verdict"):
+                "verdict", "bottleneck"):
         body = page.split(f'<section id="{key}">', 1)[1].split("</section>", 1)[0]
         assert "Missing:" not in body, key
     assert "data:image/png;base64," in page and 'src="http' not in page and 'src="/' not in page
@@ -106,8 +109,15 @@ def test_evaluate_end_to_end(runs, tmp_path):
     for name in ("cyber", "fraud", "violence", "all"):
         pts = faith["curves"][name]["points"]
         assert pts[-1]["n_nodes"] >= pts[0]["n_nodes"] and faith["curves"][name]["discovered"] is not None
-    verdict = json.loads((out / "verdict.json").read_text())
-    assert verdict["verdict"] in ("modular", "monolithic", "mixed")
+    verdict = json.loads((out / "verdict.json").read_text())  # the rule applied to the recorded evidence
+    bottleneck = json.loads((out / "bottleneck.json").read_text())
+    decisions = [(r["layer"], LayerRule(**r["decision"]["thresholds"]).decide(r["evidence"]), r["evidence"])
+                 for r in bottleneck["layers"]]
+    assert [d for _, d, _ in decisions] == [r["decision"] for r in bottleneck["layers"]]
+    assert verdict == json.loads(json.dumps(final_verdict(
+        {**bottleneck, "model": model_verdict(decisions)}, json.loads((disc / "discovery_summary.json").read_text())[
+            "recognition"], transfer["decision"]["verdict"])))
+    assert verdict["verdict"] in ("modular", "monolithic", "mixed", "inconclusive") and verdict["layers"]
     n = None
     for line in (out / "report.md").read_text().splitlines():  # every table row has as many cells as its header
         if not line.startswith("|"):
@@ -176,3 +186,24 @@ def test_localisation_stages_run_through_the_entry_point(tmp_path):
     alone = tmp_path / "curve_alone"
     evaluate(_compose("evaluate", alone, "data=tiny", "evaluation.stages=[ablation_curve]", *FAST_EVAL))
     assert "add patching to evaluation.stages" in json.loads((alone / "ablation_curve.json").read_text())["reason"]
+
+
+def test_the_bottleneck_stage_runs_through_the_entry_point_and_renders_its_section(runs, tmp_path):
+    train, disc = runs
+    out = tmp_path / "bottleneck"
+    evaluate(_compose("evaluate", out, f"train_dir={train}", f"discover_dir={disc}", "evaluation.stages=[bottleneck]",
+                      *FAST_EVAL, "evaluation.bottleneck.curve_sizes=[2]"))
+    result = json.loads((out / "bottleneck.json").read_text())
+    assert result["status"] == "done" and result["layers"], result.get("notes")
+    hooks = [r["hook"] for r in result["layers"]]
+    assert hooks == json.loads((disc / "discovery_summary.json").read_text())["manifest"]["node_space"]["hooks"]
+    for r in result["layers"]:
+        assert r["k"] == 4 and r["decision"]["verdict"] in ("monolithic", "modular", "mixed", "inconclusive")
+        assert [c["k"] for c in r["curve"]] == [2, 4]
+    assert result["model"]["verdict"] in ("monolithic", "modular", "mixed", "inconclusive")
+    body = (out / "report.html").read_text().split('<section id="bottleneck">', 1)[1].split("</section>", 1)[0]
+    assert "Missing:" not in body and "Not run:" not in body and "<img" in body
+    assert result["model"]["summary"].split(":")[0] in body
+    no_discover = tmp_path / "no_discover"
+    evaluate(_compose("evaluate", no_discover, f"train_dir={train}", "evaluation.stages=[bottleneck]", *FAST_EVAL))
+    assert "no discover run" in json.loads((no_discover / "bottleneck.json").read_text())["reason"]

@@ -132,7 +132,7 @@ def _full(tmp_path) -> dict:
         "discovery": {"circuits": [{"category": "a", "kind": "toxic", "n_nodes": 3, "n_edges": 1}],
                       "heatmaps": {"cosine": png}, "similarity": {"n_equalised": 3, "mean_offdiagonal": {"cosine": None}},
                       "global_test": {"statistic": 0.4, "p_value": 0.01}, "pairwise_tests": [],
-                      "shared_core": {"core_mass": {"a": 0.5}}, "verdict": "mixed", "evidence": {"global_p": 0.01},
+                      "shared_core": {"core_mass": {"a": 0.5}}, "recognition": "mixed", "evidence": {"global_p": 0.01},
                       "rule": "r"},
         "baseline": {"status": "done", "rows": [_rates()], "split": "test"},
         "sae_quality": {"status": "done", "rows": [{"hook": "h", "n_prompts": 2, "explained_variance": math.nan,
@@ -159,23 +159,23 @@ def _full(tmp_path) -> dict:
                     "top": [{"layer": 0, "neuron": 7, "part": 0.4, "share": 0.2, "cos_write": 0.3}],
                     "sae_decoders": {"h": {"shares": {1: 0.1}, "top": []}},
                     "rates": [_rates("baseline"), _rates("neurons_ablate")]},
-        "verdict": {"verdict": "modular", "basis": "causal transfer test decides where discovery was mixed"},
+        "verdict": {"verdict": "inconclusive", "basis": "no layer-resolved evidence: the bottleneck stage did not run"},
     }
 
 
 def test_full_report_has_every_section(tmp_path):
     report = build_report(_full(tmp_path))
     assert [s.key for s in report.sections] == [k for k, _ in SECTIONS]
-    # the localisation stages' sections render from real results in their own tests (test_patching_section.py,
-    # test_lens_section.py); here they have none
-    assert [s.key for s in report.sections if s.missing] == list(LOCALISATION)
+    # the bottleneck and localisation stages' sections render from real results in their own tests
+    # (test_report_cells.py, test_evaluate_entry.py, test_patching_section.py, test_lens_section.py); here they have none
+    assert [s.key for s in report.sections if s.missing] == ["bottleneck", *LOCALISATION]
     page = render_html(report)
     for key, title in SECTIONS:
-        if key in LOCALISATION:
+        if key in LOCALISATION or key == "bottleneck":
             continue
         body = page.split(f'<section id="{key}">', 1)[1].split("</section>", 1)[0]
         assert title in body and "Missing:" not in body
-    assert "Verdict: modular" in page
+    assert "Verdict: inconclusive" in page
     render_markdown(report, tmp_path)
 
 
@@ -187,7 +187,7 @@ def test_train_only_report_marks_the_rest_missing(tmp_path):
     report = build_report(partial)
     missing = {s.key: s.missing for s in report.sections if s.missing}
     assert set(missing) == {"baseline", "circuits", "circuit_graph", "statistics", "faithfulness", "transfer",
-                            "direction", "cast", "neurons", "verdict", "dashboards", *LOCALISATION}
+                            "direction", "cast", "neurons", "verdict", "dashboards", "bottleneck", *LOCALISATION}
     assert missing["transfer"] == "no discover run" and missing["baseline"] == "not in evaluation.stages"
     assert [s.key for s in report.sections if s.not_run] == ["baseline"]  # not asked for, rather than missing
     page = render_html(report)

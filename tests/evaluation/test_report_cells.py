@@ -10,8 +10,11 @@ from html.parser import HTMLParser
 import pytest
 
 from test_report import _full, _rates
+from verdict_testlib import evidence, uniform
 from refusal.evaluation.report import fmt_ci, fmt_p, render_html, render_markdown
 from refusal.evaluation.sections import build_report
+from refusal.verdict import LayerRule, model_verdict
+from refusal.verdict.final import final_verdict
 
 
 class Tables(HTMLParser):
@@ -141,22 +144,49 @@ def test_baseline_intervals_and_pairwise_p_values_land_in_their_cells(tmp_path):
     assert cell(pairs, "a", "differs") == "yes"
 
 
+def _bottleneck(tmp_path) -> dict:
+    """A bottleneck-stage result at one layer from planted scores: one shared factor (a shared bottleneck)."""
+    ev = evidence(0.02, uniform(0.6, 2), n=8)
+    decision = LayerRule().decide(ev)
+    layer = {"hook": "blocks.15.hook_resid_post", "layer": 15, "k": 16, "evidence": ev, "decision": decision,
+             "curve": [], "notes": []}
+    png = tmp_path / "bottleneck_residual.png"
+    png.write_bytes((tmp_path / "plot.png").read_bytes())
+    return {"status": "done", "layers": [layer], "model": model_verdict([(15, decision, ev)]), "notes": [],
+            "plots": {"residual_heatmap": str(png)}, "n_prompts": {"toxic": {"cyber": 8, "fraud": 8}, "safe": 12},
+            "ablation": "mean_safe"}
+
+
 def test_the_report_opens_on_the_answer(tmp_path):
     data = _distinct(tmp_path)
+    data["bottleneck"] = _bottleneck(tmp_path)
+    data["verdict"] = final_verdict(data["bottleneck"], "modular", "mixed")
+    assert data["verdict"]["verdict"] == "monolithic"
     report = build_report(data)
     first = report.sections[0]
     assert first.key == "verdict" and first.title == "Answer"
     page = render_html(report)
     body = page.split('<section id="verdict">', 1)[1].split("</section>", 1)[0]
     assert page.index('<section id="verdict">') < page.index('<section id="data">')
-    assert "<b>Verdict: mixed</b>" in body and "Basis: discovery says modular, transfer says mixed" in body
+    assert "<b>Verdict: monolithic</b>" in body and "Basis: shared bottleneck and dissociation" in body
+    assert "Refusal converges at layer 15" in html.unescape(body)
     assert body.index("<img") < body.index("<table>")  # the key figure, then its numbers
+    assert "residual refusal of each category" in html.unescape(body)  # the bottleneck figure leads
     key = table_with(html_tables(page), "verdict", "the numbers")
-    assert cell(key, "transfer ratio ρ (other categories' drop ÷ own drop)", "value [95% CI]") == "0.90 [0.83, 1.01]"
-    assert cell(key, "specificity S (own drop − other drop)", "value [95% CI]") == "0.10 [-0.01, 0.20]"
-    assert "p = 0.024" in cell(key, "specificity S (own drop − other drop)", "how it is read")
+    share = [p for p in data["bottleneck"]["layers"][0]["evidence"]["per_category"] if p["category"] == "cyber"][0]
+    t = share["shared_share"]
+    assert "shared set of 16 features at blocks.15.hook_resid_post" in key["caption"]
+    assert cell(key, "share of cyber's refusal the shared set carries (n = 8)",
+                "value [95% CI]") == fmt_ci(t["estimate"], t["low"], t["high"])
+    rho = "descriptive — transfer ratio ρ (other categories' drop ÷ own drop)"
+    assert cell(key, rho, "value [95% CI]") == "0.90 [0.83, 1.01]"
+    assert "p = 0.024" in cell(key, "descriptive — specificity S (own drop − other drop)", "how it is read")
+    how = table_with(html_tables(page), "verdict", "how the verdict was reached")
+    assert cell(how, "recognition (discovery's permutation tests; descriptive)", "verdict") == data["discovery"]["recognition"]
+    assert cell(how, "model (along depth)", "verdict") == "monolithic"
     text = html.unescape(body)
-    assert "4–12 held-out toxic prompts per category" in text and "one seed (3)" in text
+    assert "Power: 8–8 held-out toxic prompts per category" in text and "one seed (3)" in text
+    assert "One analysed layer (blocks.15.hook_resid_post)" in text
     assert "NOT a production model" in text and "design check: thin" in text and "not known by construction" in text
     assert "is not evidence that the categories share" not in text  # p = 0.0243 ≤ α
     data["transfer"]["statistic"]["p_value"] = 0.4
@@ -164,17 +194,19 @@ def test_the_report_opens_on_the_answer(tmp_path):
     assert "p(S) = 0.4 > α is not evidence that the categories share a mechanism" in text
 
 
-def test_the_answer_without_transfer_says_correlational_and_uses_the_discovery_figure(tmp_path):
+def test_without_the_bottleneck_stage_the_answer_is_inconclusive_and_uses_the_transfer_figure(tmp_path):
     data = _distinct(tmp_path)
+    data["bottleneck"] = {"status": "skipped", "reason": "not in evaluation.stages (add bottleneck to run it)"}
+    data["verdict"] = final_verdict(data["bottleneck"], "modular", "mixed")
+    body = html.unescape(render_html(build_report(data)).split('<section id="verdict">', 1)[1].split("</section>")[0])
+    assert "<b>Verdict: inconclusive</b>" in body and "add bottleneck to run it" in body
+    assert "key figure: refusal-score drop" in body and "Power:" not in body
     data["transfer"] = {"status": "skipped", "reason": "not in evaluation.stages"}
-    data["verdict"] = {"verdict": "mixed", "basis": "discovery statistics only (correlational; transfer was not run)"}
-    page = render_html(build_report(data))
-    body = html.unescape(page.split('<section id="verdict">', 1)[1].split("</section>", 1)[0])
+    body = html.unescape(render_html(build_report(data)).split('<section id="verdict">', 1)[1].split("</section>")[0])
     assert "key figure (no transfer matrix): discovery cosine" in body
-    assert "correlational evidence only" in body and "Power:" not in body
-    data["verdict"] = {"verdict": None, "basis": "no evidence: neither discovery nor transfer results"}
+    data["verdict"] = final_verdict(None, None, None)
     section = build_report(data).sections[0]
-    assert section.missing == "no evidence: neither discovery nor transfer results"
+    assert section.missing == data["verdict"]["basis"]
 
 
 def test_direction_fallback_notice_only_when_no_candidate_passes(tmp_path):

@@ -85,7 +85,7 @@ def test_demo_runs_the_pipeline_on_the_organism(tmp_path, real_model_cache):
     assert metrics[f"val/{hook}/l0"] <= 64, metrics
     assert list((run / "train" / "wandb").glob("offline-run-*"))
     summary = json.loads((run / "discover" / "discovery_summary.json").read_text())
-    assert f"verdict: {summary['verdict']}" in discover
+    assert f"recognition: {summary['recognition']}" in discover
     assert f"report: {run / 'evaluate' / 'report.html'}" in evaluate
     verdict = json.loads((run / "evaluate" / "verdict.json").read_text())["verdict"]
     assert f"verdict: {verdict} (" in evaluate

@@ -1,0 +1,77 @@
+"""The report's section of the bottleneck stage (refusal/evaluation/bottleneck.py): the layer-resolved verdict's
+evidence (DESIGN.md §4), built from its JSON-able result; a stage that did not run becomes a section marked missing
+(or not run) with the reason, as in refusal/evaluation/sections.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from refusal.evaluation.report import Image, Section, Table, Text, fmt_ci
+
+KEY, TITLE = "bottleneck", "Shared bottleneck and dissociation by layer"
+CAPTIONS = {"residual_heatmap": "residual refusal per category (headroom-normalised: 0 = at the safe floor, 1 = "
+                                "untouched) with the shared set ablated, by layer; safe-prompt KL per layer",
+            "dissociation": "double-dissociation index by layer with its CI; dashed: ± the margin",
+            "best_layer_bars": "residual refusal at the best layer: shared set, the category's own set, random sets "
+                          "(95% CIs)"}
+
+
+def _ci(t: dict | None) -> str:
+    return "–" if not t or t.get("estimate") is None else fmt_ci(t["estimate"], t.get("low"), t.get("high"))
+
+
+def _layer_row(r: dict) -> list:
+    ev, d = r["evidence"], r["decision"]
+    diss = (ev.get("dissociation") or {}).get("mean")
+    return [r["hook"], r["k"], d["verdict"], len(d["counted"]), _ci(ev.get("mean_residual")), _ci(ev.get("safe_kl")),
+            _ci(ev.get("induced_fraction")), _ci(diss)]
+
+
+def _category_rows(r: dict) -> list[list]:
+    return [[p["category"], p["n"], "yes" if p["counted"] else "no (headroom CI not above 0)", _ci(p["headroom"]),
+             _ci(p["residual"]), _ci(p["random_residual"]), _ci(p["shared_share"])]
+            for p in r["evidence"]["per_category"]]
+
+
+def bottleneck_section(result) -> Section:
+    if not result:
+        return Section(KEY, TITLE, missing="the bottleneck stage did not run")
+    if isinstance(result, dict) and result.get("status") in ("missing", "skipped"):
+        return Section(KEY, TITLE, missing=result.get("reason") or "the bottleneck stage did not run",
+                       not_run=result.get("status") == "skipped")
+    model, layers = result["model"], result["layers"]
+    blocks = [Text(f"{model['verdict'].capitalize()}. {model['summary']}", strong=True),
+              Text(f"Why: {model['reason']}. Rule: {model['rule']}.")]
+    if not layers:
+        return Section(KEY, TITLE, blocks + [Text("; ".join(result.get("notes") or []))])
+    k = layers[0]["k"]
+    n = result.get("n_prompts", {})
+    blocks.append(Text(
+        f"At each analysed layer, a shared set of {k} SAE features (the top of the pooled toxic-vs-safe circuit, found "
+        f"without category labels) is ablated ({result.get('ablation')}) on the held-out prompts "
+        f"({', '.join(f'{c}: {m}' for c, m in n.get('toxic', {}).items())}; safe: {n.get('safe')}); residual refusal "
+        "= (ablated − safe mean) / (baseline − safe mean) per category. Equal-size sets from each category's own "
+        "circuit give the double-dissociation index. Only categories whose headroom CI is above 0 count."))
+    blocks.append(Table(["hook", "k", "verdict", "counted categories", "mean residual refusal [CI]",
+                         "safe KL [CI]", "induced on safe [CI]", "dissociation [CI]"],
+                        [_layer_row(r) for r in layers], "the layer verdicts (refusal.verdict.LayerRule)"))
+    for key, path in result.get("plots", {}).items():
+        blocks.append(Image(Path(path), CAPTIONS.get(key, key)))
+    best = (model.get("best_layer") or {}).get("layer")
+    at = next((r for r in layers if r["layer"] == best), layers[0])
+    blocks.append(Table(["category", "n", "counted", "headroom [CI]", "residual, shared set [CI]",
+                         "residual, random sets [CI]", "shared share [CI]"], _category_rows(at),
+                        f"per category at {at['hook']} (k = {at['k']})"))
+    blocks.append(Text("Reasons at " + at["hook"] + ": " + " ".join(at["decision"]["reasons"])))
+    resolution = at["evidence"].get("resolution") or {}
+    if resolution.get("sentence"):
+        blocks.append(Text(f"Power: {resolution['sentence']}"))
+    for r in layers:
+        curve = r.get("curve") or []
+        if len(curve) > 1:
+            blocks.append(Text(f"{r['hook']}, shared-set size curve (mean residual refusal): " + "; ".join(
+                f"k = {c['k']}: {_ci(c['mean_residual'])}" for c in curve) + "."))
+    notes = result.get("notes", []) + [x for r in layers for x in r.get("notes", [])]
+    if notes:
+        blocks.append(Text("Notes: " + "; ".join(notes) + "."))
+    return Section(KEY, TITLE, blocks)
+

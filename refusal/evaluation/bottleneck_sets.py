@@ -1,0 +1,119 @@
+"""The node sets of the bottleneck stage (refusal/evaluation/bottleneck.py) at one hook, and the toxic mean values
+its induction patches in.
+
+Ranking: a set's IE vector is the mean IE over the discover run's per-prompt attributions of its prompts (all toxic
+prompts for the shared set, i.e. the COMBINED circuit's attributions, pooled toxic vs safe without category labels;
+one category's toxic prompts for a category set), the source faithfulness ranks by; when the run kept no
+attributions, the circuit JSON's node attributions (nodes outside the circuit then have IE 0). The top-k feature
+nodes of one hook by |mean IE| (error nodes never; ties: lower node index first). With ``aggregation: none`` a node is
+one feature at one position, and k counts those nodes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from refusal.circuit.circuit import COMBINED
+from refusal.circuit.model import CircuitModel
+from refusal.circuit.nodes import NodeSpace
+from refusal.circuit.patch import mean_values
+from refusal.circuit.splice import HookedSAE
+from refusal.errors import ConfigError
+from refusal.evaluation.inputs import mean_ie
+from refusal.evaluation.nodes import circuit_ie, random_matched, seeded_generator
+
+
+def ranking(inputs, space: NodeSpace, name: str) -> tuple[Tensor, str] | None:
+    """(mean IE [n_nodes], source) of the circuit ``name`` (a category or COMBINED), or None when the discover run
+    has neither attributions of its prompts nor its circuit JSON."""
+    found = mean_ie(inputs, None if name == COMBINED else name)
+    if found is not None:
+        return found[0].cpu(), "attributions"
+    circuit = inputs.circuits.get(name)
+    if circuit is None:
+        return None
+    return circuit_ie(space, circuit["nodes"]), "circuit_json"
+
+
+def n_features(space: NodeSpace, h: int) -> int:
+    """Feature nodes at hook ``h`` (features × positions with ``aggregation: none``)."""
+    return space.d_sae[h] * space.per_position
+
+
+def set_size(size: int | float, available: int) -> int:
+    """k at a hook with ``available`` feature nodes: an int (capped at ``available``) or a fraction of them (>= 1)."""
+    k = size if isinstance(size, int) else max(1, round(size * available))
+    return min(k, available)
+
+
+def top_k(space: NodeSpace, ie: Tensor, h: int, k: int) -> Tensor:
+    """[n_nodes] mask of the k feature nodes of hook ``h`` with the largest |ie|."""
+    sl = space.hook_slice(h)
+    feats = torch.nonzero(~space.is_error[sl]).flatten()
+    order = torch.sort(ie[sl][feats].abs().double(), descending=True, stable=True).indices
+    mask = torch.zeros(space.n_nodes, dtype=torch.bool)
+    mask[sl.start + feats[order[:k]]] = True
+    return mask
+
+
+def features(space: NodeSpace, mask: Tensor) -> list:
+    """The nodes of ``mask`` as feature indices ([feature, position from the end] with ``aggregation: none``)."""
+    out = []
+    for i in torch.nonzero(mask).flatten().tolist():
+        _, feature, position = space.describe(i)
+        out.append(feature if position is None else [feature, position])
+    return out
+
+
+@dataclass
+class HookSets:
+    """The sets of one hook: shared (COMBINED), one per category (in the stage's category order), random."""
+    h: int
+    k: int
+    shared: Tensor
+    categories: list[Tensor]
+    random: list[Tensor]
+    nonzero: dict  # set name -> how many of its nodes have |IE| > 0 (fewer than k: the rest are ties at 0)
+
+    def describe(self, space: NodeSpace, names: list[str]) -> dict:
+        return {"shared": features(space, self.shared),
+                "categories": {c: features(space, m) for c, m in zip(names, self.categories)},
+                "random": [features(space, m) for m in self.random], "nonzero_ie": self.nonzero}
+
+
+def hook_sets(space: NodeSpace, h: int, k: int, ies: dict[str, Tensor], names: list[str], n_random: int,
+              seed: int) -> HookSets:
+    """Sets of size k at hook ``h`` from ``ies`` (COMBINED and every category of ``names``); random sets drawn
+    uniformly among the hook's feature nodes, seeded by (seed, hook, draw)."""
+    shared = top_k(space, ies[COMBINED], h, k)
+    cats = [top_k(space, ies[c], h, k) for c in names]
+    rand = [random_matched(space, shared, seeded_generator(seed, "bottleneck", space.hooks[h], r))
+            for r in range(n_random)]
+    nonzero = {name: int((ies[name][m] != 0).sum()) for name, m in zip([COMBINED, *names], [shared, *cats])}
+    return HookSets(h, k, shared, cats, rand, nonzero)
+
+
+def discovery_toxic_prompts(inputs) -> list[str]:
+    """The toxic prompts of the discover run's discovery split (every category)."""
+    manifest, settings = inputs.discovery["manifest"], inputs.discovery["settings"]
+    split = manifest.get("discovery_split", settings.get("discovery_split"))
+    prompts = [r.prompt for r in inputs.prompts.filter(split=split, label="toxic")]
+    if not prompts:
+        raise ConfigError(f"bottleneck induction needs the toxic prompts of the discovery split {split!r}; it has none")
+    return prompts
+
+
+def toxic_values(ctx, setup, prompts: list[str]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Mean node values (f [P, d_sae], e [P, d]) over ``prompts`` at every hook, computed like circuit_setup's
+    ablation values (refusal.circuit.patch.mean_values over a CircuitModel with the setup's SAEs)."""
+    saes = {h: HookedSAE(h, sae) for h, sae in setup.ablator.saes.items()}
+    cm = CircuitModel(ctx.model, setup.formatter, saes, setup.settings["positions"], setup.metric, ctx.batch_size)
+    if cm.n_positions != setup.space.n_positions:
+        raise ConfigError(f"the chat template gives {cm.n_positions} node positions but the discover run had "
+                          f"{setup.space.n_positions}; evaluate with the discover run's model and system prompt")
+    with torch.inference_mode():
+        values = mean_values(cm, prompts)
+    device = next(ctx.model.parameters()).device
+    return {h: (f[0].to(device), e[0].to(device)) for h, (f, e) in values.items()}

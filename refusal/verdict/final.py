@@ -1,0 +1,39 @@
+"""The run's verdict (``verdict.json``, the report's answer): the layer-resolved model verdict of the bottleneck
+stage (DESIGN.md §4: a shared bottleneck, double dissociation, effect sizes with CIs against margins), with the older
+statistics attached as descriptive evidence only:
+
+- ``recognition``: discover's permutation tests on per-prompt attributions (refusal.circuit.verdict.DecisionRule).
+  They reject in any model whose topic features differ by category, so they measure category recognition, not
+  separate mechanisms;
+- ``transfer``: the transfer matrix's rule (refusal.circuit.verdict.TransferRule), which reads "p > alpha" as
+  sameness.
+
+Neither is ever a fallback: without the bottleneck stage's evidence the verdict is ``inconclusive`` (``None`` when
+there is no evidence of any kind), and the basis says why.
+"""
+from __future__ import annotations
+
+BASIS = "shared bottleneck and dissociation per analysed layer (DESIGN.md §4)"
+
+
+def ran(stage: dict | None) -> bool:
+    """Whether a stage's result is a measurement (not absent, missing or skipped)."""
+    return bool(stage) and stage.get("status") not in ("missing", "skipped")
+
+
+def final_verdict(bottleneck: dict | None, recognition: str | None, transfer: str | None) -> dict:
+    """{"verdict", "basis", "recognition", "transfer"[, "summary", "reason", "convergence_layer", "layers"]}."""
+    described = {"recognition": recognition, "transfer": transfer}
+    if not ran(bottleneck) or not bottleneck.get("layers"):
+        if not ran(bottleneck) and recognition is None and transfer is None:
+            return {"verdict": None, "basis": "no evidence: neither the bottleneck stage nor discovery or transfer "
+                                              "results", **described}
+        why = ((bottleneck or {}).get("reason") or "the bottleneck stage did not run (add bottleneck to "
+               "evaluation.stages)") if not ran(bottleneck) else bottleneck["model"]["reason"]
+        return {"verdict": "inconclusive", "basis": f"no layer-resolved evidence: {why}; recognition and transfer are "
+                                                    "descriptive, never the verdict", **described}
+    model = bottleneck["model"]
+    hooks = [r["hook"] for r in bottleneck["layers"]]
+    return {"verdict": model["verdict"], "basis": f"{BASIS}, at {', '.join(hooks)}", "summary": model["summary"],
+            "reason": model["reason"], "convergence_layer": model.get("convergence_layer"), "layers": hooks,
+            **described}
