@@ -222,6 +222,9 @@ def _metrics(results: dict) -> dict[str, float]:
                                  for k in ("faithfulness", "completeness")]))
     metrics.update(json_metrics("evaluate/transfer", results.get("transfer") or {},
                                 [f"statistic/{k}" for k in ("specificity", "p_value", "transfer_ratio")]))
+    metrics.update(json_metrics("evaluate/bottleneck", results.get("bottleneck") or {},
+                                [f"model/best_layer/{k}/{t}" for k in ("mean_shared_share", "dissociation")
+                                 for t in ("estimate", "low", "high")]))
     metrics.update(json_metrics("evaluate/direction", results.get("direction") or {}, ["kl_safe/mean"]))
     return metrics
 

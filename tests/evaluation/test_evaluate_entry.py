@@ -192,7 +192,7 @@ def test_the_bottleneck_stage_runs_through_the_entry_point_and_renders_its_secti
     train, disc = runs
     out = tmp_path / "bottleneck"
     evaluate(_compose("evaluate", out, f"train_dir={train}", f"discover_dir={disc}", "evaluation.stages=[bottleneck]",
-                      *FAST_EVAL, "evaluation.bottleneck.curve_sizes=[2]"))
+                      *FAST_EVAL, "evaluation.bottleneck.curve_sizes=[2]", "evaluation.bottleneck.rule.min_prompts=2"))
     result = json.loads((out / "bottleneck.json").read_text())
     assert result["status"] == "done" and result["layers"], result.get("notes")
     hooks = [r["hook"] for r in result["layers"]]
@@ -204,6 +204,29 @@ def test_the_bottleneck_stage_runs_through_the_entry_point_and_renders_its_secti
     body = (out / "report.html").read_text().split('<section id="bottleneck">', 1)[1].split("</section>", 1)[0]
     assert "Missing:" not in body and "Not run:" not in body and "<img" in body
     assert result["model"]["summary"].split(":")[0] in body
+    (metrics_csv,) = out.rglob("metrics.csv")  # logged under the path where the value sits in bottleneck.json
+    header, row = metrics_csv.read_text().splitlines()[:2]
+    logged = dict(zip(header.split(","), row.split(",")))
+    key = "evaluate/bottleneck/model/best_layer/mean_shared_share/estimate"
+    best = result["model"]["best_layer"]
+    if best is None:  # no layer has a counted category: nothing to log
+        assert key not in logged
+    else:
+        assert float(logged[key]) == pytest.approx(best["mean_shared_share"]["estimate"])
     no_discover = tmp_path / "no_discover"
     evaluate(_compose("evaluate", no_discover, f"train_dir={train}", "evaluation.stages=[bottleneck]", *FAST_EVAL))
     assert "no discover run" in json.loads((no_discover / "bottleneck.json").read_text())["reason"]
+
+
+def test_the_bottleneck_verdicts_numbers_are_logged_under_their_json_paths():
+    from refusal.tasks.evaluate import _metrics
+
+    best = {"mean_shared_share": {"estimate": 0.3, "low": 0.2, "high": 0.4},
+            "dissociation": {"estimate": 0.05, "low": None, "high": 0.1}}
+    logged = {k: v for k, v in _metrics({"bottleneck": {"model": {"best_layer": best}}}).items()
+              if k.startswith("evaluate/bottleneck/")}
+    assert logged == {"evaluate/bottleneck/model/best_layer/mean_shared_share/estimate": 0.3,
+                      "evaluate/bottleneck/model/best_layer/mean_shared_share/low": 0.2,
+                      "evaluate/bottleneck/model/best_layer/mean_shared_share/high": 0.4,
+                      "evaluate/bottleneck/model/best_layer/dissociation/estimate": 0.05,
+                      "evaluate/bottleneck/model/best_layer/dissociation/high": 0.1}  # an undefined bound is not logged

@@ -31,3 +31,26 @@ def test_without_the_bottleneck_stage_the_verdict_is_inconclusive_not_a_weaker_t
 def test_no_evidence_at_all_is_no_verdict():
     assert final_verdict(None, None, None)["verdict"] is None
     assert final_verdict({"status": "missing", "reason": "no discover run"}, None, None)["verdict"] is None
+
+
+def test_the_agreement_of_a_sweeps_runs(tmp_path, capsys):
+    import json
+
+    from refusal.verdict.__main__ import main
+
+    for job, verdict in (("0", "modular"), ("1", "modular"), ("2/nested", "modular")):
+        (tmp_path / "sweep" / job).mkdir(parents=True)
+        (tmp_path / "sweep" / job / "verdict.json").write_text(json.dumps({"verdict": verdict}))
+    out = tmp_path / "stability.json"
+    assert main([str(tmp_path / "sweep"), "--out", str(out)]) == 0
+    assert "All 3 runs say modular. verdict: modular (agreement 1.00)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["verdict"] == "modular"
+    (tmp_path / "sweep" / "3").mkdir()
+    (tmp_path / "sweep" / "3" / "verdict.json").write_text(json.dumps({"verdict": "monolithic"}))
+    assert main([str(tmp_path / "sweep")]) == 0
+    assert "verdict: inconclusive (agreement 0.75)" in capsys.readouterr().out
+    assert main([str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'" + str(tmp_path / "nowhere") + "' is not a directory" in err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2 and "no verdict.json under" in capsys.readouterr().err
