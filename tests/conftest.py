@@ -10,7 +10,8 @@ from refusal.organism.portable import pin_mkl
 
 pin_mkl()  # before any matrix product: tiny organisms are built in this process, with every CPU's bits (portable.py)
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per worker: two workers share the machine's cores
+XDIST = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+if XDIST:  # one torch thread per worker: two workers share the machine's cores
     import torch
 
     torch.set_num_threads(1)
@@ -97,6 +98,20 @@ def failing_apt(monkeypatch):
     monkeypatch.setattr(apt_install.os, "geteuid", lambda: 0)
     monkeypatch.setattr(apt_install, "sh", failing_sh)
     return calls
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads(request):
+    """Under pytest-xdist a slow test (an organism built in this process) gets every core back: by the time the slow
+    worker reaches the long builds the other worker is mostly done, and one thread doubled the build's time."""
+    if XDIST and request.node.get_closest_marker("slow"):
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        yield
+        torch.set_num_threads(1)
+    else:
+        yield
 
 
 def pytest_collection_modifyitems(config, items):
