@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from refusal.errors import ConfigError
+from refusal.runs.evaluate import EvaluateRun
 from refusal.utils.io import write_json
 from refusal.verdict.profile import stability
 
@@ -22,7 +23,7 @@ def collect(dirs: list[str]) -> list[dict]:
         root = Path(d)
         if not root.is_dir():
             raise ConfigError(f"{d!r} is not a directory; give evaluate run dirs or a sweep dir holding them")
-        files = sorted(root.rglob("verdict.json"))
+        files = sorted(p for p in root.rglob("*.json") if EvaluateRun(p.parent).verdict == p)
         if not files:
             raise ConfigError(f"no verdict.json under {d!r}; give evaluate run dirs or a sweep dir holding them")
         found += [{"run": str(f.parent), "verdict": json.loads(f.read_text())["verdict"]} for f in files]
