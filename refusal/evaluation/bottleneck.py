@@ -44,8 +44,7 @@ from refusal.circuit.circuit import COMBINED
 from refusal.config import integer, plain
 from refusal.errors import ConfigError
 from refusal.evaluation.bottleneck_plots import bottleneck_plots
-from refusal.evaluation.bottleneck_sets import (discovery_toxic_prompts, hook_sets, n_features, ranking, set_size,
-                                                top_k, toxic_values)
+from refusal.evaluation.bottleneck_sets import hook_sets, n_features, ranking, set_size, top_k
 from refusal.evaluation.nodes import NodeAblator
 from refusal.evaluation.prefix import PrefixCachedLogits, first_layer
 from refusal.model.hooks import parse_hook_name
@@ -235,7 +234,10 @@ def run_bottleneck(ctx, setup, inputs, settings: BottleneckSettings, plot_dir: P
         return _empty(settings, f"{len(p.categories)} toxic categories with >= 2 held-out prompts and {len(p.safe)} "
                                 f"safe prompts; need >= 1 and >= 2", p.notes)
     sc = _Scorer(ctx, setup, p)
-    inducer = NodeAblator(setup.space, setup.ablator.saes, toxic_values(ctx, setup, discovery_toxic_prompts(inputs)))
+    if not len(setup.split.filter(label="toxic")):
+        raise ConfigError("bottleneck induction needs the toxic prompts of the discover run's discovery split; it has "
+                          "none")
+    inducer = NodeAblator(setup.space, setup.ablator.saes, setup.mean_node_values(["toxic"]))
     layers = [_layer(ctx, setup, settings, sc, p, ies, inducer, h) for h in range(len(setup.space.hooks))]
     model = model_verdict([(r["layer"], r["decision"], r["evidence"]) for r in layers])
     plots = bottleneck_plots(layers, model, settings.rule.dissociation_margin, Path(plot_dir))

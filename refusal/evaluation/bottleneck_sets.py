@@ -1,5 +1,4 @@
-"""The node sets of the bottleneck stage (refusal/evaluation/bottleneck.py) at one hook, and the toxic mean values
-its induction patches in.
+"""The node sets of the bottleneck stage (refusal/evaluation/bottleneck.py) at one hook.
 
 Ranking: a set's IE vector is the mean IE over the discover run's per-prompt attributions of its prompts (all toxic
 prompts for the shared set, i.e. the COMBINED circuit's attributions, pooled toxic vs safe without category labels;
@@ -16,11 +15,7 @@ import torch
 from torch import Tensor
 
 from refusal.circuit.circuit import COMBINED
-from refusal.circuit.model import CircuitModel
 from refusal.circuit.nodes import NodeSpace
-from refusal.circuit.patch import mean_values
-from refusal.circuit.splice import HookedSAE
-from refusal.errors import ConfigError
 from refusal.evaluation.inputs import mean_ie
 from refusal.evaluation.nodes import circuit_ie, random_matched, seeded_generator
 
@@ -93,27 +88,3 @@ def hook_sets(space: NodeSpace, h: int, k: int, ies: dict[str, Tensor], names: l
             for r in range(n_random)]
     nonzero = {name: int((ies[name][m] != 0).sum()) for name, m in zip([COMBINED, *names], [shared, *cats])}
     return HookSets(h, k, shared, cats, rand, nonzero)
-
-
-def discovery_toxic_prompts(inputs) -> list[str]:
-    """The toxic prompts of the discover run's discovery split (every category)."""
-    manifest, settings = inputs.discovery["manifest"], inputs.discovery["settings"]
-    split = manifest.get("discovery_split", settings.get("discovery_split"))
-    prompts = [r.prompt for r in inputs.prompts.filter(split=split, label="toxic")]
-    if not prompts:
-        raise ConfigError(f"bottleneck induction needs the toxic prompts of the discovery split {split!r}; it has none")
-    return prompts
-
-
-def toxic_values(ctx, setup, prompts: list[str]) -> dict[str, tuple[Tensor, Tensor]]:
-    """Mean node values (f [P, d_sae], e [P, d]) over ``prompts`` at every hook, computed like circuit_setup's
-    ablation values (refusal.circuit.patch.mean_values over a CircuitModel with the setup's SAEs)."""
-    saes = {h: HookedSAE(h, sae) for h, sae in setup.ablator.saes.items()}
-    cm = CircuitModel(ctx.model, setup.formatter, saes, setup.settings["positions"], setup.metric, ctx.batch_size)
-    if cm.n_positions != setup.space.n_positions:
-        raise ConfigError(f"the chat template gives {cm.n_positions} node positions but the discover run had "
-                          f"{setup.space.n_positions}; evaluate with the discover run's model and system prompt")
-    with torch.inference_mode():
-        values = mean_values(cm, prompts)
-    device = next(ctx.model.parameters()).device
-    return {h: (f[0].to(device), e[0].to(device)) for h, (f, e) in values.items()}

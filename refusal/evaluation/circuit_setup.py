@@ -23,6 +23,7 @@ from refusal.circuit.model import CircuitModel
 from refusal.circuit.neurons import neuron_hooks
 from refusal.circuit.nodes import NodeSpace
 from refusal.circuit.patch import mean_values
+from refusal.data import PromptSet
 from refusal.circuit.saes import load_hooked_saes
 from refusal.errors import ConfigError, check_choice
 from refusal.evaluation.inputs import RunInputs
@@ -38,11 +39,22 @@ ABLATIONS = ("mean_safe", "mean_all", "zero")
 class CircuitSetup:
     space: NodeSpace
     formatter: ChatFormatter
-    ablator: NodeAblator
+    ablator: NodeAblator | None  # set once the ablation values are computed (they need the setup's model)
     masks: dict[str, Tensor]  # toxic circuit name -> node mask
     metric: Callable[[Tensor], Tensor]
     metric_desc: dict
     settings: dict  # the discover run's circuit settings
+    cm: CircuitModel  # the model with the discover run's SAEs (or neuron basis) spliced at its hooks
+    split: PromptSet  # the discover run's discovery split (every label)
+
+    def mean_node_values(self, labels: list[str] | None) -> dict[str, tuple[Tensor, Tensor]]:
+        """{hook: (f [P, d_sae], e [P, d])}: mean node values at the node positions over the discovery split's
+        prompts with ``labels`` (None: every prompt), on the model's device."""
+        prompts = [r.prompt for r in self.split.filter(label=labels)]
+        with torch.inference_mode():
+            values = mean_values(self.cm, prompts)
+        device = next(self.cm.model.parameters()).device
+        return {h: (f[0].to(device), e[0].to(device)) for h, (f, e) in values.items()}
 
 
 def _hooked(inputs: RunInputs, loaded: LoadedModel, space: NodeSpace, basis: str) -> dict:
@@ -73,16 +85,12 @@ def build_circuit_setup(inputs: RunInputs, loaded: LoadedModel, formatter: ChatF
         raise ConfigError(f"the chat template gives {cm.n_positions} node positions but the discover run had "
                           f"{space.n_positions}; evaluate with the discover run's model and system prompt")
     split = inputs.prompts.filter(split=manifest.get("discovery_split", settings.get("discovery_split")))
-    if ablation == "zero":
-        values = {h: (torch.zeros(space.n_positions, s.sae.d_sae), torch.zeros(space.n_positions, s.sae.d_in))
-                  for h, s in saes.items()}
-    else:
-        labels = None if ablation == "mean_all" else list(settings["safe_labels"])
-        prompts = [r.prompt for r in split.filter(label=labels)]
-        with torch.inference_mode():
-            values = {h: (f[0], e[0]) for h, (f, e) in mean_values(cm, prompts).items()}
-    device = loaded.device
-    values = {h: (f.to(device), e.to(device)) for h, (f, e) in values.items()}
-    ablator = NodeAblator(space, {h: s.sae for h, s in saes.items()}, values)
     masks = {name: circuit_mask(space, c["nodes"]) for name, c in inputs.circuits.items()}
-    return CircuitSetup(space, formatter, ablator, masks, metric, metric_desc, settings)
+    setup = CircuitSetup(space, formatter, None, masks, metric, metric_desc, settings, cm, split)
+    if ablation == "zero":
+        values = {h: (torch.zeros(space.n_positions, s.sae.d_sae, device=loaded.device),
+                      torch.zeros(space.n_positions, s.sae.d_in, device=loaded.device)) for h, s in saes.items()}
+    else:
+        values = setup.mean_node_values(None if ablation == "mean_all" else list(settings["safe_labels"]))
+    setup.ablator = NodeAblator(space, {h: s.sae for h, s in saes.items()}, values)
+    return setup

@@ -116,7 +116,7 @@ def organism(kind: str, out, **settings):
     with torch.no_grad():
         values = {h: (f[0], e[0]) for h, (f, e) in mean_values(cm, safe).items()}
     setup = CircuitSetup(space, fmt, NodeAblator(space, saes, values), {}, metric, desc,
-                         {"positions": "post_instruction"})
+                         {"positions": "post_instruction"}, cm, train)
     inputs = SimpleNamespace(attributions={"ie": a.ie, "m_clean": a.m_clean, "m_patch": a.m_patch,
                                            "rows": [{"id": r.id, "category": r.category} for r in toxic]},
                              circuits={}, prompts=prompts, discovery={"manifest": {"discovery_split": "train"},
