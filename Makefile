@@ -26,10 +26,12 @@ demo: setup
 	$(PY) discover.py train_dir=$(DEMO)/train circuit=demo hydra.run.dir=$(DEMO)/discover
 	$(PY) evaluate.py train_dir=$(DEMO)/train discover_dir=$(DEMO)/discover evaluation=demo hydra.run.dir=$(DEMO)/evaluate
 
-# the tests run on WORKERS pytest-xdist workers (one torch thread each; a test file stays on one worker)
+# the fast tests run on WORKERS pytest-xdist workers (one torch thread each; a test file stays on one worker); then
+# the slow real-model tests run in one process with every core, alone on the machine, in collection order
 WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup -m "not slow"
+	$(PY) -m pytest -q -m slow --durations=5
 
 test-fast: setup
 	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup -m "not slow"
@@ -37,6 +39,7 @@ test-fast: setup
 bench: setup
 	$(PY) bench/collect.py
 	$(PY) bench/sae.py
+	$(PY) bench/verdict.py
 	$(PY) bench/attribution.py
 	$(PY) bench/sae_vs_saelens.py
 	$(PY) bench/sae_vs_saelens.py --d-sae 32768 --steps 20

@@ -52,7 +52,8 @@ def evidence(residual, drop, n_resamples: int = 1000, **kw) -> dict:
 
 
 def monolithic(**kw) -> dict:
-    """One shared factor: the shared set brings every category to the safe floor; each category's set hurts all."""
+    """One shared factor: the shared set brings every category to the safe floor; each category's set hurts all
+    alike (no dissociation: every category's own set holds the shared factor)."""
     return evidence(0.02, uniform(0.6), **kw)
 
 
@@ -61,6 +62,13 @@ def modular(**kw) -> dict:
     return evidence(0.85, block(0.9, 0.05), **kw)
 
 
+def union(**kw) -> dict:
+    """Separate small mechanisms, 3 categories: the pooled set is their union and removes every category's refusal,
+    yet each category's own set removes only its own (block-diagonal drop matrix)."""
+    return evidence(0.02, block(1.0, 0.0, 3), **kw)
+
+
 def mixed(**kw) -> dict:
-    """A shared part carrying ~65 % of each category's refusal, plus category-specific parts."""
-    return evidence(0.35, block(0.6, 0.1), **kw)
+    """A shared part carrying ~65 % of each category's refusal, which every category's own set holds (cross drops
+    ~0.6), plus category-specific parts (own drops ~1)."""
+    return evidence(0.35, block(1.0, 0.6), **kw)

@@ -191,8 +191,17 @@ def answer_section(data: dict, discovery: dict | None, transfer: dict | None, di
     if ran(bottleneck) and bottleneck.get("layers"):
         rows += [[f"{r['hook']} (shared bottleneck, dissociation)", r["decision"]["verdict"],
                   " ".join(r["decision"]["reasons"]), r["decision"]["rule"]] for r in bottleneck["layers"]]
-        rows.append(["model (along depth)", bottleneck["model"]["verdict"], bottleneck["model"]["reason"],
-                     bottleneck["model"]["rule"]])
+        rows.append(["model (along depth), SAE feature sets", bottleneck["model"]["verdict"],
+                     bottleneck["model"]["reason"], bottleneck["model"]["rule"]])
+        dirs = bottleneck.get("directions") or {}
+        rows += [[f"{r['hook']} (residual directions)", r["decision"]["verdict"], " ".join(r["decision"]["reasons"]),
+                  r["decision"]["rule"]] for r in dirs.get("layers") or []]
+        if dirs.get("model"):
+            rows.append(["model (along depth), residual directions", dirs["model"]["verdict"], dirs["model"]["reason"],
+                         dirs["model"]["rule"]])
+        if bottleneck.get("combined"):
+            c = bottleneck["combined"]
+            rows.append(["both bases (the verdict)", c["verdict"], c["reason"], c["rule"]])
     if discovery:
         ev = discovery.get("evidence", {})
         rows.append(["recognition (discovery's permutation tests; descriptive)", discovery.get("recognition"),

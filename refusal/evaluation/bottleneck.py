@@ -16,17 +16,21 @@ Toxic categories with fewer than 2 held-out prompts, or without attributions and
 every other one goes to layer_evidence, whose headroom CI decides which categories the model refuses (counted).
 Decision: ``settings.rule`` (a refusal.verdict.LayerRule) per layer, refusal.verdict.model_verdict over the layers.
 
-Size: k = ``size`` feature nodes per set (an int, or a fraction of the hook's feature nodes). Choose it near the
-size one category's mechanism needs: the shared set is the pooled top-k, so in a model with C separate mechanisms
-a k large enough to hold every category's features would remove every category's refusal and look like a
-bottleneck. ``curve_sizes`` adds the shared set's residual refusal (and safe KL) at other k, descriptive only: the
+Size: k = ``size`` feature nodes per set (an int, or a fraction of the hook's feature nodes). The shared set is the
+pooled top-k, so in a model with C separate mechanisms a k large enough to hold every category's features removes
+every category's refusal; the category sets of the same size tell that union from a bottleneck (the rule:
+refusal/verdict/rules.py). ``curve_sizes`` adds the shared set's residual refusal (and safe KL) at other k, descriptive only: the
 decision is taken at ``size``. Random sets are drawn among all the hook's feature nodes (they may overlap the shared
 set), as transfer's random circuits are. The induction values are the mean over every toxic prompt of the discovery
 split (all categories, refused or not), computed like circuit_setup's ablation values.
 
+The same sets as residual directions (refusal/evaluation/bottleneck_directions.py) give a second basis; the two
+bases' model verdicts are combined by refusal/verdict/bases.py.
+
 Output: {"layers": [{"hook", "layer", "k", "sets" (feature indices: shared, categories, random, and how many of each
 set's nodes have |IE| > 0), "evidence" (layer_evidence), "decision" (LayerRule.decide), "curve", "notes"}],
-"model" (model_verdict), "settings", "plots", "categories", "ie_source", "n_prompts", "notes"}. Bootstrap: the
+"model" (model_verdict of the feature basis), "directions" ({"layers", "model", "notes"}), "combined" (across_bases),
+"settings", "plots", "categories", "ie_source", "n_prompts", "notes"}. Bootstrap: the
 evaluation's n_resamples and ci_level (percentile), seed = ctx.seed, the same resamples at every layer.
 """
 from __future__ import annotations
@@ -43,12 +47,14 @@ from refusal.behavior.score import refusal_score
 from refusal.circuit.circuit import COMBINED
 from refusal.config import integer, plain
 from refusal.errors import ConfigError
+from refusal.evaluation.bottleneck_directions import direction_profile
 from refusal.evaluation.bottleneck_plots import bottleneck_plots
 from refusal.evaluation.bottleneck_sets import hook_sets, n_features, ranking, set_size, top_k
 from refusal.evaluation.nodes import NodeAblator
 from refusal.evaluation.prefix import PrefixCachedLogits, first_layer
 from refusal.model.hooks import parse_hook_name
 from refusal.verdict import LayerRule, layer_evidence, model_verdict
+from refusal.verdict.bases import across_bases
 
 RULE_KEYS = ("bottleneck_max_residual", "no_bottleneck_min_residual", "max_kl", "min_induced", "dissociation_margin",
              "min_pair_fraction", "min_prompts")
@@ -240,8 +246,13 @@ def run_bottleneck(ctx, setup, inputs, settings: BottleneckSettings, plot_dir: P
     inducer = NodeAblator(setup.space, setup.ablator.saes, setup.mean_node_values(["toxic"]))
     layers = [_layer(ctx, setup, settings, sc, p, ies, inducer, h) for h in range(len(setup.space.hooks))]
     model = model_verdict([(r["layer"], r["decision"], r["evidence"]) for r in layers])
+    directions = direction_profile(ctx, setup, settings, sc, p,
+                                   lambda shared, kl, **more: _evidence(ctx, settings, sc, p, shared, kl, **more))
+    combined = across_bases({"features": (model, layers), "directions": None if directions["model"] is None else
+                             (directions["model"], directions["layers"])})
     plots = bottleneck_plots(layers, model, settings.rule.dissociation_margin, Path(plot_dir))
-    return {"layers": layers, "model": model, "settings": settings.describe(), "plots": plots,
+    return {"layers": layers, "model": model, "directions": directions, "combined": combined,
+            "settings": settings.describe(), "plots": plots,
             "categories": p.categories, "ie_source": {c: sources[c] for c in [COMBINED, *p.categories]},
             "n_prompts": {"toxic": {c: int((p.labels == i).sum()) for i, c in enumerate(p.categories)},
-                          "safe": len(p.safe)}, "notes": p.notes}
+                          "safe": len(p.safe)}, "notes": p.notes + directions["notes"]}

@@ -32,6 +32,29 @@ def _category_rows(r: dict) -> list[list]:
             for p in r["evidence"]["per_category"]]
 
 
+def _direction_row(r: dict) -> list:
+    ev, d = r["evidence"], r["decision"]
+    cos = r["directions"]["cosine_with_shared"]
+    return [r["hook"], d["verdict"], len(d["counted"]), _ci(ev.get("mean_residual")), _ci(ev.get("safe_kl")),
+            _ci(ev.get("induced_fraction")), _ci((ev.get("dissociation") or {}).get("mean")),
+            ", ".join(f"{c} {v:.2f}" for c, v in cos.items())]
+
+
+def _direction_blocks(directions: dict | None) -> list:
+    if not directions or not directions.get("layers"):
+        return []
+    model = directions["model"]
+    return [Text(f"Direction basis: {model['verdict']}. {model['summary']} Why: {model['reason']}.", strong=True),
+            Text("The same sets as residual directions at the node positions (refusal/evaluation/"
+                 "bottleneck_directions.py): shared = difference in means of the discovery split's toxic and safe "
+                 "prompts, each category's own = its toxic mean minus the safe mean, random = Gaussian directions; "
+                 "ablation sets the component along a direction to the safe mean's, induction sets the shared one "
+                 "to the toxic mean's. It does not need the SAE to isolate the mechanism in a few latents."),
+            Table(["hook", "verdict", "counted categories", "mean residual refusal [CI]", "safe KL [CI]",
+                   "induced on safe [CI]", "dissociation [CI]", "cosine of own with shared direction"],
+                  [_direction_row(r) for r in directions["layers"]], "the direction basis's layer verdicts")]
+
+
 def bottleneck_section(result) -> Section:
     if not result:
         return Section(KEY, TITLE, missing="the bottleneck stage did not run")
@@ -41,6 +64,11 @@ def bottleneck_section(result) -> Section:
     model, layers = result["model"], result["layers"]
     blocks = [Text(f"{model['verdict'].capitalize()}. {model['summary']}", strong=True),
               Text(f"Why: {model['reason']}. Rule: {model['rule']}.")]
+    combined = result.get("combined")
+    if combined:
+        blocks.insert(0, Text(f"Across the two bases (SAE feature sets, residual directions): "
+                              f"{combined['verdict']} ({combined['reason']}). Rule: {combined['rule']}. The feature "
+                              f"basis:", strong=True))
     if not layers:
         return Section(KEY, TITLE, blocks + [Text("; ".join(result.get("notes") or []))])
     k = layers[0]["k"]
@@ -70,6 +98,7 @@ def bottleneck_section(result) -> Section:
         if len(curve) > 1:
             blocks.append(Text(f"{r['hook']}, shared-set size curve (mean residual refusal): " + "; ".join(
                 f"k = {c['k']}: {_ci(c['mean_residual'])}" for c in curve) + "."))
+    blocks += _direction_blocks(result.get("directions"))
     notes = result.get("notes", []) + [x for r in layers for x in r.get("notes", [])]
     if notes:
         blocks.append(Text("Notes: " + "; ".join(notes) + "."))

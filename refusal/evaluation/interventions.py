@@ -12,6 +12,9 @@ Each intervention edits the activation at one hook point (TransformerLens names,
 - :class:`DirectionalAblation` — x ← x − (x·r̂) r̂; :func:`directional_ablation` places one at every layer and hook
   kind (Arditi et al. 2024: resid_pre of every layer plus the attention and MLP outputs).
 - :class:`ActAdd` — x ← x + c·r.
+- :class:`ProjectionClamp` — x ← x + (v − x·r̂) r̂: the component along r̂ set to v (v = 0 is directional
+  ablation; v = a mean projection is mean ablation along r̂), with one direction and value per selected position
+  or one for all.
 - :class:`NeuronEdit` — chosen MLP neurons (``blocks.{l}.mlp.hook_post``, the down projection's input): ``scale``
   a_n ← value · a_n, ``clamp`` a_n ← value.
 
@@ -128,6 +131,20 @@ class ActAdd:
 
     def edit(self, x: Tensor) -> Tensor:
         return (x.float() + self.coeff * self.vector.to(device=x.device, dtype=torch.float32)).to(x.dtype)
+
+
+@dataclass
+class ProjectionClamp:
+    hook: str
+    direction: Tensor  # [d], or [P, d] one per selected position; normalised here
+    value: Tensor | float = 0.0  # the projection to set: a number, or [P] one per selected position
+
+    def edit(self, x: Tensor) -> Tensor:
+        r = self.direction.to(device=x.device, dtype=torch.float32)
+        r = r / r.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        xf = x.float()
+        v = torch.as_tensor(self.value, device=x.device, dtype=torch.float32)
+        return (xf + (v - (xf * r).sum(-1))[..., None] * r).to(x.dtype)
 
 
 @dataclass

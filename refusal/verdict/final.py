@@ -22,7 +22,10 @@ def ran(stage: dict | None) -> bool:
 
 
 def final_verdict(bottleneck: dict | None, recognition: str | None, transfer: str | None) -> dict:
-    """{"verdict", "basis", "recognition", "transfer"[, "summary", "reason", "convergence_layer", "layers"]}."""
+    """{"verdict", "basis", "recognition", "transfer"[, "summary", "reason", "convergence_layer", "layers",
+    "by_basis"]}. With both bases measured (feature sets and directions), the verdict is refusal.verdict.bases'
+    combination, and the summary, reason and convergence layer are those of the basis that decided it (the feature
+    basis when it is among them)."""
     described = {"recognition": recognition, "transfer": transfer}
     if not ran(bottleneck) or not bottleneck.get("layers"):
         if not ran(bottleneck) and recognition is None and transfer is None:
@@ -32,8 +35,17 @@ def final_verdict(bottleneck: dict | None, recognition: str | None, transfer: st
                "evaluation.stages)") if not ran(bottleneck) else bottleneck["model"]["reason"]
         return {"verdict": "inconclusive", "basis": f"no layer-resolved evidence: {why}; recognition and transfer are "
                                                     "descriptive, never the verdict", **described}
-    model = bottleneck["model"]
     hooks = [r["hook"] for r in bottleneck["layers"]]
-    return {"verdict": model["verdict"], "basis": f"{BASIS}, at {', '.join(hooks)}", "summary": model["summary"],
-            "reason": model["reason"], "convergence_layer": model.get("convergence_layer"), "layers": hooks,
-            **described}
+    model, combined = bottleneck["model"], bottleneck.get("combined")
+    if combined is None:  # a feature-basis-only result
+        return {"verdict": model["verdict"], "basis": f"{BASIS}, at {', '.join(hooks)}", "summary": model["summary"],
+                "reason": model["reason"], "convergence_layer": model.get("convergence_layer"), "layers": hooks,
+                **described}
+    deciding = model if "features" in combined["basis"] else bottleneck["directions"]["model"]
+    names = " and ".join(combined["basis"])
+    return {"verdict": combined["verdict"], "basis": f"{BASIS} ({names}), at {', '.join(hooks)}",
+            "summary": deciding["summary"] if combined["verdict"] != "inconclusive" or deciding["verdict"] ==
+            "inconclusive" else f"Inconclusive: {combined['reason']}.",
+            "reason": f"{combined['reason']}; {deciding['reason']}", "by_basis": combined["by_basis"],
+            "convergence_layer": deciding.get("convergence_layer") if combined["verdict"] != "inconclusive" else None,
+            "layers": hooks, **described}

@@ -8,11 +8,13 @@ Model rule (:func:`model_verdict`), on [(layer, layer decision, layer evidence)]
     share of every counted category's refusal there), None if there is none.
     monolithic    some layer is monolithic (a shared bottleneck exists there)
     inconclusive  else, when some layer could hold a bottleneck the data cannot confirm (every counted category's
-                  residual CI reaches down to bottleneck_max_residual: decision["bottleneck_possible"])
+                  residual CI reaches down to bottleneck_max_residual and the categories' own sets do not spare
+                  each other: decision["bottleneck_possible"])
     mixed         else, when the best layer is mixed
-    modular       else, when some layer is modular and at every layer the shared part is excluded (preconditions
-                  hold and every counted category is in the small region: decision["shared_excluded"]), so no
-                  undecided layer could turn the answer into mixed or monolithic
+    modular       else, when some layer is modular and at every layer a shared carrier is excluded (preconditions
+                  hold and every counted category is in the small region, or each category's own set spares the
+                  others: decision["shared_excluded"]), so no undecided layer could turn the answer into mixed or
+                  monolithic
     inconclusive  otherwise
 
 Stability (:func:`stability`): runs that differ in organism seed, SAE seed or attribution method; the verdict if all
@@ -25,9 +27,10 @@ from collections import Counter
 from refusal.errors import ConfigError
 
 MODEL_RULE = ("monolithic if some layer is monolithic; else inconclusive if some layer could hold a bottleneck "
-              "(every counted category's residual CI low <= bottleneck_max_residual); else mixed if the layer with "
-              "the largest mean shared share is mixed; else modular if some layer is modular and every layer "
-              "excludes a shared part (every counted category small); otherwise inconclusive")
+              "(every counted category's residual CI low <= bottleneck_max_residual and the categories' own sets do "
+              "not spare each other); else mixed if the layer with the largest mean shared share is mixed; else "
+              "modular if some layer is modular and every layer excludes a shared carrier (every counted category "
+              "small, or each category's own set spares the others); otherwise inconclusive")
 
 
 def _share(evidence: dict) -> float | None:
@@ -62,9 +65,9 @@ def _decide(rows: list[tuple], best: tuple | None) -> tuple[str, str]:
     modular = [layer for layer, d, _ in rows if d["verdict"] == "modular"]
     open_layers = [layer for layer, d, _ in rows if not d["shared_excluded"]]
     if modular and not open_layers:
-        return "modular", f"layers {modular} are modular and every layer excludes a shared part"
+        return "modular", f"layers {modular} are modular and every layer excludes a shared carrier"
     if modular:
-        return "inconclusive", f"layers {modular} are modular, but layers {open_layers} do not exclude a shared part"
+        return "inconclusive", f"layers {modular} are modular, but layers {open_layers} do not exclude a shared carrier"
     return "inconclusive", "no layer is monolithic, mixed or modular"
 
 

@@ -21,6 +21,7 @@ from refusal.tasks.discover import discover
 from refusal.tasks.evaluate import evaluate
 from refusal.utils.io import write_json
 from refusal.verdict import LayerRule, model_verdict
+from refusal.verdict.bases import across_bases
 from refusal.verdict.final import final_verdict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,12 +112,20 @@ def test_evaluate_end_to_end(runs, tmp_path):
         assert pts[-1]["n_nodes"] >= pts[0]["n_nodes"] and faith["curves"][name]["discovered"] is not None
     verdict = json.loads((out / "verdict.json").read_text())  # the rule applied to the recorded evidence
     bottleneck = json.loads((out / "bottleneck.json").read_text())
-    decisions = [(r["layer"], LayerRule(**r["decision"]["thresholds"]).decide(r["evidence"]), r["evidence"])
-                 for r in bottleneck["layers"]]
-    assert [d for _, d, _ in decisions] == [r["decision"] for r in bottleneck["layers"]]
+    def redecide(layers):
+        out = [(r["layer"], LayerRule(**r["decision"]["thresholds"]).decide(r["evidence"]), r["evidence"])
+               for r in layers]
+        assert [d for _, d, _ in out] == [r["decision"] for r in layers]
+        return model_verdict(out)
+
+    features, directions = redecide(bottleneck["layers"]), redecide(bottleneck["directions"]["layers"])
+    combined = across_bases({"features": (features, bottleneck["layers"]),
+                             "directions": (directions, bottleneck["directions"]["layers"])})
     assert verdict == json.loads(json.dumps(final_verdict(
-        {**bottleneck, "model": model_verdict(decisions)}, json.loads((disc / "discovery_summary.json").read_text())[
-            "recognition"], transfer["decision"]["verdict"])))
+        {**bottleneck, "model": features, "directions": {**bottleneck["directions"], "model": directions},
+         "combined": combined}, json.loads((disc / "discovery_summary.json").read_text())["recognition"],
+        transfer["decision"]["verdict"])))
+    assert set(verdict["by_basis"]) == {"features", "directions"}
     assert verdict["verdict"] in ("modular", "monolithic", "mixed", "inconclusive") and verdict["layers"]
     n = None
     for line in (out / "report.md").read_text().splitlines():  # every table row has as many cells as its header

@@ -3,8 +3,8 @@ generation with the KV cache."""
 import pytest
 import torch
 
-from refusal.evaluation.interventions import (ActAdd, DirectionalAblation, FeatureEdit, Reconstruct, ZeroAblate,
-                                              directional_ablation, intervene)
+from refusal.evaluation.interventions import (ActAdd, DirectionalAblation, FeatureEdit, ProjectionClamp, Reconstruct,
+                                              ZeroAblate, directional_ablation, intervene)
 from refusal.model.chat import ChatFormatter
 from refusal.model.hooks import capture_activations
 
@@ -92,6 +92,23 @@ def test_directional_ablation_and_actadd(loaded, enc):
     assert (new @ rhat).abs().max() < 1e-4
     added = _act(loaded, enc, interventions=[ActAdd(HOOK, r, coeff=0.5)])
     torch.testing.assert_close(added, x + 0.5 * r, atol=1e-5, rtol=1e-5)
+
+
+def test_projection_clamp_sets_the_component_per_position_and_keeps_the_rest(loaded, enc):
+    x = _act(loaded, enc)
+    gen = torch.Generator().manual_seed(2)
+    r, v = torch.randn(3, 64, generator=gen), torch.tensor([0.5, -1.0, 2.0])  # one direction and value per position
+    new = _act(loaded, enc, interventions=[ProjectionClamp(HOOK, r, v)], positions=3)
+    rhat = r / r.norm(dim=-1, keepdim=True)
+    tail = new[:, -3:]
+    torch.testing.assert_close((tail * rhat).sum(-1), v.expand(tail.shape[0], 3), atol=1e-4, rtol=1e-4)
+    moved = tail - x[:, -3:]  # only along each position's direction
+    torch.testing.assert_close(moved - (moved * rhat).sum(-1, keepdim=True) * rhat, torch.zeros_like(moved),
+                               atol=1e-5, rtol=0)
+    assert torch.equal(new[:, :-3], x[:, :-3])
+    zero = _act(loaded, enc, interventions=[ProjectionClamp(HOOK, r[0])])  # value 0: directional ablation
+    torch.testing.assert_close(zero, _act(loaded, enc, interventions=[DirectionalAblation(HOOK, r[0])]), atol=1e-5,
+                               rtol=1e-5)
 
 
 def test_directional_ablation_everywhere_removes_the_direction_from_every_hook(loaded, enc):

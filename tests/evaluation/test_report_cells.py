@@ -183,7 +183,7 @@ def test_the_report_opens_on_the_answer(tmp_path):
     assert "p = 0.024" in cell(key, "descriptive — specificity S (own drop − other drop)", "how it is read")
     how = table_with(html_tables(page), "verdict", "how the verdict was reached")
     assert cell(how, "recognition (discovery's permutation tests; descriptive)", "verdict") == data["discovery"]["recognition"]
-    assert cell(how, "model (along depth)", "verdict") == "monolithic"
+    assert cell(how, "model (along depth), SAE feature sets", "verdict") == "monolithic"
     text = html.unescape(body)
     assert "Power: 8–8 held-out toxic prompts per category" in text and "one seed (3)" in text
     assert "One analysed layer (blocks.15.hook_resid_post)" in text

@@ -71,8 +71,12 @@ def test_demo_runs_the_pipeline_on_the_organism(tmp_path, real_model_cache):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "REFUSAL_CACHE": str(real_model_cache)}
     outs = []
     for cmd in demo_commands(tmp_path / "demo"):
-        res = subprocess.run([sys.executable, str(REPO / cmd[0]), *cmd[1:]], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=3600)
+        try:
+            res = subprocess.run([sys.executable, str(REPO / cmd[0]), *cmd[1:]], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True, timeout=3600)
+        except subprocess.TimeoutExpired as e:  # say how far it got: the output's tail, not only "timed out"
+            out, err = (x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
+            pytest.fail(f"{cmd[0]} ran past {e.timeout} s; stdout tail:\n{out[-3000:]}\nstderr tail:\n{err[-3000:]}")
         assert res.returncode == 0, res.stderr[-4000:]
         outs.append(res.stdout)
     train, discover, evaluate = outs

@@ -4,10 +4,10 @@ import copy
 from dataclasses import asdict
 
 import pytest
-from verdict_testlib import block, evidence, mixed, modular, monolithic, uniform
+from verdict_testlib import block, evidence, mixed, modular, monolithic, synth, uniform, union
 
 from refusal.errors import ConfigError
-from refusal.verdict import LayerRule
+from refusal.verdict import LayerRule, layer_evidence
 
 DEFAULTS = {"bottleneck_max_residual": 0.2, "no_bottleneck_min_residual": 0.5, "max_kl": 0.1, "min_induced": 0.5,
             "dissociation_margin": 0.3, "min_pair_fraction": 0.5, "min_prompts": 5}
@@ -28,6 +28,11 @@ def mix():
     return mixed()
 
 
+@pytest.fixture(scope="module")
+def uni():
+    return union()
+
+
 def verdict(ev, **thresholds) -> str:
     return LayerRule(**thresholds).decide(ev)["verdict"]
 
@@ -46,7 +51,8 @@ def test_planted_mechanisms_get_their_label(mono, modu, mix):
     assert set(out) >= {"verdict", "reasons", "thresholds", "rule"} and out["thresholds"] == DEFAULTS
     assert out["regions"] == dict.fromkeys(["cyber", "fraud", "hate", "violence"], "bottleneck")
     assert out["reasons"][-1] == "verdict monolithic: every condition of monolithic holds"
-    assert any("equivalent to no dissociation: yes" in r for r in out["reasons"])
+    assert any(r.startswith("holds: the shared set is one mechanism, not a union of category-specific ones: mean "
+                            "dissociation CI") and "within ±0.3" in r for r in out["reasons"])
 
 
 def test_noise_and_too_few_prompts_are_inconclusive():
@@ -93,11 +99,17 @@ def test_a_weaker_bottleneck_flips_with_the_default_threshold():
 def test_no_bottleneck_threshold_is_pinned_at_the_lower_ci(modu):
     lo = residual_bound(modu, "low", min)
     assert verdict(modu, no_bottleneck_min_residual=lo) == "modular"
-    assert verdict(modu, no_bottleneck_min_residual=lo + 1e-9) == "inconclusive"
-    ev = evidence(0.6, block(0.9, 0.05), n=40, m=40)  # residual CIs around [0.56, 0.64]
-    assert verdict(ev) == "modular"
+    assert verdict(modu, no_bottleneck_min_residual=lo + 1e-9) == "modular"  # undecided, but own sets spare others
+    held = evidence(0.85, block(0.95, 0.3))  # every own set holds a small shared part: only "small" excludes it
+    lo = residual_bound(held, "low", min)
+    assert verdict(held, no_bottleneck_min_residual=lo) == "modular"
+    assert verdict(held, no_bottleneck_min_residual=lo + 1e-9) == "inconclusive"
+    ev = evidence(0.6, block(0.95, 0.45), n=40, m=40)  # residual CIs around [0.56, 0.64]; own sets hold the
+    assert verdict(ev) == "modular"  # shared part (cross drops ~0.45), so only "small" can exclude a shared carrier
     assert verdict(ev, no_bottleneck_min_residual=0.6) == "inconclusive"  # CIs straddle it: undecided
     assert verdict(ev, no_bottleneck_min_residual=0.7) == "mixed"  # a shared part carrying ~40 % is then partial
+    spared = evidence(0.6, block(0.9, 0.05), n=40, m=40)  # own sets spare each other: no shared carrier either way
+    assert [verdict(spared, no_bottleneck_min_residual=x) for x in (0.5, 0.6, 0.7)] == ["modular"] * 3
 
 
 def test_the_partial_region_is_strictly_between_the_thresholds(mix):
@@ -130,7 +142,7 @@ def test_induced_threshold_is_pinned_and_unmeasured_induction_is_not_required(mo
 def test_the_shared_set_must_beat_random_sets(mono):
     assert verdict(evidence(0.02, uniform(0.6), random_residual=0.02)) == "inconclusive"
     assert verdict(evidence(0.02, uniform(0.6), n_random=0)) == "inconclusive"
-    assert verdict(evidence(0.35, block(0.6, 0.1), n_random=0)) == "inconclusive"
+    assert verdict(evidence(0.35, block(1.0, 0.6), n_random=0)) == "inconclusive"
     assert verdict(evidence(0.85, block(0.9, 0.05), n_random=0)) == "modular"  # modular rests on no removal
     ev = copy.deepcopy(mono)
     ev["per_category"][1]["random_gap"]["low"] = 0.0
@@ -164,11 +176,94 @@ def test_no_dissociation_beside_a_small_shared_part_is_inconclusive():
     assert verdict(evidence(0.35, uniform(0.3))) == "inconclusive"
 
 
-def test_categories_in_different_regions_are_inconclusive():
-    ev = evidence([0.02, 0.02, 0.85, 0.85], block(0.9, 0.05))
+def test_categories_in_different_regions_are_inconclusive_unless_their_own_sets_spare_each_other():
+    ev = evidence([0.02, 0.02, 0.85, 0.85], block(1.0, 0.6))
     out = LayerRule().decide(ev)
     assert out["verdict"] == "inconclusive" and set(out["regions"].values()) == {"bottleneck", "small"}
     assert not out["bottleneck_possible"] and not out["shared_excluded"]
+    assert "modular (the categories dissociate and each category's own set spares the others) fails on: " \
+           "['own sets spare the others']" in out["reasons"][-1]
+    spared = LayerRule().decide(evidence([0.02, 0.02, 0.85, 0.85], block(0.9, 0.05)))
+    assert spared["verdict"] == "modular" and spared["shared_excluded"]
+
+
+def test_a_union_of_small_category_mechanisms_is_modular_not_monolithic(uni):
+    out = LayerRule().decide(uni)
+    assert out["verdict"] == "modular" and set(out["regions"].values()) == {"bottleneck"}
+    held = [r for r in out["reasons"] if r.startswith("holds: ")]  # everything the old rule needed for monolithic
+    for text in ("mean safe KL", "the shared set beats random sets", "patching the shared set"):
+        assert any(r.startswith(f"holds: {text}") for r in held)
+    assert any(r.startswith("fails: the shared set is one mechanism, not a union") for r in out["reasons"])
+    assert any(r.startswith("holds: no shared carrier: each category's own set spares the others")
+               for r in out["reasons"])
+    assert out["reasons"][-1] == ("verdict modular: every condition of modular holds (no shared carrier: each "
+                                  "category's own set spares the others)")
+    assert out["cross_drop_max"] <= 0.5 and not out["bottleneck_possible"] and out["shared_excluded"]
+    assert verdict(evidence(0.35, block(0.6, 0.1))) == "modular"  # a partial pooled set can be a union too
+
+
+def test_monolithic_needs_no_dissociation_established_by_equivalence(mono):
+    d = mono["dissociation"]["mean"]
+    edge = max(-d["low"], d["high"])
+    assert verdict(mono, dissociation_margin=edge) == "monolithic"
+    assert verdict(mono, dissociation_margin=edge - 1e-9) == "inconclusive"
+    for side, value in (("high", 0.3), ("low", -0.3)):  # each end of the CI is pinned at ±dissociation_margin
+        ev = copy.deepcopy(mono)
+        ev["dissociation"]["mean"][side] = value
+        assert verdict(ev) == "monolithic"
+        ev["dissociation"]["mean"][side] = value + (1e-9 if side == "high" else -1e-9)
+        assert verdict(ev) == "inconclusive"
+    straddle = evidence(0.02, block(0.9, 0.6))  # mean dissociation CI around [0.28, 0.33]: straddles 0.3
+    out = LayerRule().decide(straddle)
+    assert set(out["regions"].values()) == {"bottleneck"} and out["verdict"] == "inconclusive"
+    assert out["reasons"][-1] == ("verdict inconclusive: every category is bottleneck, but these conditions fail: "
+                                  "['no dissociation']; modular (the categories dissociate and each category's own "
+                                  "set spares the others) fails on: ['dissociation', 'own sets spare the others']")
+
+
+def test_monolithic_needs_dissociation_measured(mono):
+    ev = copy.deepcopy(mono)
+    ev["dissociation"] = None
+    assert verdict(ev) == "inconclusive"
+    kw = synth(0.02, uniform(0.6))
+    kw["per_category"] = None  # no per-category sets: neither a drop matrix nor dissociation
+    out = LayerRule().decide(layer_evidence(**kw, n_resamples=1000, seed=1))
+    assert out["verdict"] == "inconclusive" and out["cross_drop_max"] is None
+    assert any(r == "fails: the shared set is one mechanism, not a union of category-specific ones: dissociation "
+                    "not measured, so it cannot be excluded" for r in out["reasons"])
+    assert out["reasons"][-1].startswith("verdict inconclusive: every category is bottleneck, but these conditions "
+                                         "fail: ['no dissociation']")
+
+
+def _cross_highs(ev) -> list[tuple[int, int]]:
+    """(row, column) of every cross drop D[a, b], a != b, of counted categories."""
+    idx = [ev["drop_matrix"]["rows"].index(c) for c in ev["counted"]]
+    return [(i, j) for i in idx for j in idx if i != j]
+
+
+def test_the_cross_drop_route_is_pinned(uni):
+    x = LayerRule().decide(uni)["cross_drop_max"]
+    assert x == max(uni["drop_matrix"]["high"][i][j] for i, j in _cross_highs(uni))
+    assert verdict(uni, no_bottleneck_min_residual=1 - x) == "modular"
+    assert verdict(uni, no_bottleneck_min_residual=1 - x + 1e-9) == "inconclusive"
+    ev = copy.deepcopy(uni)
+    for i, j in _cross_highs(ev):
+        ev["drop_matrix"]["high"][i][j] = 0.5  # exactly 1 - no_bottleneck_min_residual: a's set leaves 0.5 of b's
+    assert verdict(ev) == "modular" and LayerRule().decide(ev)["cross_drop_max"] == 0.5
+    i, j = _cross_highs(ev)[-1]
+    ev["drop_matrix"]["high"][i][j] = 0.5 + 1e-9
+    assert verdict(ev) == "inconclusive"
+    ev["drop_matrix"]["high"][i][j] = None
+    out = LayerRule().decide(ev)
+    assert out["verdict"] == "inconclusive" and out["cross_drop_max"] is None
+    assert any("undefined for" in r for r in out["reasons"])
+
+
+def test_the_cross_drop_route_uses_counted_categories_only():
+    ev = evidence(0.02, block(1.0, 0.0), headroom=[8.0, 8.0, 8.0, 0.0])  # violence: no headroom, wild drop column
+    out = LayerRule().decide(ev)
+    assert out["counted"] == ["cyber", "fraud", "hate"] and out["verdict"] == "modular"
+    assert out["cross_drop_max"] <= 0.5
 
 
 @pytest.mark.parametrize("kw,message", [
