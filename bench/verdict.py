@@ -35,9 +35,9 @@ from refusal.tasks.discover import discover
 from refusal.tasks.evaluate import evaluate
 from refusal.tasks.train import train
 from refusal.verdict import stability
+from refusal.verdict.rules import VERDICTS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-VERDICTS = ("monolithic", "modular", "mixed", "inconclusive")
 DESIGNED = {"monolithic": "monolithic", "modular": "modular", "mixed": "mixed", "gated": "monolithic"}
 PLANTED_LAYERS = [6, 10, 15, 20]  # analysed layers; the adapters' layers come from the organism's card
 

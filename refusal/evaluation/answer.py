@@ -63,6 +63,16 @@ def _bottleneck_rows(bottleneck: dict | None) -> list[list]:
     return rows
 
 
+def _basis_rows(layer_label: str, model_label: str, basis: dict) -> list[list]:
+    """The "how the verdict was reached" rows of one basis: each layer's decision, then its model verdict."""
+    rows = [[f"{r['hook']} ({layer_label})", r["decision"]["verdict"], " ".join(r["decision"]["reasons"]),
+             r["decision"]["rule"]] for r in basis.get("layers") or []]
+    if basis.get("model"):
+        m = basis["model"]
+        rows.append([f"model (along depth), {model_label}", m["verdict"], m["reason"], m["rule"]])
+    return rows
+
+
 def key_numbers(discovery: dict | None, transfer: dict | None, bottleneck: dict | None = None) -> Table | None:
     rows = _bottleneck_rows(bottleneck)
     if transfer and transfer.get("statistic"):
@@ -189,16 +199,8 @@ def answer_section(data: dict, discovery: dict | None, transfer: dict | None, di
                        + "</ul>", "\n".join(f"- **Caveat.** {c}" for c in notes)))
     rows = []
     if ran(bottleneck) and bottleneck.get("layers"):
-        rows += [[f"{r['hook']} (shared bottleneck, dissociation)", r["decision"]["verdict"],
-                  " ".join(r["decision"]["reasons"]), r["decision"]["rule"]] for r in bottleneck["layers"]]
-        rows.append(["model (along depth), SAE feature sets", bottleneck["model"]["verdict"],
-                     bottleneck["model"]["reason"], bottleneck["model"]["rule"]])
-        dirs = bottleneck.get("directions") or {}
-        rows += [[f"{r['hook']} (residual directions)", r["decision"]["verdict"], " ".join(r["decision"]["reasons"]),
-                  r["decision"]["rule"]] for r in dirs.get("layers") or []]
-        if dirs.get("model"):
-            rows.append(["model (along depth), residual directions", dirs["model"]["verdict"], dirs["model"]["reason"],
-                         dirs["model"]["rule"]])
+        rows += _basis_rows("shared bottleneck, dissociation", "SAE feature sets", bottleneck)
+        rows += _basis_rows("residual directions", "residual directions", bottleneck.get("directions") or {})
         if bottleneck.get("combined"):
             c = bottleneck["combined"]
             rows.append(["both bases (the verdict)", c["verdict"], c["reason"], c["rule"]])

@@ -80,8 +80,9 @@ def direction_layer(ctx, setup, s, sc, p, h: int, means: dict, evidence_fn) -> d
     gen = torch.Generator().manual_seed(int(ctx.seed) * 1000 + h)
     own = {c: means[c][hook] - safe for c in p.categories}
     rand = [torch.randn(shared.shape, generator=gen) for _ in range(s.n_random)]
-    _, kl = sc.safe_run(clamps, _clamp(hook, shared, safe))
-    scores = {"shared": sc.toxic(clamps, _clamp(hook, shared, safe)),
+    ablate_shared = _clamp(hook, shared, safe)
+    _, kl = sc.safe_run(clamps, ablate_shared)
+    scores = {"shared": sc.toxic(clamps, ablate_shared),
               "per_category": np.stack([sc.toxic(clamps, _clamp(hook, own[c], safe)) for c in p.categories]),
               "random": np.stack([sc.toxic(clamps, _clamp(hook, r, safe)) for r in rand]),
               "induced": sc.safe_run(clamps, _clamp(hook, shared, toxic))[0]}

@@ -19,11 +19,15 @@ def _ci(t: dict | None) -> str:
     return "–" if not t or t.get("estimate") is None else fmt_ci(t["estimate"], t.get("low"), t.get("high"))
 
 
-def _layer_row(r: dict) -> list:
+def _evidence_cells(r: dict) -> list:
+    """verdict, counted categories, mean residual, safe KL, induced, dissociation of one layer result."""
     ev, d = r["evidence"], r["decision"]
-    diss = (ev.get("dissociation") or {}).get("mean")
-    return [r["hook"], r["k"], d["verdict"], len(d["counted"]), _ci(ev.get("mean_residual")), _ci(ev.get("safe_kl")),
-            _ci(ev.get("induced_fraction")), _ci(diss)]
+    return [d["verdict"], len(d["counted"]), _ci(ev.get("mean_residual")), _ci(ev.get("safe_kl")),
+            _ci(ev.get("induced_fraction")), _ci((ev.get("dissociation") or {}).get("mean"))]
+
+
+def _layer_row(r: dict) -> list:
+    return [r["hook"], r["k"], *_evidence_cells(r)]
 
 
 def _category_rows(r: dict) -> list[list]:
@@ -33,11 +37,8 @@ def _category_rows(r: dict) -> list[list]:
 
 
 def _direction_row(r: dict) -> list:
-    ev, d = r["evidence"], r["decision"]
     cos = r["directions"]["cosine_with_shared"]
-    return [r["hook"], d["verdict"], len(d["counted"]), _ci(ev.get("mean_residual")), _ci(ev.get("safe_kl")),
-            _ci(ev.get("induced_fraction")), _ci((ev.get("dissociation") or {}).get("mean")),
-            ", ".join(f"{c} {v:.2f}" for c, v in cos.items())]
+    return [r["hook"], *_evidence_cells(r), ", ".join(f"{c} {v:.2f}" for c, v in cos.items())]
 
 
 def _direction_blocks(directions: dict | None) -> list:

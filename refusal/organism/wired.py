@@ -87,7 +87,6 @@ def wired_llama(design: str, markers: list[str], *, embed: float = 1.0, copy_gai
     return model, tok, {"recognition": rec, "refusal": ref}
 
 
-
 def wired_prompts(markers: dict[str, str] = MARKERS, splits: tuple[str, ...] = ("train",) * 8 + ("val",) * 2
                   + ("test",) * 8) -> PromptSet:
     """Per entry of ``splits``, one toxic prompt per category (its marker three times among words) and one safe
