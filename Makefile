@@ -41,6 +41,7 @@ bench: setup
 	$(PY) bench/sae.py
 	$(PY) bench/verdict.py
 	$(PY) bench/attribution.py
+	$(PY) bench/ablation.py
 	$(PY) bench/sae_vs_saelens.py
 	$(PY) bench/sae_vs_saelens.py --d-sae 32768 --steps 20
 	$(PY) bench/sae_kernels.py

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+
+import refusal.schemas  # noqa: F401  (config schemas)
 
 from refusal.circuit.attribution import _atp
 from refusal.circuit.metric import build_metric
@@ -27,7 +31,15 @@ from refusal.model import ChatFormatter, expand_hook_names, load_model
 from refusal.model.hooks import hook_width
 from refusal.sae.model import SparseAutoencoder
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
 MODELS = {"smollm2": "conf/model/smollm2_135m.yaml", "tiny": "conf/model/tiny_llama.yaml"}
+
+
+def default_prompts():
+    """The prompt set of the default data config with seed 0, composed as train.py composes it."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["seed=0"])
+    return build_prompt_set(cfg.data)
 
 
 def best_of(fn, repeats: int) -> float:
@@ -59,9 +71,7 @@ def main() -> None:
         d_in = hook_width(loaded.model, h)
         sae = SparseAutoencoder(d_in, d_in * args.expansion, "topk", k=min(args.k, d_in * args.expansion))
         saes[h] = HookedSAE(h, sae.eval().requires_grad_(False))
-    data_cfg = OmegaConf.load("conf/data/default.yaml")
-    data_cfg.seed = 0
-    prompts = build_prompt_set(data_cfg)
+    prompts = default_prompts()
     toxic = [r.prompt for r in prompts.filter(label="toxic")][: args.prompts]
     safe = [r.prompt for r in prompts.filter(label="safe")][: args.prompts]
     metric, _ = build_metric("refusal_score", loaded.tokenizer)

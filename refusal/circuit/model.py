@@ -11,6 +11,7 @@ from refusal.circuit.nodes import node_position_count
 from refusal.circuit.splice import HookedSAE, run_model, splice
 from refusal.errors import ConfigError
 from refusal.model.chat import ChatFormatter, EncodedBatch
+from refusal.model.tail import PrefixKV, prefix_kv
 from refusal.utils.progress import progress
 
 Values = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -28,6 +29,7 @@ class CircuitModel:
     def __post_init__(self):
         self.device = next(self.model.parameters()).device
         self.n_positions = node_position_count(self.formatter.encode(["x"]), self.positions)
+        self._kv: tuple[EncodedBatch, PrefixKV | None] | None = None
 
     @property
     def hooks(self) -> list[str]:
@@ -48,12 +50,28 @@ class CircuitModel:
                 yield rows, self.encode([prompts[i] for i in rows])
                 bar.update(len(rows))
 
+    def _prefix(self, enc: EncodedBatch) -> PrefixKV | None:
+        """The clean KV cache of ``enc`` minus its node positions (refusal.model.tail), kept for the batch last asked
+        about: the splices edit only the node positions, so every run on a batch shares it."""
+        if self._kv is None or self._kv[0] is not enc:
+            self._kv = (enc, prefix_kv(self.model, enc, self.n_positions))
+        return self._kv[1]
+
     def run(self, enc: EncodedBatch, modes: dict[str, str], values: Values | None = None, grad: bool = False):
-        """(metric [B] or None if stopped early, {hook: (f, e)})."""
+        """(metric [B] or None if stopped early, {hook: (f, e)}). Only the node positions are forwarded, over the
+        batch's clean cached prefix (same metric, same gradients at the nodes)."""
+        kv = self._prefix(enc)
         with torch.set_grad_enabled(grad), splice(self.model, self.saes, self.n_positions, modes, values) as rec:
-            logits = run_model(self.model, enc.model_inputs())
+            logits = run_model(self.model, enc.model_inputs(), kv, enc)
             m = None if logits is None else self.metric(logits)
         return m, rec
+
+    @torch.no_grad()
+    def values(self, enc: EncodedBatch) -> Values:
+        """Clean node values only (no metric): the forward stops after the last hooked layer."""
+        with splice(self.model, self.saes, self.n_positions, {h: "observe" for h in self.hooks}) as rec:
+            run_model(self.model, enc.model_inputs())
+        return {h: rec[h] for h in self.hooks}
 
     def capture(self, enc: EncodedBatch) -> tuple[torch.Tensor, Values]:
         """Clean metric and node values (no grad)."""

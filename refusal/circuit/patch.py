@@ -24,8 +24,7 @@ def mean_values(cm: CircuitModel, prompts: list[str]) -> Values:
         raise ConfigError("circuit.patch=mean_safe needs contrast prompts in the discovery split; there are none")
     sums: dict[str, list[torch.Tensor]] = {}
     for _, enc in cm.batches(prompts):
-        _, vals = cm.capture(enc)
-        for h, (f, e) in vals.items():
+        for h, (f, e) in cm.values(enc).items():
             part = [f.double().sum(0, keepdim=True), e.double().sum(0, keepdim=True)]
             sums[h] = part if h not in sums else [sums[h][0] + part[0], sums[h][1] + part[1]]
     return {h: (f.div(len(prompts)).float(), e.div(len(prompts)).float()) for h, (f, e) in sums.items()}
@@ -48,8 +47,7 @@ class PatchSource:
         if self.kind == "zero":
             return {h: (torch.zeros_like(f[:1]), torch.zeros_like(e[:1])) for h, (f, e) in clean.items()}
         paired = [self.contrast[i % len(self.contrast)] for i in rows]
-        _, vals = self.cm.capture(self.cm.encode(paired))
-        return vals
+        return self.cm.values(self.cm.encode(paired))
 
     def paired_ids(self, rows: list[int]) -> list[str] | None:
         """The contrast prompt id each clean row is paired with (paired patches with ids only)."""

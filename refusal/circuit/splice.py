@@ -25,7 +25,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from refusal.model.chat import EncodedBatch
 from refusal.model.hooks import HOOK_KINDS, HookSpec, StopForward, decoder_layers, parse_hook_name, register_edit
+from refusal.model.tail import PrefixKV, tail_forward
 from refusal.sae.model import SparseAutoencoder
 
 MODES = ("read", "set", "capture", "observe", "relay")
@@ -107,9 +109,13 @@ def splice(model: nn.Module, saes: dict[str, HookedSAE], n_positions: int, modes
             h.remove()
 
 
-def run_model(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """Logits at the last position [B, V], or None when a splice stopped the forward early."""
+def run_model(model: nn.Module, inputs: dict[str, torch.Tensor], kv: PrefixKV | None = None,
+              enc: EncodedBatch | None = None) -> torch.Tensor | None:
+    """Logits at the last position [B, V], or None when a splice stopped the forward early. With ``kv`` (the clean
+    KV cache of ``enc`` minus its last tokens, refusal.model.tail) only those last tokens are forwarded."""
     try:
-        return model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1]
+        if kv is None:
+            return model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1]
+        return tail_forward(model, enc, kv, logits_to_keep=1).logits[:, -1]
     except StopForward:
         return None

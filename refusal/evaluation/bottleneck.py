@@ -147,8 +147,9 @@ class _Scorer:
     def __init__(self, ctx, setup, p: _Prompts):
         self.ctx, self.model = ctx, ctx.model
         start = first_layer(setup.space.hooks, ctx.loaded.n_layers)
-        self.tox = PrefixCachedLogits(ctx.model, ctx.formatter, p.toxic, ctx.batch_size, start)
-        self.safe = PrefixCachedLogits(ctx.model, ctx.formatter, p.safe, ctx.batch_size, start)
+        tail = setup.space.n_positions  # every set is ablated, induced or clamped at the node positions only
+        self.tox = PrefixCachedLogits(ctx.model, ctx.formatter, p.toxic, ctx.batch_size, start, tail)
+        self.safe = PrefixCachedLogits(ctx.model, ctx.formatter, p.safe, ctx.batch_size, start, tail)
         self.base, base_safe = self.toxic(), self.safe()
         self.safe_base = self._score(base_safe)
         self.safe_logp = torch.log_softmax(base_safe.double(), -1)

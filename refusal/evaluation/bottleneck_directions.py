@@ -54,17 +54,19 @@ def hook_means(setup, prompts: list[str]) -> dict[str, torch.Tensor]:
 
 
 def discovery_means(setup, categories: list[str]) -> tuple[dict, list[str]]:
-    """({"toxic", "safe", and each category with discovery prompts: {hook: [P, d]}}, notes)."""
+    """({"toxic", "safe", and each category with discovery prompts: {hook: [P, d]}}, notes). The toxic mean is the
+    count-weighted mean of every discovery category's mean, so each toxic prompt is forwarded once."""
     split = setup.split
-    out = {"toxic": hook_means(setup, [r.prompt for r in split.filter(label="toxic")]),
-           "safe": hook_means(setup, [r.prompt for r in split.filter(label="safe")])}
-    notes = []
-    for c in categories:
-        prompts = [r.prompt for r in split.filter(label="toxic", category=c)]
-        if prompts:
-            out[c] = hook_means(setup, prompts)
-        else:
-            notes.append(f"directions: category {c} has no discovery-split prompts, so no direction of its own")
+    toxic = split.filter(label="toxic")
+    out = {"safe": hook_means(setup, [r.prompt for r in split.filter(label="safe")])}
+    counts = {}
+    for c in toxic.categories():
+        prompts = [r.prompt for r in toxic.filter(category=c)]
+        out[c], counts[c] = hook_means(setup, prompts), len(prompts)
+    total = sum(counts.values())
+    out["toxic"] = {h: sum(out[c][h] * (n / total) for c, n in counts.items()) for h in out["safe"]}
+    notes = [f"directions: category {c} has no discovery-split prompts, so no direction of its own"
+             for c in categories if c not in counts]
     return out, notes
 
 

@@ -45,7 +45,7 @@ class AblationMetric:
                  metric: Callable[[Tensor], Tensor], batch_size: int):
         self.model, self.ablator, self.metric = model, ablator, metric
         start = first_layer(ablator.space.hooks, len(decoder_layers(model)))
-        self.logits = PrefixCachedLogits(model, formatter, prompts, batch_size, start)
+        self.logits = PrefixCachedLogits(model, formatter, prompts, batch_size, start, ablator.space.n_positions)
         self.n_prompts = len(prompts)
         self._values: dict[bytes, float] = {}
 

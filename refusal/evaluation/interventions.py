@@ -22,10 +22,14 @@ Positions (:func:`intervene`): ``positions=None`` edits every position of every 
 ``positions=n`` edits the last ``n`` tokens of every forward that starts at position 0 (a prompt's prefill, e.g. the
 post-instruction tokens where circuit nodes live) and leaves later decoding steps alone. Generation must use the
 KV cache (the Hugging Face default) for ``positions=n``: without it every step re-reads the prompt from position 0.
+Inside :func:`prompt_continuation`, a forward over a KV cache is the rest of a prompt (its last tokens after a clean
+cached prefix, refusal.evaluation.prefix), not a decoding step, and ``positions=n`` edits its last n tokens;
+:func:`edited_tail` says how many last tokens the active interventions may edit (None: every position).
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
@@ -178,14 +182,39 @@ def directional_ablation(direction: Tensor, n_layers: int, kinds: Sequence[str] 
 
 
 
-def cached_length(layer_kwargs: dict) -> int:
-    """Tokens already in the KV cache a decoder layer was called with (0 in a prefill). The cache is passed as
-    ``past_key_values`` (transformers 4.x), ``past_key_value`` or ``cache`` (5.x)."""
+def cached_length(layer_kwargs: dict, layer_idx: int = 0) -> int:
+    """Tokens already in decoder layer ``layer_idx``'s KV cache when that layer is called with ``layer_kwargs`` (0 in a
+    prefill). It must be the called layer's own entry: the layers before it have already added this forward's tokens
+    to theirs. The cache is passed as ``past_key_values`` (transformers 4.x), ``past_key_value`` or ``cache`` (5.x)."""
     for name in ("past_key_values", "past_key_value", "cache"):
         cache = layer_kwargs.get(name)
         if cache is not None and hasattr(cache, "get_seq_length"):
-            return int(cache.get_seq_length())
+            return int(cache.get_seq_length(layer_idx))
     return 0
+
+
+_CONTINUATION: contextvars.ContextVar[bool] = contextvars.ContextVar("prompt_continuation", default=False)
+_ACTIVE: contextvars.ContextVar[tuple] = contextvars.ContextVar("intervention_positions", default=())
+
+
+@contextlib.contextmanager
+def prompt_continuation() -> Iterator[None]:
+    """Inside, a forward over a KV cache holding a clean prefix of the same prompts is the prompts' end (not a
+    decoding step): ``intervene(..., positions=n)`` edits its last n tokens."""
+    token = _CONTINUATION.set(True)
+    try:
+        yield
+    finally:
+        _CONTINUATION.reset(token)
+
+
+def edited_tail() -> int | None:
+    """How many last prompt tokens the active ``intervene`` blocks may edit: 0 when none is active, None when one edits
+    every position (then no prefix of a prompt is left as it was)."""
+    active = _ACTIVE.get()
+    if any(p is None for p in active):
+        return None
+    return max(active, default=0)
 
 
 @contextlib.contextmanager
@@ -204,9 +233,9 @@ def intervene(model: nn.Module, interventions: Sequence[Intervention], positions
         if positions is None:
             state["sel"] = slice(None)
             return
-        past = cached_length(kwargs)
+        past = cached_length(kwargs, first)
         T = hs.shape[1]
-        if past > 0:
+        if past > 0 and not _CONTINUATION.get():
             state["sel"] = None
         elif T < positions:
             raise ValueError(f"a forward of {T} tokens has fewer than positions={positions}")
@@ -228,10 +257,12 @@ def intervene(model: nn.Module, interventions: Sequence[Intervention], positions
     # refusal.evaluation.prefix).
     first = min((spec.layer for spec in specs), default=0)
     handles = [layers[first].register_forward_pre_hook(track, with_kwargs=True)]
+    token = _ACTIVE.set(_ACTIVE.get() + ((positions,) if interventions else ()))
     try:
         for iv, spec in zip(interventions, specs):
             handles.append(register_edit(layers[spec.layer], spec, wrap(iv)))
         yield
     finally:
+        _ACTIVE.reset(token)
         for h in handles:
             h.remove()

@@ -169,7 +169,8 @@ def _measure(ctx, setup, s: TransferSettings, lay: _Layout) -> _Measured:
     records = lay.records
     base_refused = np.array([ctx.baseline_items[r.id]["refused"] for r in records], dtype=float) if s.generate else None
     start = first_layer(setup.space.hooks, ctx.loaded.n_layers)
-    logits = PrefixCachedLogits(ctx.model, ctx.formatter, [r.prompt for r in records], ctx.batch_size, start)
+    logits = PrefixCachedLogits(ctx.model, ctx.formatter, [r.prompt for r in records], ctx.batch_size, start,
+                                setup.space.n_positions)
 
     def scores() -> np.ndarray:
         return refusal_score(logits(), ctx.refusal_token_ids).numpy()

@@ -82,3 +82,17 @@ def test_every_hook_kind_splices_unchanged(frozen_tiny, kind):
     m, clean, grads = cm.read(enc)
     torch.testing.assert_close(m, cm.metric(base), atol=1e-5, rtol=1e-5)
     assert grads[hook][1].abs().sum() > 0
+
+
+def test_runs_forward_only_the_node_positions_over_the_clean_prefix(cm):
+    """Every run on a batch shares its clean cached prefix: the embedding sees the full prompts once (the prefix),
+    then only the node positions, and the metric and gradients equal a full forward's (tests above)."""
+    enc = cm.encode(TOXIC)
+    seen = []
+    handle = cm.model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(int(o.shape[1])))
+    try:
+        cm.read(enc)
+        cm.capture(enc)
+    finally:
+        handle.remove()
+    assert seen == [enc.seq_len - cm.n_positions, cm.n_positions, cm.n_positions]

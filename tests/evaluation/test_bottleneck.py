@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import torch
 import pytest
 from omegaconf import OmegaConf
 
@@ -132,3 +133,16 @@ def test_settings_from_config():
                 {"rule": {**rule, "extra": 1}}, {"rule": {**rule, "max_kl": -1}}):
         with pytest.raises(ConfigError):
             BottleneckSettings.from_config(OmegaConf.create({**node, **bad}))
+
+
+def test_direction_means_pool_the_categories_into_the_toxic_mean(modular):
+    """The toxic mean is pooled from the per-category means (each toxic prompt forwarded once); it must equal the
+    mean over every toxic discovery prompt."""
+    from refusal.evaluation.bottleneck_directions import discovery_means, hook_means
+    setup = modular.setup
+    means, _ = discovery_means(setup, [])
+    direct = hook_means(setup, [r.prompt for r in setup.split.filter(label="toxic")])
+    assert set(setup.split.filter(label="toxic").categories()) < set(means)
+    for hook in HOOKS:
+        assert means["toxic"][hook].abs().max() > 0
+        torch.testing.assert_close(means["toxic"][hook], direct[hook], rtol=1e-5, atol=1e-5)

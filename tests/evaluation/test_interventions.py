@@ -163,11 +163,18 @@ def test_every_position_applies_during_cached_generation(loaded, enc):
 
 
 @torch.no_grad()
-def test_tail_positions_edit_the_prefill_only_during_generation(loaded, enc):
+@pytest.mark.parametrize("layer", [0, 2])
+def test_tail_positions_edit_the_prefill_only_during_generation(loaded, enc, layer):
     r = torch.randn(64, generator=torch.Generator().manual_seed(4))
-    ivs = [ActAdd("blocks.1.hook_resid_pre", r, 5.0)]
+    ivs = [ActAdd(f"blocks.{layer}.hook_resid_pre", r, 5.0)]
     with intervene(loaded.model, ivs, positions=2):
         cached = _generate(loaded, enc, 3)
+        edited = loaded.model(**enc.model_inputs(), use_cache=False).logits[:, -1]  # a forward with no cache edits
+        prefill = loaded.model(**enc.model_inputs(), use_cache=True).logits[:, -1]
+    # the prefill of a cached forward is edited too, at a layer after the first (whose cache entry is filled first)
+    torch.testing.assert_close(prefill, edited)
+    assert not torch.allclose(edited, loaded.model(**enc.model_inputs(), use_cache=False).logits[:, -1])
+    assert torch.equal(cached[:, 0], edited.argmax(-1))
     # reference: prefill with the edit, then decode from its cache with no edit at all
     model, ids, mask = loaded.model, enc.input_ids, enc.attention_mask
     with intervene(model, ivs, positions=2):

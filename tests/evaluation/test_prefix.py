@@ -7,6 +7,7 @@ from refusal.evaluation.interventions import ActAdd, FeatureEdit, intervene
 from refusal.evaluation.measure import last_logits
 from refusal.evaluation.prefix import PrefixCachedLogits, first_layer
 from refusal.model.chat import ChatFormatter
+from refusal.model.hooks import decoder_layers
 
 
 @pytest.fixture(scope="module")
@@ -65,4 +66,92 @@ def test_a_model_that_changes_its_embeddings_falls_back_to_full_forwards(loaded,
     finally:
         del model.model.forward
     assert cached.start == 0
+    torch.testing.assert_close(got, last_logits(model, fmt, prompts, 3), rtol=1e-5, atol=1e-5)
+
+
+def _tokens_forwarded(model) -> list[int]:
+    """Records the sequence length of every forward through the embedding (append-only list)."""
+    seen: list[int] = []
+    model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(int(o.shape[1])))
+    return seen
+
+
+@pytest.mark.parametrize("positions,layer", [(2, 0), (2, 2), (3, 3)])
+def test_tail_interventions_run_from_the_cached_prefix_and_match_the_full_forward(loaded, prompts, random_sae,
+                                                                                  positions, layer):
+    fmt = ChatFormatter(loaded.tokenizer)
+    sae = random_sae(seed=5)
+    feats = torch.zeros(sae.d_sae, dtype=torch.bool)
+    feats[:6] = True
+    ivs = [FeatureEdit(f"blocks.{layer}.hook_resid_pre", sae, feats, "zero"),
+           ActAdd("blocks.3.hook_resid_post", torch.linspace(-2.0, 2.0, 64))]
+    cached = PrefixCachedLogits(loaded.model, fmt, prompts, 3, layer, tail=3)
+    base = last_logits(loaded.model, fmt, prompts, 3)
+    torch.testing.assert_close(cached(), base, rtol=1e-5, atol=1e-5)
+    embedded = _tokens_forwarded(loaded.model)
+    blocks = decoder_layers(loaded.model)
+    seen = {i: [] for i in range(len(blocks))}
+    handles = [b.register_forward_pre_hook(lambda m, a, k, i=i: seen[i].append(int((a[0] if a else k["hidden_states"]).shape[1])),
+                                           with_kwargs=True) for i, b in enumerate(blocks)]
+    try:
+        with intervene(loaded.model, ivs, positions=positions):
+            got = cached()
+            n_embedded = list(embedded)
+            n_seen = {i: list(v) for i, v in seen.items()}
+            want = last_logits(loaded.model, fmt, prompts, 3)
+    finally:
+        loaded.model.get_input_embeddings()._forward_hooks.clear()
+        for h in handles:
+            h.remove()
+    # three batches, each forwarding only its last 3 tokens, through the layers from the first intervened one
+    assert n_embedded == ([3, 3, 3] if layer == 0 else [])
+    assert all(n_seen[i] == ([3, 3, 3] if i >= layer else []) for i in n_seen), n_seen
+    assert (want - base).abs().max() > 1e-2  # the interventions change the logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("outer,inner", [(None, None), (2, None), (None, 2), (2, 4)])
+def test_interventions_beyond_the_tail_use_the_residual_stream(loaded, prompts, outer, inner):
+    """An intervention on every position, or on more than the tail, changes the prefix: the tail cache is not used."""
+    fmt = ChatFormatter(loaded.tokenizer)
+    cached = PrefixCachedLogits(loaded.model, fmt, prompts, 3, 2, tail=3)
+    seen = _tokens_forwarded(loaded.model)
+    try:
+        with intervene(loaded.model, [ActAdd("blocks.2.hook_resid_pre", torch.linspace(-2.0, 2.0, 64))], outer), \
+                intervene(loaded.model, [ActAdd("blocks.3.hook_resid_pre", torch.linspace(2.0, -1.0, 64))], inner):
+            got = cached()
+            n = list(seen)
+            want = last_logits(loaded.model, fmt, prompts, 3)
+    finally:
+        loaded.model.get_input_embeddings()._forward_hooks.clear()
+    assert 3 not in n  # the layer-2 residual was computed by full-length forwards (stopped early), never a tail run
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_prompt_no_longer_than_the_tail_leaves_its_batch_on_full_forwards(loaded, prompts):
+    fmt = ChatFormatter(loaded.tokenizer)
+    tail = int(fmt.encode([min(prompts, key=len)]).n_tokens[0])
+    cached = PrefixCachedLogits(loaded.model, fmt, prompts, 3, 1, tail=tail)
+    assert cached._caches[0] is None and any(c is not None for c in cached._caches)
+    ivs = [ActAdd("blocks.1.hook_resid_pre", torch.linspace(-2.0, 2.0, 64))]
+    with intervene(loaded.model, ivs, positions=2):
+        got, want = cached(), last_logits(loaded.model, fmt, prompts, 3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_that_ignores_the_cache_falls_back_from_the_tail(loaded, prompts):
+    fmt = ChatFormatter(loaded.tokenizer)
+    model = loaded.model
+    original = model.model.forward
+
+    def forgetful(*args, cache=None, **kwargs):  # a decoder that drops the cached prefix it is given
+        return original(*args, cache=None, **kwargs)
+
+    model.model.forward = forgetful
+    try:
+        cached = PrefixCachedLogits(model, fmt, prompts, 3, 2, tail=3)
+        got = cached()
+    finally:
+        del model.model.forward
+    assert cached.tail == 0
     torch.testing.assert_close(got, last_logits(model, fmt, prompts, 3), rtol=1e-5, atol=1e-5)
