@@ -62,7 +62,7 @@ class CircuitModel:
         batch's clean cached prefix (same metric, same gradients at the nodes)."""
         kv = self._prefix(enc)
         with torch.set_grad_enabled(grad), splice(self.model, self.saes, self.n_positions, modes, values) as rec:
-            logits = run_model(self.model, enc.model_inputs(), kv, enc)
+            logits = run_model(self.model, enc, kv)
             m = None if logits is None else self.metric(logits)
         return m, rec
 
@@ -70,7 +70,7 @@ class CircuitModel:
     def values(self, enc: EncodedBatch) -> Values:
         """Clean node values only (no metric): the forward stops after the last hooked layer."""
         with splice(self.model, self.saes, self.n_positions, {h: "observe" for h in self.hooks}) as rec:
-            run_model(self.model, enc.model_inputs())
+            run_model(self.model, enc)
         return {h: rec[h] for h in self.hooks}
 
     def capture(self, enc: EncodedBatch) -> tuple[torch.Tensor, Values]:

@@ -109,13 +109,12 @@ def splice(model: nn.Module, saes: dict[str, HookedSAE], n_positions: int, modes
             h.remove()
 
 
-def run_model(model: nn.Module, inputs: dict[str, torch.Tensor], kv: PrefixKV | None = None,
-              enc: EncodedBatch | None = None) -> torch.Tensor | None:
-    """Logits at the last position [B, V], or None when a splice stopped the forward early. With ``kv`` (the clean
-    KV cache of ``enc`` minus its last tokens, refusal.model.tail) only those last tokens are forwarded."""
+def run_model(model: nn.Module, enc: EncodedBatch, kv: PrefixKV | None = None) -> torch.Tensor | None:
+    """Logits of ``enc`` at the last position [B, V], or None when a splice stopped the forward early. With ``kv``
+    (the clean KV cache of ``enc`` minus its last tokens, refusal.model.tail) only those last tokens are forwarded."""
     try:
         if kv is None:
-            return model(**inputs, use_cache=False, logits_to_keep=1).logits[:, -1]
+            return model(**enc.model_inputs(), use_cache=False, logits_to_keep=1).logits[:, -1]
         return tail_forward(model, enc, kv, logits_to_keep=1).logits[:, -1]
     except StopForward:
         return None

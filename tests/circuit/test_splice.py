@@ -9,7 +9,7 @@ from refusal.model.hooks import HOOK_KINDS
 
 def _plain_logits(cm, enc):
     with torch.no_grad():
-        return run_model(cm.model, enc.model_inputs())
+        return run_model(cm.model, enc)
 
 
 @pytest.mark.parametrize("mode", ["read", "capture"])
@@ -18,7 +18,7 @@ def test_splice_leaves_output_unchanged(cm, mode):
     base = _plain_logits(cm, enc)
     with torch.set_grad_enabled(mode == "read"), splice(cm.model, cm.saes, cm.n_positions,
                                                        {h: mode for h in HOOKS}) as rec:
-        logits = run_model(cm.model, enc.model_inputs())
+        logits = run_model(cm.model, enc)
     torch.testing.assert_close(logits, base, atol=1e-5, rtol=1e-5)
     assert set(rec) == set(HOOKS)
 
@@ -61,7 +61,7 @@ def test_read_gradient_equals_unspliced_gradient(cm):
     from refusal.model.hooks import HookSpec, decoder_layers
     handle = register_edit(decoder_layers(cm.model)[1], HookSpec(1, HOOK_KINDS.index("hook_resid_post")), grab)
     try:
-        m = cm.metric(run_model(cm.model, enc.model_inputs()))
+        m = cm.metric(run_model(cm.model, enc))
         (g,) = torch.autograd.grad(m.sum(), [store["x"]])
     finally:
         handle.remove()

@@ -1,5 +1,7 @@
 """Forwards from a cached middle-layer residual equal full forwards, with and without interventions at or after
 that layer (every position, or only the last n tokens)."""
+import contextlib
+
 import pytest
 import torch
 
@@ -69,11 +71,24 @@ def test_a_model_that_changes_its_embeddings_falls_back_to_full_forwards(loaded,
     torch.testing.assert_close(got, last_logits(model, fmt, prompts, 3), rtol=1e-5, atol=1e-5)
 
 
-def _tokens_forwarded(model) -> list[int]:
-    """Records the sequence length of every forward through the embedding (append-only list)."""
-    seen: list[int] = []
-    model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(int(o.shape[1])))
-    return seen
+@contextlib.contextmanager
+def lengths_seen(modules: dict):
+    """Inside, ``{name: [sequence length of every forward into that module]}`` for ``modules`` {name: module}."""
+    seen = {name: [] for name in modules}
+
+    def record(name):
+        return lambda m, args, kwargs: seen[name].append(int((args[0] if args else kwargs["hidden_states"]).shape[1]))
+    handles = [m.register_forward_pre_hook(record(name), with_kwargs=True) for name, m in modules.items()]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _counted(model) -> dict:
+    """The embedding (its input ids) and every decoder layer, by name, for ``lengths_seen``."""
+    return {"embed": model.get_input_embeddings(), **dict(enumerate(decoder_layers(model)))}
 
 
 @pytest.mark.parametrize("positions,layer", [(2, 0), (2, 2), (3, 3)])
@@ -88,24 +103,13 @@ def test_tail_interventions_run_from_the_cached_prefix_and_match_the_full_forwar
     cached = PrefixCachedLogits(loaded.model, fmt, prompts, 3, layer, tail=3)
     base = last_logits(loaded.model, fmt, prompts, 3)
     torch.testing.assert_close(cached(), base, rtol=1e-5, atol=1e-5)
-    embedded = _tokens_forwarded(loaded.model)
-    blocks = decoder_layers(loaded.model)
-    seen = {i: [] for i in range(len(blocks))}
-    handles = [b.register_forward_pre_hook(lambda m, a, k, i=i: seen[i].append(int((a[0] if a else k["hidden_states"]).shape[1])),
-                                           with_kwargs=True) for i, b in enumerate(blocks)]
-    try:
-        with intervene(loaded.model, ivs, positions=positions):
+    with intervene(loaded.model, ivs, positions=positions):
+        with lengths_seen(_counted(loaded.model)) as seen:
             got = cached()
-            n_embedded = list(embedded)
-            n_seen = {i: list(v) for i, v in seen.items()}
-            want = last_logits(loaded.model, fmt, prompts, 3)
-    finally:
-        loaded.model.get_input_embeddings()._forward_hooks.clear()
-        for h in handles:
-            h.remove()
+        want = last_logits(loaded.model, fmt, prompts, 3)
     # three batches, each forwarding only its last 3 tokens, through the layers from the first intervened one
-    assert n_embedded == ([3, 3, 3] if layer == 0 else [])
-    assert all(n_seen[i] == ([3, 3, 3] if i >= layer else []) for i in n_seen), n_seen
+    assert seen.pop("embed") == ([3, 3, 3] if layer == 0 else [])
+    assert all(seen[i] == ([3, 3, 3] if i >= layer else []) for i in seen), seen
     assert (want - base).abs().max() > 1e-2  # the interventions change the logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -115,16 +119,13 @@ def test_interventions_beyond_the_tail_use_the_residual_stream(loaded, prompts, 
     """An intervention on every position, or on more than the tail, changes the prefix: the tail cache is not used."""
     fmt = ChatFormatter(loaded.tokenizer)
     cached = PrefixCachedLogits(loaded.model, fmt, prompts, 3, 2, tail=3)
-    seen = _tokens_forwarded(loaded.model)
-    try:
-        with intervene(loaded.model, [ActAdd("blocks.2.hook_resid_pre", torch.linspace(-2.0, 2.0, 64))], outer), \
-                intervene(loaded.model, [ActAdd("blocks.3.hook_resid_pre", torch.linspace(2.0, -1.0, 64))], inner):
+    with intervene(loaded.model, [ActAdd("blocks.2.hook_resid_pre", torch.linspace(-2.0, 2.0, 64))], outer), \
+            intervene(loaded.model, [ActAdd("blocks.3.hook_resid_pre", torch.linspace(2.0, -1.0, 64))], inner):
+        with lengths_seen(_counted(loaded.model)) as seen:
             got = cached()
-            n = list(seen)
-            want = last_logits(loaded.model, fmt, prompts, 3)
-    finally:
-        loaded.model.get_input_embeddings()._forward_hooks.clear()
-    assert 3 not in n  # the layer-2 residual was computed by full-length forwards (stopped early), never a tail run
+        want = last_logits(loaded.model, fmt, prompts, 3)
+    # the layer-2 residual was computed by full-length forwards (stopped early), never a tail run
+    assert 3 not in seen["embed"] and seen["embed"] and 3 not in seen[2]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
