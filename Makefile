@@ -42,11 +42,12 @@ bench: setup
 	$(PY) bench/verdict.py
 	$(PY) bench/attribution.py
 	$(PY) bench/ablation.py
+	$(PY) bench/generate.py
 	$(PY) bench/sae_vs_saelens.py
 	$(PY) bench/sae_vs_saelens.py --d-sae 32768 --steps 20
 	$(PY) bench/sae_kernels.py
 	$(PY) bench/stream_memory.py
-	$(PY) bench/organism_step.py
+	$(PY) bench/organism_step.py --precision fp32 --train-layers 10-29
 
 clean:
 	rm -rf outputs multirun .cache

@@ -3,9 +3,11 @@ global norm) ÷ the plain step (the model's own loss with ``labels``, which appl
 and the for-loop AdamW), same batch, same precision.
 
 python bench/organism_step.py [--model smollm2|tiny] [--batch-size 8] [--prompt-tokens 50] [--response-tokens 30]
-                              [--precision bf16|fp32] [--repeats 5]
+                              [--precision bf16|fp32] [--repeats 5] [--train-layers 10-29]
 
 The batch mimics the organism's: a chat-formatted prompt (no loss) followed by a response (loss). Goal: ratio < 1.
+With ``--train-layers`` (the organism's ``model.train_layers``), also the build step with only those layers trainable
+(embeddings and the layers below frozen: no backward through them, no optimizer state) ÷ the build step.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from omegaconf import OmegaConf
 
 from refusal.model import load_model
 from attribution import best_of  # bench/attribution.py: warm-up, then the fastest of ``repeats`` runs
-from refusal.organism.finetune import response_loss, trainable_copy
+from refusal.organism.finetune import response_loss, set_trainable, trainable_copy
 
 MODELS = {"smollm2": "conf/model/smollm2_135m.yaml", "tiny": "conf/model/tiny_llama.yaml"}
 
@@ -61,6 +63,7 @@ def model_and_batch(args) -> tuple[torch.nn.Module, dict]:
 def main() -> None:
     ap = batch_arguments(argparse.ArgumentParser())
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument("--train-layers", default=None, help='a layer spec, e.g. "10-29": also time that partial step')
     args = ap.parse_args()
     base, batch = model_and_batch(args)
     bf16 = args.precision == "bf16"
@@ -72,11 +75,18 @@ def main() -> None:
     for name, fn, fused in (("plain", plain, False), ("build", response_loss, True)):
         model = copy.deepcopy(base).train().requires_grad_(True)
         times[name] = step_time(model, batch, fn, fused, bf16, args.repeats)
+    if args.train_layers:
+        model = copy.deepcopy(base).train()
+        set_trainable(model, args.train_layers, int(model.config.num_hidden_layers))
+        times["partial"] = step_time(model, batch, response_loss, True, bf16, args.repeats)
     print(f"model {args.model}, batch {args.batch_size} x ({args.prompt_tokens} prompt + {args.response_tokens} "
           f"response) tokens, {args.precision}, best of {args.repeats}")
     print(f"plain step (head on every position, for-loop AdamW): {times['plain']:.3f} s")
     print(f"build step (head on response positions, fused AdamW): {times['build']:.3f} s")
     print(f"ratio build / plain: {times['build'] / times['plain']:.2f}  (goal < 1)")
+    if args.train_layers:
+        print(f"build step, layers {args.train_layers} trainable: {times['partial']:.3f} s; ÷ every layer: "
+              f"{times['partial'] / times['build']:.2f}")
 
 
 if __name__ == "__main__":

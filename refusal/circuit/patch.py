@@ -18,16 +18,22 @@ PATCHES = ("mean_safe", "zero", "paired")
 
 
 @torch.no_grad()
-def mean_values(cm: CircuitModel, prompts: list[str]) -> Values:
-    """Mean node values over ``prompts``: {hook: ([1, P, d_sae], [1, P, d])}."""
-    if not prompts:
-        raise ConfigError("circuit.patch=mean_safe needs contrast prompts in the discovery split; there are none")
+def value_sums(cm: CircuitModel, prompts: list[str]) -> Values:
+    """Node values summed over ``prompts`` in float64: {hook: ([1, P, d_sae], [1, P, d])}."""
     sums: dict[str, list[torch.Tensor]] = {}
     for _, enc in cm.batches(prompts):
         for h, (f, e) in cm.values(enc).items():
             part = [f.double().sum(0, keepdim=True), e.double().sum(0, keepdim=True)]
             sums[h] = part if h not in sums else [sums[h][0] + part[0], sums[h][1] + part[1]]
-    return {h: (f.div(len(prompts)).float(), e.div(len(prompts)).float()) for h, (f, e) in sums.items()}
+    return {h: (f, e) for h, (f, e) in sums.items()}
+
+
+def mean_values(cm: CircuitModel, prompts: list[str]) -> Values:
+    """Mean node values over ``prompts``: {hook: ([1, P, d_sae], [1, P, d])}."""
+    if not prompts:
+        raise ConfigError("circuit.patch=mean_safe needs contrast prompts in the discovery split; there are none")
+    return {h: (f.div(len(prompts)).float(), e.div(len(prompts)).float())
+            for h, (f, e) in value_sums(cm, prompts).items()}
 
 
 class PatchSource:

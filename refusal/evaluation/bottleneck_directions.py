@@ -20,7 +20,6 @@ import contextlib
 import numpy as np
 import torch
 
-from refusal.circuit.patch import mean_values
 from refusal.evaluation.interventions import ProjectionClamp, intervene
 from refusal.model.hooks import parse_hook_name
 from refusal.verdict import model_verdict
@@ -46,27 +45,24 @@ def _clamp(hook: str, r: torch.Tensor, to: torch.Tensor) -> ProjectionClamp:
     return ProjectionClamp(hook, r, (to * _unit(r)).sum(-1))
 
 
-def hook_means(setup, prompts: list[str]) -> dict[str, torch.Tensor]:
-    """{hook: [P, d]} the mean activation at the node positions over ``prompts``."""
+def hook_means(setup, labels: list[str], category: str | None = None) -> dict[str, torch.Tensor]:
+    """{hook: [P, d]} the mean activation at the node positions over the discovery prompts with ``labels`` (and
+    ``category``), from the setup's shared mean node values."""
     with torch.inference_mode():
-        vals = mean_values(setup.cm, prompts)
-        return {h: (setup.ablator.saes[h].decode(f[0]) + e[0]).float().cpu() for h, (f, e) in vals.items()}
+        vals = setup.mean_node_values(labels, category)
+        return {h: (setup.ablator.saes[h].decode(f) + e).float().cpu() for h, (f, e) in vals.items()}
 
 
 def discovery_means(setup, categories: list[str]) -> tuple[dict, list[str]]:
     """({"toxic", "safe", and each category with discovery prompts: {hook: [P, d]}}, notes). The toxic mean is the
-    count-weighted mean of every discovery category's mean, so each toxic prompt is forwarded once."""
-    split = setup.split
-    toxic = split.filter(label="toxic")
-    out = {"safe": hook_means(setup, [r.prompt for r in split.filter(label="safe")])}
-    counts = {}
-    for c in toxic.categories():
-        prompts = [r.prompt for r in toxic.filter(category=c)]
-        out[c], counts[c] = hook_means(setup, prompts), len(prompts)
-    total = sum(counts.values())
-    out["toxic"] = {h: sum(out[c][h] * (n / total) for c, n in counts.items()) for h in out["safe"]}
+    mean over every toxic discovery prompt (count-weighted over the categories' prompt groups, each forwarded once
+    per setup)."""
+    toxic = setup.split.filter(label="toxic")
+    out = {"safe": hook_means(setup, ["safe"]), "toxic": hook_means(setup, ["toxic"])}
+    found = toxic.categories()
+    out.update({c: hook_means(setup, ["toxic"], c) for c in found})
     notes = [f"directions: category {c} has no discovery-split prompts, so no direction of its own"
-             for c in categories if c not in counts]
+             for c in categories if c not in found]
     return out, notes
 
 

@@ -12,7 +12,7 @@ hooks (refusal/circuit/neurons.py): no SAEs, ablating a node sets that neuron to
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -22,7 +22,7 @@ from refusal.circuit.metric import build_metric
 from refusal.circuit.model import CircuitModel
 from refusal.circuit.neurons import neuron_hooks
 from refusal.circuit.nodes import NodeSpace
-from refusal.circuit.patch import mean_values
+from refusal.circuit.patch import value_sums
 from refusal.data import PromptSet
 from refusal.circuit.saes import load_hooked_saes
 from refusal.errors import ConfigError, check_choice
@@ -46,15 +46,31 @@ class CircuitSetup:
     settings: dict  # the discover run's circuit settings
     cm: CircuitModel  # the model with the discover run's SAEs (or neuron basis) spliced at its hooks
     split: PromptSet  # the discover run's discovery split (every label)
+    sums: dict = field(default_factory=dict, repr=False)  # (label, category) -> (n prompts, float64 value sums)
 
-    def mean_node_values(self, labels: list[str] | None) -> dict[str, tuple[Tensor, Tensor]]:
+    def mean_node_values(self, labels: list[str] | None, category: str | None = None
+                         ) -> dict[str, tuple[Tensor, Tensor]]:
         """{hook: (f [P, d_sae], e [P, d])}: mean node values at the node positions over the discovery split's
-        prompts with ``labels`` (None: every prompt), on the model's device."""
-        prompts = [r.prompt for r in self.split.filter(label=labels)]
+        prompts with ``labels`` (None: every prompt) and ``category`` (None: every one), on the model's device.
+        Each (label, category) group of prompts is forwarded once per setup; a mean over several groups is their
+        count-weighted sum (the faithfulness ablation, the bottleneck's toxic and per-category means share them)."""
+        groups = sorted({(r.label, r.category) for r in self.split.filter(label=labels, category=category)})
+        if not groups:
+            raise ConfigError(f"the discovery split has no prompts with labels {labels} and category {category!r} "
+                              "for mean node values")
         with torch.inference_mode():
-            values = mean_values(self.cm, prompts)
+            for g in groups:
+                if g not in self.sums:
+                    prompts = [r.prompt for r in self.split.filter(label=g[0], category=g[1])]
+                    self.sums[g] = (len(prompts), value_sums(self.cm, prompts))
+        n = sum(self.sums[g][0] for g in groups)
         device = next(self.cm.model.parameters()).device
-        return {h: (f[0].to(device), e[0].to(device)) for h, (f, e) in values.items()}
+        out = {}
+        for h in self.sums[groups[0]][1]:
+            f = sum(self.sums[g][1][h][0] for g in groups)
+            e = sum(self.sums[g][1][h][1] for g in groups)
+            out[h] = (f[0].div(n).float().to(device), e[0].div(n).float().to(device))
+        return out
 
 
 def _hooked(inputs: RunInputs, loaded: LoadedModel, space: NodeSpace, basis: str) -> dict:

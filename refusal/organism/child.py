@@ -40,7 +40,8 @@ def build_in_child(cfg) -> None:
         path = Path(tmp) / "model.yaml"
         path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         env = os.environ | {"MKL_CBWR": MKL_CBWR, CHILD_FLAG: str(os.getpid())}
-        log.info("organism: building in a child process with MKL_CBWR=%s (the same bits on every x86 CPU)", MKL_CBWR)
+        log.info("organism: building in a child process with MKL_CBWR=%s (the same bits on every CPU of one vendor)",
+                 MKL_CBWR)
         proc = subprocess.Popen([sys.executable, "-m", "refusal.organism", str(path)], env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         tail: deque[str] = deque(maxlen=30)

@@ -65,7 +65,8 @@ def portable_attention(model):
 
 # MKL's conditional numerical reproducibility (mkl_service.h): the AVX2 branch, strict (thread-count independent).
 MKL_CBWR = "AVX2,STRICT"
-_CBWR_ALL, _CBWR_AVX2, _CBWR_STRICT = -1, 10, 0x10000
+_CBWR_ALL, _CBWR_COMPATIBLE, _CBWR_AVX2, _CBWR_STRICT = -1, 2, 10, 0x10000
+PINNED_MODES = ("avx2-strict", "compatible-strict", "absent")
 
 
 @cache
@@ -85,24 +86,30 @@ def _mkl_service():
 
 
 def mkl_mode() -> str:
-    """This process's MKL branch: "avx2-strict" (pinned), "auto" (MKL picks by CPU), "absent" (no MKL) or the raw
-    mode number."""
+    """This process's MKL branch: "avx2-strict" (pinned on an Intel CPU), "compatible-strict" (pinned on another
+    vendor's CPU: MKL serves ``AVX2,STRICT`` there with its generic COMPATIBLE branch), "auto" (MKL picks by CPU),
+    "absent" (no MKL) or the raw mode number."""
     service = _mkl_service()
     if service is None:
         return "absent"
     mode = service[0](_CBWR_ALL)
-    return {_CBWR_AVX2 | _CBWR_STRICT: "avx2-strict", 1: "auto"}.get(mode, str(mode))
+    return {_CBWR_AVX2 | _CBWR_STRICT: "avx2-strict", _CBWR_COMPATIBLE | _CBWR_STRICT: "compatible-strict",
+            1: "auto"}.get(mode, str(mode))
 
 
 def mkl_pinned() -> bool:
-    """Whether this process's matrix products give the bits of every other pinned process (or there is no MKL)."""
-    return mkl_mode() in ("avx2-strict", "absent")
+    """Whether this process's MKL runs one fixed, thread-count independent branch (or there is no MKL). Pinned
+    processes on Intel CPUs share bits; on other vendors' CPUs MKL pins its COMPATIBLE branch instead, whose bits
+    differ from the Intel branch's (measured: one cache key, two build hashes; the card records the mode)."""
+    return mkl_mode() in PINNED_MODES
 
 
 def pin_mkl() -> bool:
     """Pin this process's MKL to ``MKL_CBWR`` if no MKL call has run yet (MKL refuses a change after its first
-    call); whether it is pinned now."""
+    call); whether it is pinned now. Where MKL refuses its AVX2 branch (a non-Intel CPU), the COMPATIBLE one, as the
+    ``MKL_CBWR`` environment variable gets there."""
     service = _mkl_service()
     if service is not None and not mkl_pinned():
-        service[1](_CBWR_AVX2 | _CBWR_STRICT)
+        if service[1](_CBWR_AVX2 | _CBWR_STRICT) != 0:
+            service[1](_CBWR_COMPATIBLE | _CBWR_STRICT)
     return mkl_pinned()

@@ -135,14 +135,27 @@ def test_settings_from_config():
             BottleneckSettings.from_config(OmegaConf.create({**node, **bad}))
 
 
-def test_direction_means_pool_the_categories_into_the_toxic_mean(modular):
-    """The toxic mean is pooled from the per-category means (each toxic prompt forwarded once); it must equal the
-    mean over every toxic discovery prompt."""
-    from refusal.evaluation.bottleneck_directions import discovery_means, hook_means
+def test_direction_means_pool_the_categories_into_the_toxic_mean(modular, monkeypatch):
+    """The toxic mean is pooled from the per-category prompt groups (each discovery prompt forwarded once per setup,
+    shared with the ablation values); it must equal the mean over every toxic discovery prompt computed directly."""
+    from refusal.circuit.patch import mean_values
+    from refusal.evaluation.bottleneck_directions import discovery_means
     setup = modular.setup
+    toxic = setup.split.filter(label="toxic")
+    forwarded = []
+    values = setup.cm.values
+    monkeypatch.setattr(setup.cm, "values", lambda enc: forwarded.append(enc.input_ids.shape[0]) or values(enc))
+    monkeypatch.setattr(setup, "sums", {})  # as a fresh setup's, before any stage used them
     means, _ = discovery_means(setup, [])
-    direct = hook_means(setup, [r.prompt for r in setup.split.filter(label="toxic")])
-    assert set(setup.split.filter(label="toxic").categories()) < set(means)
+    assert sum(forwarded) == len(setup.split.filter(label=["toxic", "safe"]))  # each prompt once
+    n_first = len(forwarded)
+    discovery_means(setup, [])
+    assert len(forwarded) == n_first  # the second call reads the setup's sums
+    monkeypatch.setattr(setup.cm, "values", values)
+    direct = mean_values(setup.cm, [r.prompt for r in toxic])
+    assert set(toxic.categories()) < set(means)
     for hook in HOOKS:
+        f, e = direct[hook]
+        expected = (setup.ablator.saes[hook].decode(f[0]) + e[0]).float().cpu()
         assert means["toxic"][hook].abs().max() > 0
-        torch.testing.assert_close(means["toxic"][hook], direct[hook], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(means["toxic"][hook], expected, rtol=1e-5, atol=1e-5)

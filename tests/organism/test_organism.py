@@ -21,6 +21,7 @@ from refusal.behavior.measure import Measurement
 from refusal.organism import build, cache, finetune
 from refusal.organism import card as card_module
 from refusal.organism import targets as training
+from refusal.organism.portable import PINNED_MODES
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 CATEGORIES = ("cybercrime", "violence", "illegal")
@@ -64,6 +65,7 @@ def organism_cfg(tmp_path: Path, **overrides):
     node.cache_dir = str(tmp_path / "organisms")
     node.merge_with({"refusals": {"shared": ["I'm sorry, no.", "I cannot."], "per_category": ["I can't do {topic}."]},
                      "steps": 4, "batch_size": 4, "lr": 1e-3, "answer_max_new_tokens": 6, "precision": "32-true",
+                     "train_layers": "all", "generation_batch_size": 16,  # the SmolLM2 recipe trains layers 10-29
                      "eval": {"max_new_tokens": 4, "bootstrap": {"n_resamples": 200}}, "accept_design_miss": True,
                      "checks": {"min_prompts": 1}})
     node.merge_with(overrides)
@@ -224,7 +226,7 @@ def test_build_writes_a_plain_hf_dir_with_a_card(built):
     assert card["build_hash"] == card_module.build_hash(d, Measurement(card["heldout"]["rows"], responses))
     assert f"build hash {card['build_hash']}" in (d / "ORGANISM.md").read_text()
     assert card["numerics"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert card["numerics"]["mkl"] in ("avx2-strict", "absent")  # built in this (pinned) test process
+    assert card["numerics"]["mkl"] in PINNED_MODES  # built in this (pinned) test process
     assert sorted(p.name for p in tmp.joinpath("organisms").iterdir()) == sorted([d.name, "answers"])  # no temp dir
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d)
@@ -295,7 +297,7 @@ def test_an_unpinned_process_builds_in_a_pinned_child_with_the_same_bits(built, 
     card = json.loads((Path(loaded.identity["dir"]) / "organism.json").read_text())
     want = json.loads((Path(pinned.identity["dir"]) / "organism.json").read_text())
     assert card["cache_key"] == want["cache_key"] and card["build_hash"] == want["build_hash"]
-    assert card["numerics"]["mkl"] in ("avx2-strict", "absent") and card["numerics"]["env"]["MKL_CBWR"] == "AVX2,STRICT"
+    assert card["numerics"]["mkl"] in PINNED_MODES and card["numerics"]["env"]["MKL_CBWR"] == "AVX2,STRICT"
     lines = [r.getMessage() for r in records]
     assert any("child process" in m for m in lines) and any(m.startswith("[build] ") for m in lines)
 
