@@ -20,12 +20,12 @@ PATCHES = ("mean_safe", "zero", "paired")
 @torch.no_grad()
 def value_sums(cm: CircuitModel, prompts: list[str]) -> Values:
     """Node values summed over ``prompts`` in float64: {hook: ([1, P, d_sae], [1, P, d])}."""
-    sums: dict[str, list[torch.Tensor]] = {}
+    sums: Values = {}
     for _, enc in cm.batches(prompts):
         for h, (f, e) in cm.values(enc).items():
-            part = [f.double().sum(0, keepdim=True), e.double().sum(0, keepdim=True)]
-            sums[h] = part if h not in sums else [sums[h][0] + part[0], sums[h][1] + part[1]]
-    return {h: (f, e) for h, (f, e) in sums.items()}
+            part = (f.double().sum(0, keepdim=True), e.double().sum(0, keepdim=True))
+            sums[h] = part if h not in sums else (sums[h][0] + part[0], sums[h][1] + part[1])
+    return sums
 
 
 def mean_values(cm: CircuitModel, prompts: list[str]) -> Values:

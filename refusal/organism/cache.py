@@ -49,8 +49,8 @@ def cache_key(cfg, base_weights_hash: str, train: PromptSet, test: PromptSet) ->
 
 def build_kernels(cfg) -> dict:
     """What the key must add about the hardware: nothing for a CPU build (pinned MKL, portable.py: the same bits on
-    every CPU of one vendor; Intel and AMD builds differ, and the card's ``numerics.mkl`` says which); a GPU build's device and GPU model, since its kernels round differently from a CPU's and from
-    another GPU model's."""
+    every CPU of one vendor; Intel and AMD builds differ, and the card's ``numerics.mkl`` says which); a GPU build's
+    device and GPU model, since its kernels round differently from a CPU's and from another GPU model's."""
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         return {}
