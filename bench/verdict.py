@@ -2,7 +2,7 @@
 how it was made, then a confusion table (designed verdict x verdict given) and the recovered convergence layer
 against the planted one.
 
-python bench/verdict.py [--cases wired|planted] [--seeds 0 1] [--sae exact trained] [--sae-seeds 0 1]
+python bench/verdict.py [--cases wired|planted|organism] [--seeds 0 1] [--sae exact trained] [--sae-seeds 0 1]
                         [--methods atp ig] [--out DIR] [--sae-steps 1000] [--size K]
 
 Per organism (design x seed), the runs over SAE seeds and attribution methods are one stability sweep: the
@@ -15,6 +15,10 @@ Cases:
   ``trained`` (TopK SAEs trained by train.py: the whole pipeline).
 - planted (about an hour each on a 2-core CPU): SmolLM2 planted organisms (conf/model/planted_*.yaml) built
   with model.seed = each seed; SAEs at four layers around the adapters.
+- organism (about 8 minutes per organism seed, then about 5 per run): the refuse-all organism
+  (conf/model/smollm2_organism.yaml) with model.seed = each seed, the demo's SAE (layer 15), circuit and evaluation
+  settings. Its answer is not known by construction, so no confusion table: its verdict is the agreement of every
+  run over organism seeds, SAE seeds and attribution methods (the stability issue 14 asks of the real model).
 Every run's dirs stay under --out (runs resume from what is there; delete a case's dir to redo it).
 """
 from __future__ import annotations
@@ -31,6 +35,7 @@ import refusal.schemas  # noqa: F401  (config schemas)
 from refusal.organism.cache import CARD_JSON, organism_dir
 from refusal.organism.wired import DESIGNS, WRITER_LAYER, exact_train_dir, save_wired, wired_prompts
 from refusal.runs import DiscoverRun, EvaluateRun, TrainRun
+from refusal.runs.saved import SAVED_CONFIG
 from refusal.tasks.discover import discover
 from refusal.tasks.evaluate import evaluate
 from refusal.tasks.train import train
@@ -77,11 +82,31 @@ def wired_case(root: Path, design: str, seed: int, steps: int, sae: str) -> dict
 
 def planted_case(kind: str, seed: int) -> dict:
     """The planted organism (built by train.py on first use) with the demo's SAE, circuit and evaluation settings
-    at four layers; its planted layer is read from its card afterwards."""
+    at four layers; its planted layer is read from its card afterwards. discover and evaluate take the model (and
+    its data) from the train run."""
     common = [f"model=planted_{kind}", f"model.seed={seed}"]
     return {"train": [*common, "experiment=demo", f"activations.layers=[{','.join(map(str, PLANTED_LAYERS))}]"],
-            "discover": [*common, "circuit=demo"], "evaluate": [*common, "evaluation=demo"], "data": None,
-            "layer": None}
+            "discover": ["circuit=demo"], "evaluate": ["evaluation=demo"], "data": None, "layer": None}
+
+
+def organism_case(seed: int) -> dict:
+    """The refuse-all organism built with model.seed = seed, analysed as `make demo` does (layer 15); discover and
+    evaluate take the model from the train run."""
+    common = ["model=smollm2_organism", f"model.seed={seed}"]
+    return {"train": [*common, "experiment=demo"], "discover": ["circuit=demo"], "evaluate": ["evaluation=demo"],
+            "data": None, "layer": None}
+
+
+def shared_carries(ev: Path) -> dict:
+    """Per basis, the share of the counted categories' refusal the shared part carries where it carries most."""
+    result = json.loads(EvaluateRun(ev).stage("bottleneck").read_text())
+    found = {"features": result.get("model"), "directions": (result.get("directions") or {}).get("model")}
+    out = {}
+    for basis, model in found.items():
+        share = ((model or {}).get("best_layer") or {}).get("mean_shared_share")
+        if share:
+            out[basis] = [round(share[k], 3) for k in ("estimate", "low", "high")]
+    return out
 
 
 def run_case(root: Path, case: dict, size: int, sae_seed: int | None, method: str) -> dict:
@@ -91,19 +116,23 @@ def run_case(root: Path, case: dict, size: int, sae_seed: int | None, method: st
         c = compose_task(task, out, [*case[task], *more])
         if case["data"] is not None and task == "train":  # discover and evaluate read the train run's prompts
             c.data = OmegaConf.merge(c.data, case["data"])
+        if task == "train":  # saved as hydra would: discover and evaluate adopt its model and data
+            (out / SAVED_CONFIG).parent.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(c, out / SAVED_CONFIG)
         return c
 
     tag = "exact" if sae_seed is None else f"seed{sae_seed}"
     tr = root / ("train" if sae_seed is None else f"train-{tag}")
     di, ev = root / f"discover-{tag}-{method}", root / f"evaluate-{tag}-{method}-size{size}"
+    train_cfg = cfg("train", tr, "ckpt_path=last", f"seed={sae_seed}")  # (re)saves its config
     if not TrainRun(tr).manifest.is_file():
-        train(cfg("train", tr, "ckpt_path=last", f"seed={sae_seed}"))
+        train(train_cfg)
     if not DiscoverRun(di).summary.is_file():
         discover(cfg("discover", di, f"train_dir={tr}", f"circuit.attribution_method={method}"))
     if not EvaluateRun(ev).verdict.is_file():
         evaluate(cfg("evaluate", ev, f"train_dir={tr}", f"discover_dir={di}", "evaluation.stages=[bottleneck]",
                      f"evaluation.bottleneck.size={size}"))
-    return json.loads(EvaluateRun(ev).verdict.read_text())
+    return {**json.loads(EvaluateRun(ev).verdict.read_text()), "carries": shared_carries(ev)}
 
 
 def planted_layer(case: dict) -> int | None:
@@ -126,7 +155,7 @@ def confusion(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cases", choices=["wired", "planted"], default="wired")
+    ap.add_argument("--cases", choices=["wired", "planted", "organism"], default="wired")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--out", type=Path, default=Path("outputs/bench_verdict"))
     ap.add_argument("--sae", choices=["exact", "trained"], nargs="+", default=["exact", "trained"],
@@ -136,7 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["atp", "ig"], help="circuit.attribution_method values")
     ap.add_argument("--size", type=int, default=None, help="evaluation.bottleneck.size (default: 4 wired, 16 planted)")
     args = ap.parse_args(argv)
-    designs = DESIGNS if args.cases == "wired" else ("monolithic", "modular", "mixed", "gated")
+    designs = {"wired": DESIGNS, "planted": ("monolithic", "modular", "mixed", "gated"),
+               "organism": ("refuse-all",)}[args.cases]
     size = args.size or (4 if args.cases == "wired" else 16)
     rows, groups = [], []
     saes = args.sae if args.cases == "wired" else ["trained"]
@@ -146,16 +176,18 @@ def main(argv=None) -> int:
                 root = args.out / args.cases / sae / f"{design}-{seed}"
                 root.mkdir(parents=True, exist_ok=True)
                 case = (wired_case(root, design, seed, args.sae_steps, sae) if args.cases == "wired"
-                        else planted_case(design, seed))
+                        else organism_case(seed) if args.cases == "organism" else planted_case(design, seed))
                 runs = []
                 for sae_seed in [None] if sae == "exact" else args.sae_seeds:
                     for method in args.methods:
                         start = time.time()
                         v = run_case(root, case, size, sae_seed, method)
-                        layer = case["layer"] if case["layer"] is not None else planted_layer(case)
+                        layer = (case["layer"] if case["layer"] is not None
+                                 else None if args.cases == "organism" else planted_layer(case))
                         runs.append({"sae": sae, "design": design, "seed": seed, "sae_seed": sae_seed,
                                      "method": method, "verdict": v["verdict"], "by_basis": v.get("by_basis"),
                                      "convergence": v.get("convergence_layer"), "planted_layer": layer,
+                                     "carries": v["carries"],
                                      "seconds": round(time.time() - start, 1)})
                         print(json.dumps(runs[-1]), flush=True)
                 agreed = stability([{"run": f"sae seed {r['sae_seed']}, {r['method']}", "verdict": r["verdict"]}
@@ -163,6 +195,13 @@ def main(argv=None) -> int:
                 groups.append({**runs[0], "verdict": agreed["verdict"], "agreement": agreed["agreement"],
                                "runs": len(runs)})
                 rows += runs
+    if args.cases == "organism":
+        overall = stability([{"run": f"organism seed {r['seed']}, sae seed {r['sae_seed']}, {r['method']}",
+                              "verdict": r["verdict"]} for r in rows])
+        print("\nper organism seed: " + ", ".join(f"seed {g['seed']} {g['verdict']} ({g['agreement']:.2f} of "
+                                                 f"{g['runs']})" for g in groups))
+        print(f"over every run ({len(rows)}): {overall['verdict']}, agreement {overall['agreement']:.2f}")
+        return 0
     for sae in saes:
         mine = [g for g in groups if g["sae"] == sae]
         print(f"\n{sae} SAEs (one verdict per organism: the runs' agreement over SAE seeds and attribution "
@@ -175,7 +214,6 @@ def main(argv=None) -> int:
     right = sum(g["verdict"] == DESIGNED[g["design"]] for g in groups)
     print(f"organisms given their designed verdict: {right}/{len(groups)}")
     return 0 if right == len(groups) else 1
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -21,15 +21,20 @@ and 0.5 is deliberately "mixed". The comparison and the tests use the SAE featur
 (what the SAEs fail to reconstruct) carry most of the effect (> 0.5), the features are not where the mechanism
 is visible, and neither structural verdict is supported.
 
-Transfer rule (:class:`TransferRule`, on the transfer-matrix statistics of refusal.evaluation.transfer):
-    inconclusive  mean own-category drop ≤ 0, or the beats-random CI does not lie above 0
-    modular       p(S) ≤ alpha and ρ ≤ modular_max_transfer
-    monolithic    p(S) > alpha and ρ ≥ monolithic_min_transfer
-    mixed         otherwise
+Transfer rule (:class:`TransferRule`, on the transfer-matrix statistics of refusal.evaluation.transfer; ρ's CI,
+never "p > alpha", decides sameness):
+    inconclusive  mean own-category drop ≤ 0, or the beats-random CI does not lie above 0, or (headroom-normalised
+                  statistics) the own-category share's CI low is below min_own_share: rows that remove little of
+                  their own category's refusal say nothing about how it is carried out; or ρ has no CI, or ρ's CI
+                  crosses a margin (modular_max_transfer or monolithic_min_transfer)
+    modular       p(S) ≤ alpha and ρ's CI high ≤ modular_max_transfer
+    monolithic    ρ's CI low ≥ monolithic_min_transfer (the other categories lose at least that fraction of what
+                  the own category loses, with confidence)
+    mixed         ρ's CI lies strictly between the two margins
 
 Both are descriptive evidence now, never the run's verdict (refusal.verdict.final): the discovery rule's answer is
 reported as *recognition* (its permutation tests reject in any model whose topic features differ by category), and
-the transfer rule reads "p > alpha" as sameness. The verdict is the layer-resolved one of refusal.verdict.
+the transfer matrix is circuits ablated whole across layers, not a bottleneck test per layer. The verdict is the layer-resolved one of refusal.verdict.
 """
 from __future__ import annotations
 
@@ -43,9 +48,11 @@ RULE = ("modular if global p <= alpha and the fraction of category pairs with BH
         "modular_min_pair_fraction and mean core mass < modular_max_core_mass and mean error mass <= "
         "max_error_mass; monolithic if global p > alpha and mean core mass >= monolithic_min_core_mass and mean "
         "error mass <= max_error_mass; otherwise mixed")
-TRANSFER_RULE = ("inconclusive if the mean own-category score drop <= 0 or the beats-random CI is not above 0; "
-                 "modular if p(S) <= alpha and transfer ratio <= modular_max_transfer; monolithic if p(S) > alpha and "
-                 "transfer ratio >= monolithic_min_transfer; otherwise mixed")
+TRANSFER_RULE = ("inconclusive if the mean own-category drop <= 0, the beats-random CI is not above 0 or (normalised) "
+                 "the own-category share's CI low < min_own_share; modular if "
+                 "p(S) <= alpha and the transfer ratio's CI high <= modular_max_transfer; monolithic if its CI low >= "
+                 "monolithic_min_transfer; mixed if its CI lies strictly between the two; otherwise (no CI, or a CI "
+                 "across a margin) inconclusive")
 
 
 def _check_fractions(rule, prefix: str) -> None:
@@ -88,6 +95,7 @@ class TransferRule:
     alpha: float = 0.05
     modular_max_transfer: float = 0.5
     monolithic_min_transfer: float = 0.8
+    min_own_share: float = 0.5
 
     def __post_init__(self):
         _check_fractions(self, "evaluation.transfer")
@@ -97,16 +105,26 @@ class TransferRule:
 
     def decide(self, stats: dict) -> dict:
         diag, rho, p = stats["mean_diagonal"], stats["transfer_ratio"], stats["p_value"]
-        beat = stats.get("ci", {}).get("beats_random")
+        ci = stats.get("ci", {})
+        beat = ci.get("beats_random")
         beats_random = None if beat is None else bool(beat["low"] > 0)
-        if not diag > 0 or beats_random is False:
+        r = ci.get("transfer_ratio") or {}
+        low, high = r.get("low", math.nan), r.get("high", math.nan)
+        lo, hi = self.modular_max_transfer, self.monolithic_min_transfer
+        own_low = (ci.get("mean_diagonal") or {}).get("low", math.nan)
+        too_small = bool(stats.get("normalised")) and not own_low >= self.min_own_share
+        if not diag > 0 or beats_random is False or too_small or not (math.isfinite(low) and math.isfinite(high)):
             verdict = "inconclusive"
-        elif p <= self.alpha and rho <= self.modular_max_transfer:
+        elif p <= self.alpha and high <= lo:
             verdict = "modular"
-        elif p > self.alpha and rho >= self.monolithic_min_transfer:
+        elif low >= hi:
             verdict = "monolithic"
-        else:
+        elif lo < low and high < hi:
             verdict = "mixed"
+        else:
+            verdict = "inconclusive"
         return {"verdict": verdict, "rule": TRANSFER_RULE, "thresholds": asdict(self),
                 "evidence": {"specificity": stats["specificity"], "p_value": p, "transfer_ratio": rho,
-                             "mean_diagonal": diag, "beats_random": beats_random}}
+                             "transfer_ratio_ci": [low, high], "mean_diagonal": diag,
+                             "own_share_ci_low": own_low if stats.get("normalised") else None,
+                             "beats_random": beats_random}}

@@ -78,9 +78,11 @@ def key_numbers(discovery: dict | None, transfer: dict | None, bottleneck: dict 
     if transfer and transfer.get("statistic"):
         st = transfer["statistic"]
         th = (transfer.get("decision") or {}).get("thresholds") or {}
-        rows.append(["descriptive — transfer ratio ρ (other categories' drop ÷ own drop)", _ci_of(st, "transfer_ratio"),
-                     f"≥ {fmt(th.get('monolithic_min_transfer'))}: monolithic; ≤ {fmt(th.get('modular_max_transfer'))}"
-                     ": modular"])
+        what = "share of refusal removed" if st.get("normalised") else "drop"
+        rows.append([f"descriptive — transfer ratio ρ (other categories' {what} ÷ own {what})",
+                     _ci_of(st, "transfer_ratio"),
+                     f"CI ≥ {fmt(th.get('monolithic_min_transfer'))}: monolithic; CI ≤ "
+                     f"{fmt(th.get('modular_max_transfer'))} (and p(S) ≤ α): modular"])
         rows.append(["descriptive — specificity S (own drop − other drop)", _ci_of(st, "specificity"),
                      f"permutation p = {fmt_p(st.get('p_value'), st.get('n_permutations'))}; "
                      f"α = {fmt(th.get('alpha'))}"])
@@ -119,7 +121,10 @@ def caveats(data: dict, discovery: dict | None, transfer: dict | None, verdict: 
     alpha = ((transfer or {}).get("decision") or {}).get("thresholds", {}).get("alpha")
     if finite(st.get("p_value")) and finite(alpha) and st["p_value"] > alpha:
         out.append(f"Transfer p(S) = {fmt_p(st['p_value'], st.get('n_permutations'))} > α is not evidence that the "
-                   "categories share a mechanism (the transfer rule reads it so; it is descriptive here).")
+                   "categories share a mechanism; only the transfer ratio's CI against its margins is read.")
+    left = (transfer or {}).get("not_counted") or []
+    if left:
+        out.append(f"Transfer matrix: not counted (headroom CI not above 0): {', '.join(left)}.")
     seed = (data.get("meta") or {}).get("seed")
     out.append(f"Seeds: this report is one seed ({fmt(seed)}); agreement across seeds was not checked. A verdict that "
                "changes with the seed is inconclusive: rerun train, discover and evaluate with other seeds before "
@@ -161,11 +166,15 @@ def key_figure(discovery: dict | None, transfer: dict | None, discover_png, bott
     for key, caption in order:
         if plots.get(key):
             return Image(Path(plots[key]), caption)
-    plot = ((transfer or {}).get("plots") or {}).get("score_drop")
-    if plot:
-        return Image(Path(plot), "key figure: refusal-score drop when each category's circuit (rows) is ablated, on "
-                                 "each category's held-out toxic prompts (columns). A strong diagonal means modular, "
-                                 "a uniform matrix monolithic.")
+    tplots = (transfer or {}).get("plots") or {}
+    if tplots.get("score_drop_share"):
+        return Image(Path(tplots["score_drop_share"]), "key figure: share of each category's refusal (columns, "
+                     "normalised by headroom) removed when each category's features (rows) are ablated. A strong "
+                     "diagonal means modular, a uniform matrix monolithic.")
+    if tplots.get("score_drop"):
+        return Image(Path(tplots["score_drop"]), "key figure: refusal-score drop when each category's circuit (rows) "
+                     "is ablated, on each category's held-out toxic prompts (columns). A strong diagonal means "
+                     "modular, a uniform matrix monolithic.")
     heat = (discovery or {}).get("heatmaps") or {}
     if heat:
         key, path = sorted(heat.items())[0]

@@ -49,7 +49,7 @@ from refusal.config import integer, plain
 from refusal.errors import ConfigError
 from refusal.evaluation.bottleneck_directions import direction_profile
 from refusal.evaluation.bottleneck_plots import bottleneck_plots
-from refusal.evaluation.bottleneck_sets import hook_sets, n_features, ranking, set_size, top_k
+from refusal.evaluation.bottleneck_sets import hook_sets, n_features, ranking, set_size, size_value, top_k
 from refusal.evaluation.nodes import NodeAblator
 from refusal.evaluation.prefix import PrefixCachedLogits, first_layer
 from refusal.model.hooks import parse_hook_name
@@ -81,15 +81,6 @@ class BottleneckSchema:
     rule: BottleneckRuleSchema = field(default_factory=BottleneckRuleSchema)
 
 
-def _size(key: str, value) -> int | float:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return integer(key, value, 1)
-    if isinstance(value, float) and 0 < value < 1:
-        return value
-    raise ConfigError(f"{key}={value!r} is not valid; use an int >= 1 (feature nodes per set) or a fraction in "
-                      f"(0, 1) of the hook's feature nodes")
-
-
 @dataclass(frozen=True)
 class BottleneckSettings:
     """``evaluation.bottleneck`` (module docstring)."""
@@ -108,7 +99,7 @@ class BottleneckSettings:
         if missing or set(rule) - set(RULE_KEYS):
             raise ConfigError(f"{key}.rule={rule!r} is not valid; use a mapping with exactly the keys "
                               f"{list(RULE_KEYS)}")
-        return cls(_size(f"{key}.size", node.size), tuple(_size(f"{key}.curve_sizes entry", v) for v in curve),
+        return cls(size_value(f"{key}.size", node.size), tuple(size_value(f"{key}.curve_sizes entry", v) for v in curve),
                    integer(f"{key}.n_random", node.n_random, 1), LayerRule(**{k: rule[k] for k in RULE_KEYS}))
 
     def describe(self) -> dict:

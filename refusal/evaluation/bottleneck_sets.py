@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 from refusal.circuit.circuit import COMBINED
+from refusal.config import integer
+from refusal.errors import ConfigError
 from refusal.circuit.nodes import NodeSpace
 from refusal.evaluation.inputs import mean_ie
 from refusal.evaluation.nodes import circuit_ie, random_matched, seeded_generator
@@ -35,6 +37,16 @@ def ranking(inputs, space: NodeSpace, name: str) -> tuple[Tensor, str] | None:
 def n_features(space: NodeSpace, h: int) -> int:
     """Feature nodes at hook ``h`` (features × positions with ``aggregation: none``)."""
     return space.d_sae[h] * space.per_position
+
+
+def size_value(key: str, value) -> int | float:
+    """A set size from the config: an int >= 1 (feature nodes) or a fraction in (0, 1) of the hook's feature nodes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return integer(key, value, 1)
+    if isinstance(value, float) and 0 < value < 1:
+        return value
+    raise ConfigError(f"{key}={value!r} is not valid; use an int >= 1 (feature nodes per set) or a fraction in "
+                      f"(0, 1) of the hook's feature nodes")
 
 
 def set_size(size: int | float, available: int) -> int:

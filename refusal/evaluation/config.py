@@ -20,6 +20,7 @@ from refusal.evaluation.interventions import ARDITI_KINDS
 from refusal.evaluation.transfer import TransferSettings
 from refusal.evaluation.ablation_curve import AblationCurveSchema, AblationCurveSettings
 from refusal.evaluation.bottleneck import BottleneckSchema, BottleneckSettings
+from refusal.evaluation.bottleneck_sets import size_value
 from refusal.evaluation.eap import EapSchema, EapSettings
 from refusal.evaluation.lens import LensSchema, LensSettings
 from refusal.evaluation.patching import PatchingSchema, PatchingSettings
@@ -45,11 +46,13 @@ class FaithfulnessSchema:
 class TransferSchema:
     generate: bool = MISSING
     include_error_nodes: bool = MISSING
+    size: Any = MISSING  # int >= 1 feature nodes per hook per row, a fraction in (0, 1), or None (the circuits)
     n_random: int = MISSING
     n_permutations: int = MISSING
     alpha: float = MISSING
     modular_max_transfer: float = MISSING
     monolithic_min_transfer: float = MISSING
+    min_own_share: float = MISSING
 
 
 @dataclass
@@ -163,9 +166,13 @@ def _thresholds(values) -> list[float]:
 
 
 def _transfer(t) -> TransferSettings:
-    rule = TransferRule(t.alpha, t.modular_max_transfer, t.monolithic_min_transfer)
+    rule = TransferRule(t.alpha, t.modular_max_transfer, t.monolithic_min_transfer, t.min_own_share)
+    size = None if t.size is None else size_value("evaluation.transfer.size", t.size)
+    if size is not None and t.include_error_nodes:
+        raise ConfigError(f"evaluation.transfer.include_error_nodes=true needs evaluation.transfer.size=null (rows "
+                          f"of size {size} are feature nodes only); got size={size}")
     return TransferSettings(t.generate, t.include_error_nodes, integer("evaluation.transfer.n_random", t.n_random, 0),
-                            integer("evaluation.transfer.n_permutations", t.n_permutations, 1), rule)
+                            integer("evaluation.transfer.n_permutations", t.n_permutations, 1), rule, size)
 
 
 def _direction(d) -> DirectionSettings:

@@ -179,9 +179,22 @@ def transfer_section(result) -> Section:
     miss = _missing("transfer", result, "the transfer stage did not run")
     if miss:
         return miss
-    blocks = [Text("Rows: the circuit ablated (" + ("all nodes" if result.get("include_error_nodes") else
-                                                    "feature nodes only") + "); columns: held-out prompts.")]
-    for key, caption in (("score_drop", "refusal-score drop (baseline − ablated) [CI]"),
+    size = result.get("size")
+    rows_are = (f"the top {size} feature nodes per hook of each category (every row the same size)" if size is not None
+                else "the circuit as discovered (" + ("all nodes" if result.get("include_error_nodes") else
+                                                      "feature nodes only") + ")")
+    blocks = [Text(f"Rows: what is ablated: {rows_are}; columns: held-out prompts.")]
+    head = result.get("headroom") or {}
+    if head:
+        blocks.append(Table(["category", "headroom (mean score − safe mean) [CI]", "counted"],
+                            [[c, _ci(h["headroom"], h["ci_low"], h["ci_high"]),
+                              "yes" if h["counted"] else "no (headroom CI not above 0)"] for c, h in head.items()],
+                            "only counted categories (the model refuses them) enter the statistic"))
+    for note in result.get("notes") or []:
+        blocks.append(Text(note))
+    for key, caption in (("score_drop_share", "share of each category's refusal removed (score drop ÷ its headroom) "
+                                              "[CI]"),
+                         ("score_drop", "refusal-score drop (baseline − ablated) [CI]"),
                          ("random_score_drop", f"score drop for {result.get('n_random')} random circuits of the same size [CI]"),
                          ("refusal_rate", "refusal rate with the circuit ablated [CI]")):
         if key in result.get("matrices", {}):
@@ -203,6 +216,14 @@ def transfer_section(result) -> Section:
                            f"{fmt(sr.get('p_value'))}, transfer ratio = {fmt(sr.get('transfer_ratio'))}"))
     dec = result.get("decision", {})
     blocks.append(Text(f"Transfer rule (descriptive, not the verdict): {dec.get('verdict')}", strong=True))
+    if dec.get("evidence", {}).get("transfer_ratio_ci"):
+        low, high = dec["evidence"]["transfer_ratio_ci"]
+        own = dec["evidence"].get("own_share_ci_low")
+        blocks.append(Text(f"Transfer ratio {fmt(dec['evidence'].get('transfer_ratio'))} [{fmt(low)}, {fmt(high)}] "
+                           f"against the margins {fmt(dec['thresholds']['modular_max_transfer'])} and "
+                           f"{fmt(dec['thresholds']['monolithic_min_transfer'])}" +
+                           (f"; own-category share CI low {fmt(own)} (a reading needs ≥ "
+                            f"{fmt(dec['thresholds'].get('min_own_share'))})" if own is not None else "")))
     blocks.append(Text(f"Rule: {dec.get('rule')}"))
     if result.get("categories_without_prompts"):
         blocks.append(Text("Circuits without held-out prompts: " + fmt(result["categories_without_prompts"])))

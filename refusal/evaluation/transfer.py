@@ -1,37 +1,46 @@
 """The cross-category transfer matrix: ablate category A's circuit, measure refusal on held-out prompts of every
 category B (and on the safe and hard prompts); its statistic and tests. The rule that reads the statistic is
-refusal.circuit.verdict.TransferRule.
+refusal.circuit.verdict.TransferRule (descriptive evidence: the verdict is the bottleneck stage's, DESIGN.md §4).
 
 Rows: each toxic category with a circuit (plus the combined ``all`` circuit as a reference row, not used by the
-statistic). Columns: each of those categories' toxic prompts of the evaluation split, then ``safe`` and ``hard``
-(pooled over categories). Ablating a circuit sets its nodes to the ablation values at the node positions
+statistic). With ``size`` set, every row has the same size (DESIGN.md §4): a category's row is the top-``size``
+feature nodes of each hook by |mean IE| over that category's discovery prompts (the bottleneck stage's ranking,
+refusal/evaluation/bottleneck_sets.py); with ``size: null`` a row is the category's discovered circuit, whose size
+depends on its threshold. Columns: each of those categories' toxic prompts of the evaluation split, then ``safe`` and
+``hard`` (pooled over categories). Ablating a row sets its nodes to the ablation values at the node positions
 (refusal.evaluation.nodes); by default only its feature nodes (``include_error_nodes: false``): the error node of a
 hook is the same node in every category's circuit, so ablating it would make every row alike for reasons unrelated
 to which features a category uses.
 
-Per cell: the mean refusal-score drop (baseline − ablated, per prompt, paired), the ablated refusal rate of the
-generated responses (judge: evaluation.judge) and their bootstrap CIs; the same score drop for ``n_random`` random
-circuits with the same number of feature nodes per hook (refusal score only: a forward pass each).
+Per cell: the mean refusal-score drop (baseline − ablated, per prompt, paired), the share of the column's refusal it
+removes (score drop ÷ the column's headroom h_B = mean baseline score of B − mean baseline score of the safe prompts;
+toxic columns only), the ablated refusal rate of the generated responses (judge: evaluation.judge) and their
+bootstrap CIs; the same score drop for ``n_random`` random circuits with the same number of feature nodes per hook
+(refusal score only: a forward pass each): the floor.
 
-Statistic. d[A, i] = refusal-score drop on held-out toxic prompt i (baseline score − score with category A's circuit
-ablated), for every category A with a circuit and every toxic prompt i of those categories; M[A, B] = mean of
-d[A, i] over B's prompts.
+Counted categories: only categories the model refuses enter the statistic: headroom CI above 0 (prompts of the
+category and the safe prompts resampled). The others are listed, not counted.
 
-- **Specificity** S = mean_A M[A, A] − mean_{A≠B} M[A, B]: how much more ablating a category's circuit lowers
+Statistic, on headroom-normalised drops (when the split has >= 2 safe prompts; raw score drops otherwise, said so).
+d[A, i] = refusal-score drop on held-out toxic prompt i with category A's row ablated, for every counted category A
+and every toxic prompt i of those categories; M[A, B] = mean of d[A, i] over B's prompts ÷ h_B: the share of B's
+refusal that ablating A's row removes.
+
+- **Specificity** S = mean_A M[A, A] − mean_{A≠B} M[A, B]: how much more ablating a category's row lowers
   refusal on its own category than on the others. Block-diagonal (modular) → S large; uniform (monolithic) → S ≈ 0.
-- **Transfer ratio** ρ = mean_{A≠B} M[A, B] / mean_A M[A, A]: the fraction of the own-category drop that carries
+- **Transfer ratio** ρ = mean_{A≠B} M[A, B] / mean_A M[A, A]: the fraction of the own-category share that carries
   over to other categories (≈ 0 modular, ≈ 1 monolithic).
-  S is unchanged by a row effect (a circuit that lowers refusal everywhere by the same amount, e.g. a larger one)
-  and by a column effect (a category whose prompts react more to any ablation): it measures only the
-  circuit × category interaction. ρ is descriptive and is not.
+  Unnormalised, S is unchanged by a row effect and by a column effect; normalised, column effects are divided out
+  before it is computed. ρ is descriptive.
 - **Beats random**: mean_A M[A, A] − mean_A R[A, A], R from random circuits of the same size per hook; if the
-  circuits do not lower refusal more than random feature sets, the matrix says nothing about mechanisms.
+  rows do not lower refusal more than random feature sets, the matrix says nothing about mechanisms.
 
-Tests: permutation p-value of S (prompts' category labels permuted, group sizes kept, N random relabelings,
-p = (1 + #{S_null ≥ S_obs}) / (1 + N); written here because scipy.stats.permutation_test refuses groups of one
-prompt, which small held-out splits have); percentile bootstrap CIs of S, ρ and beats-random (prompts resampled
-within each category; refusal.circuit.stats.bootstrap). The same statistics are reported for the generated
-refusal rate (drop = refused_base − refused_ablated), the decision uses the score.
+Tests: permutation p-value of S (prompts' category labels permuted, group sizes kept, the headroom of each permuted
+group recomputed, N random relabelings, p = (1 + #{S_null ≥ S_obs}) / (1 + N); written here because
+scipy.stats.permutation_test refuses groups of one prompt, which small held-out splits have); percentile bootstrap
+CIs of S, ρ and beats-random (prompts resampled within each category and among the safe prompts;
+refusal.circuit.stats.bootstrap). The same statistics are reported for the generated refusal rate (drop =
+refused_base − refused_ablated, normalised by the rate's headroom), the decision uses the score.
 """
 from __future__ import annotations
 
@@ -41,17 +50,22 @@ from pathlib import Path
 
 import numpy as np
 
+import torch
+
+from refusal.behavior.rates import cell_rng
 from refusal.behavior.score import refusal_score
 from refusal.circuit.circuit import COMBINED
 from refusal.circuit.plots import matrix_plot
 from refusal.circuit.stats import bootstrap
 from refusal.circuit.verdict import TransferRule
 from refusal.errors import ConfigError
+from refusal.evaluation.bottleneck_sets import n_features, ranking, set_size, top_k
 from refusal.evaluation.nodes import features_only, random_matched, seeded_generator
 from refusal.evaluation.prefix import PrefixCachedLogits, first_layer
 
 SAFE_COLUMNS = ("safe", "hard")
 PLOTS = (("score_drop", "refusal-score drop (baseline − ablated)"),
+         ("score_drop_share", "share of the column's refusal removed (score drop ÷ headroom)"),
          ("random_score_drop", "score drop, random circuits of the same size"),
          ("refusal_rate", "refusal rate with the circuit ablated"))
 
@@ -64,6 +78,7 @@ class TransferSettings:
     n_random: int
     n_permutations: int
     rule: TransferRule
+    size: int | float | None = None  # feature nodes per hook of every row (int, or a fraction); None: the circuits
 
 
 # ----------------------------------------------------------------------------------------------- the statistic
@@ -80,52 +95,77 @@ def _diag_off(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return diag, off
 
 
-def specificity(d: np.ndarray, groups) -> np.ndarray:
-    diag, off = _diag_off(cell_means(d, groups))
+def headroom(base: np.ndarray, groups, safe) -> np.ndarray:
+    """[..., G] mean of ``base`` over each group minus its mean over ``safe`` (index arrays, optionally batched)."""
+    return cell_means(base[None, :], groups)[..., 0, :] - base[safe].mean(-1)[..., None]
+
+
+def shares(d: np.ndarray, groups, base: np.ndarray | None = None, safe=None) -> np.ndarray:
+    """[..., R, G] cell means of d, each column divided by its group's headroom when ``base`` is given."""
+    M = cell_means(d, groups)
+    return M if base is None else M / headroom(base, groups, safe)[..., None, :]
+
+
+def specificity(d: np.ndarray, groups, base: np.ndarray | None = None, safe=None) -> np.ndarray:
+    diag, off = _diag_off(shares(d, groups, base, safe))
     return diag - off
 
 
 def permutation_null(d: np.ndarray, groups: list[np.ndarray], n: int, rng: np.random.Generator,
-                     batch: int = 256) -> np.ndarray:
-    """[n] specificity with the prompts' group labels randomly permuted (group sizes kept)."""
+                     base: np.ndarray | None = None, safe=None, batch: int = 256) -> np.ndarray:
+    """[n] specificity with the prompts' group labels randomly permuted (group sizes kept; each permuted group's
+    headroom recomputed when ``base`` is given; the safe prompts are not permuted)."""
     pool = np.concatenate(groups)
     cuts = np.cumsum([len(g) for g in groups])[:-1]
     out = []
     for start in range(0, n, batch):
         perm = rng.permuted(np.broadcast_to(pool, (min(batch, n - start), len(pool))), axis=1)
-        out.append(specificity(d, np.split(perm, cuts, axis=1)))
+        out.append(specificity(d, np.split(perm, cuts, axis=1), base, safe))
     return np.concatenate(out)
 
 
-def _summaries(d: np.ndarray, d_random: np.ndarray | None, groups) -> dict[str, np.ndarray]:
-    diag, off = _diag_off(cell_means(d, groups))
+def _summaries(d: np.ndarray, d_random: np.ndarray | None, groups, base=None, safe=None) -> dict[str, np.ndarray]:
+    diag, off = _diag_off(shares(d, groups, base, safe))
     out = {"specificity": diag - off, "mean_diagonal": diag, "mean_offdiagonal": off,
            "transfer_ratio": np.where(diag != 0, off / np.where(diag != 0, diag, 1.0), np.nan)}
     if d_random is not None:
-        r_diag, _ = _diag_off(cell_means(d_random, groups))
+        r_diag, _ = _diag_off(shares(d_random, groups, base, safe))
         out["random_mean_diagonal"] = r_diag
         out["beats_random"] = diag - r_diag
     return out
 
 
 def transfer_statistics(d: np.ndarray, labels: np.ndarray, d_random: np.ndarray | None, n_permutations: int,
-                        n_resamples: int, ci_level: float, seed: int) -> dict:
-    """Statistics, permutation p-value and bootstrap CIs; ``labels[i]`` = row of d that is prompt i's category."""
+                        n_resamples: int, ci_level: float, seed: int, base: np.ndarray | None = None) -> dict:
+    """Statistics, permutation p-value and bootstrap CIs. d [C, n]: drops on n prompts; ``labels[i]`` = row of d
+    that is prompt i's category, -1 for a safe prompt (only used with ``base``). ``base`` [n]: the prompts'
+    baseline scores: each column is then divided by its headroom over the safe prompts (``normalised``)."""
     C = d.shape[0]
     groups = [np.flatnonzero(labels == c) for c in range(C)]
+    safe = np.flatnonzero(labels == -1)
     if C < 2 or any(len(g) == 0 for g in groups):
         raise ConfigError(f"the transfer statistic needs >= 2 categories with circuits and held-out toxic prompts "
                           f"(got {C} with prompt counts {[len(g) for g in groups]})")
-    obs = {k: float(v) for k, v in _summaries(d, d_random, groups).items()}
-    null = permutation_null(d, groups, n_permutations, np.random.default_rng(seed))
-    p_value = (1 + int(np.sum(null >= obs["specificity"] - 1e-12 * abs(obs["specificity"])))) / (1 + len(null))
-    with warnings.catch_warnings():  # a ratio with a zero diagonal in every draw is NaN: its CI is NaN, quietly
+    if base is not None and len(safe) < 2:
+        raise ConfigError(f"the headroom-normalised transfer statistic needs >= 2 safe prompts (got {len(safe)})")
+    safe_arg = safe if base is not None else None
+
+    def resampled(sample):
+        return _summaries(d, d_random, sample[:C], base, sample[C] if base is not None else None)
+
+    # a ratio with a zero denominator (a diagonal, or a headroom of a permuted or resampled group) is inf/NaN there:
+    # quietly; the rule reads a NaN estimate as inconclusive and NaN draws are left out of the percentiles
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
-        ci = (bootstrap(groups, lambda s: _summaries(d, d_random, s), n_resamples, ci_level, seed + 1)
+        obs = {k: float(v) for k, v in _summaries(d, d_random, groups, base, safe_arg).items()}
+        null = permutation_null(d, groups, n_permutations, np.random.default_rng(seed), base, safe_arg)
+        p_value = (1 + int(np.sum(null >= obs["specificity"] - 1e-12 * abs(obs["specificity"])))) / (1 + len(null))
+        ci = (bootstrap(groups + ([safe] if base is not None else []), resampled, n_resamples, ci_level, seed + 1)
               if n_resamples else {})
     return {**obs, "p_value": float(p_value), "n_permutations": n_permutations, "null_mean": float(np.mean(null)),
             "ci": {k: {"level": ci_level, "low": float(v["low"]), "high": float(v["high"])} for k, v in ci.items()},
-            "n_prompts": [len(g) for g in groups]}
+            "n_prompts": [len(g) for g in groups], "normalised": base is not None,
+            **({"n_safe": len(safe)} if base is not None else {})}
 
 
 # ----------------------------------------------------------------------------------------------- the matrix
@@ -164,7 +204,28 @@ def _layout(prompts, masks: dict) -> _Layout:
                    np.concatenate([np.full(len(cols[c]), j) for j, c in enumerate(names)]))
 
 
-def _measure(ctx, setup, s: TransferSettings, lay: _Layout) -> _Measured:
+def row_masks(setup, inputs, rows: list[str], s: TransferSettings) -> dict:
+    """Each row's node mask: its circuit (feature nodes only unless ``include_error_nodes``), or with ``size`` the
+    top-k feature nodes of every hook by |mean IE| over the row's discovery prompts (k = ``size``, an int capped at
+    the hook's features or a fraction of them), so every row has the same size."""
+    out = {}
+    for row in rows:
+        if s.size is None:
+            out[row] = setup.masks[row] if s.include_error_nodes else features_only(setup.space, setup.masks[row])
+            continue
+        found = ranking(inputs, setup.space, row)
+        if found is None:
+            raise ConfigError(f"evaluation.transfer.size={s.size}: the discover run has neither attributions nor a "
+                              f"circuit for {row!r}; use evaluation.transfer.size=null (the circuits as discovered)")
+        space = setup.space
+        mask = torch.zeros(space.n_nodes, dtype=torch.bool)
+        for h in range(len(space.hooks)):
+            mask |= top_k(space, found[0], h, set_size(s.size, n_features(space, h)))
+        out[row] = mask
+    return out
+
+
+def _measure(ctx, setup, inputs, s: TransferSettings, lay: _Layout) -> _Measured:
     """Scores (and generations) with each row's circuit ablated, and with its random circuits."""
     records = lay.records
     base_refused = np.array([ctx.baseline_items[r.id]["refused"] for r in records], dtype=float) if s.generate else None
@@ -177,8 +238,9 @@ def _measure(ctx, setup, s: TransferSettings, lay: _Layout) -> _Measured:
 
     base = scores()  # no intervention: the reference of every drop, through the same forward as the ablated runs
     out = _Measured(base, base_refused, {}, {}, {}, {})
+    masks = row_masks(setup, inputs, lay.rows, s)
     for row in lay.rows:
-        mask = setup.masks[row] if s.include_error_nodes else features_only(setup.space, setup.masks[row])
+        mask = masks[row]
         out.sizes[row] = int(mask.sum())
         with setup.ablator.ablated(ctx.model, mask):
             out.drops[row] = base - scores()
@@ -198,11 +260,31 @@ def _ci_fields(key: str, low_high) -> dict:
     return dict(zip((f"{key}_ci_low", f"{key}_ci_high"), low_high))
 
 
-def _cell(ctx, m: _Measured, row: str, col: str, idx: np.ndarray, generate: bool) -> dict:
+def share_interval(drop: np.ndarray, base: np.ndarray, safe_base: np.ndarray, n_resamples: int, ci_level: float,
+                   seed: int) -> tuple[float, float, float]:
+    """(share, CI low, CI high): mean drop ÷ (mean base − mean safe base); a column's prompts (drop and base paired)
+    and the safe prompts resampled independently (percentile)."""
+    def share(sample):
+        col, safe = sample
+        return {"share": drop[col].mean() / (base[col].mean() - safe_base[safe].mean())}
+
+    groups = [np.arange(len(drop)), np.arange(len(safe_base))]
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        est = float(share(groups)["share"])
+        ci = bootstrap(groups, share, n_resamples, ci_level, seed)["share"]
+    return est, float(ci["low"]), float(ci["high"])
+
+
+def _cell(ctx, m: _Measured, row: str, col: str, idx: np.ndarray, generate: bool, safe: np.ndarray | None) -> dict:
     d = m.drops[row][idx]
     cell = {"circuit": row, "prompts": col, "n": int(idx.sum()), "n_nodes": m.sizes[row],
             "baseline_score": float(m.base[idx].mean()), "score_drop": float(d.mean()),
             **_ci_fields("score_drop", ctx.mean_ci(d, "transfer", row, col))}
+    if safe is not None and col not in SAFE_COLUMNS:
+        seed = int(cell_rng(ctx.seed, "transfer-share", row, col).integers(2**32))
+        est, low, high = share_interval(d, m.base[idx], m.base[safe], ctx.boot.n_resamples, ctx.boot.ci_level, seed)
+        cell.update({"score_drop_share": est, "score_drop_share_ci_low": low, "score_drop_share_ci_high": high})
     if m.rand_drops[row] is not None:
         rd = m.rand_drops[row][idx]
         cell.update({"random_score_drop": float(rd.mean()),
@@ -220,50 +302,81 @@ def _matrices(cells: list[dict], rows: list[str], columns: list[str]) -> dict[st
         return {}
     by = {(c["circuit"], c["prompts"]): c for c in cells}
     return {k: [[by[(r, c)].get(k) for c in columns] for r in rows]
-            for k in ("score_drop", "random_score_drop", "refusal_rate", "rate_drop") if k in cells[0]}
+            for k in ("score_drop", "score_drop_share", "random_score_drop", "refusal_rate", "rate_drop")
+            if any(k in c for c in cells)}
 
 
 def _plots(matrices: dict, rows: list[str], columns: list[str], plot_dir: Path) -> dict[str, str]:
     plots = {}
     for key, title in PLOTS:
         if key in matrices:
-            m = np.array(matrices[key], dtype=float)
-            plots[key] = str(matrix_plot(m, rows, columns, title, Path(plot_dir) / f"transfer_{key}.png",
+            keep = [j for j, c in enumerate(columns) if any(m[j] is not None for m in matrices[key])]
+            m = np.array([[r[j] for j in keep] for r in matrices[key]], dtype=float)
+            plots[key] = str(matrix_plot(m, rows, [columns[j] for j in keep], title,
+                                         Path(plot_dir) / f"transfer_{key}.png",
                                          cmap="RdBu_r" if key != "refusal_rate" else "viridis",
                                          symmetric=key != "refusal_rate", xlabel="held-out prompts",
                                          ylabel="circuit ablated"))
     return plots
 
 
+def counted_categories(categories: list[str], base: np.ndarray, groups: list[np.ndarray], safe: np.ndarray,
+                       n_resamples: int, ci_level: float, seed: int) -> dict[str, dict]:
+    """Per category: its headroom (mean baseline score − the safe prompts') with a percentile CI (its prompts and
+    the safe prompts resampled), and whether it is counted (CI low above 0: the model refuses it)."""
+    ci = bootstrap([*groups, safe], lambda g: {"h": headroom(base, g[:-1], g[-1])}, n_resamples, ci_level, seed)["h"]
+    est = headroom(base, groups, safe)
+    return {c: {"headroom": float(est[i]), "ci_low": float(ci["low"][i]), "ci_high": float(ci["high"][i]),
+                "counted": bool(ci["low"][i] > 0)} for i, c in enumerate(categories)}
+
+
 def _decide(ctx, s: TransferSettings, lay: _Layout, m: _Measured) -> dict:
-    """The statistic on the score drops (and on the rate drops) and the transfer rule's verdict."""
-    categories = lay.categories
-    if len(categories) < 2:
-        return {"decision": {"verdict": "inconclusive", "rule": "needs >= 2 categories with circuits and "
-                             f"held-out toxic prompts; have {categories}", "evidence": {}}}
-    tox = [i for i, r in enumerate(lay.records) if r.label == "toxic"]
-    labels = np.array([categories.index(lay.records[i].category) for i in tox])
-    d = np.stack([m.drops[c][tox] for c in categories])
-    d_rand = np.stack([m.rand_drops[c][tox] for c in categories]) if s.n_random else None
+    """Counted categories, the statistic on their headroom-normalised score drops (and rate drops) and the transfer
+    rule's verdict."""
     b = ctx.boot
-    stats = transfer_statistics(d, labels, d_rand, s.n_permutations, b.n_resamples, b.ci_level, ctx.seed)
-    out = {"statistic": {"name": "specificity S = mean own-category score drop − mean other-category score drop",
-                         **stats},
-           "decision": s.rule.decide(stats)}
+    safe_idx = np.flatnonzero(lay.col_index == lay.columns.index("safe")) if "safe" in lay.columns else np.array([])
+    normalised = len(safe_idx) >= 2
+    tox_of = {c: np.flatnonzero(lay.col_index == lay.columns.index(c)) for c in lay.categories}
+    headrooms = (counted_categories(lay.categories, m.base, [tox_of[c] for c in lay.categories], safe_idx,
+                                    b.n_resamples, b.ci_level, ctx.seed + 3) if normalised else {})
+    categories = [c for c in lay.categories if not normalised or headrooms[c]["counted"]]
+    out = {"normalised": normalised, "headroom": headrooms, "counted": categories,
+           "not_counted": [c for c in lay.categories if c not in categories]}
+    if not normalised:
+        out["notes"] = [f"{len(safe_idx)} safe prompts in the split: the drops are not normalised by headroom and "
+                        "every category with prompts counts"]
+    if len(categories) < 2:
+        return {**out, "decision": {"verdict": "inconclusive", "rule": "needs >= 2 counted categories (headroom CI "
+                                    f"above 0) with circuits and held-out toxic prompts; have {categories}",
+                                    "evidence": {}}}
+    cols = np.concatenate([tox_of[c] for c in categories] + ([safe_idx] if normalised else []))
+    labels = np.concatenate([np.full(len(tox_of[c]), i) for i, c in enumerate(categories)] +
+                            ([np.full(len(safe_idx), -1)] if normalised else []))
+    d = np.stack([m.drops[c][cols] for c in categories])
+    d_rand = np.stack([m.rand_drops[c][cols] for c in categories]) if s.n_random else None
+    stats = transfer_statistics(d, labels, d_rand, s.n_permutations, b.n_resamples, b.ci_level, ctx.seed,
+                                base=m.base[cols] if normalised else None)
+    what = "share of refusal removed (score drop ÷ headroom)" if normalised else "score drop"
+    out.update({"statistic": {"name": f"specificity S = mean own-category {what} − mean other-category {what}",
+                              **stats},
+                "decision": s.rule.decide(stats)})
     if s.generate:
-        d_rate = np.stack([m.base_refused[tox] - m.refused[c][tox] for c in categories])
+        d_rate = np.stack([m.base_refused[cols] - m.refused[c][cols] for c in categories])
         out["statistic_rate"] = transfer_statistics(d_rate, labels, None, s.n_permutations, b.n_resamples,
-                                                    b.ci_level, ctx.seed + 7)
+                                                    b.ci_level, ctx.seed + 7,
+                                                    base=m.base_refused[cols] if normalised else None)
     return out
 
 
-def run_transfer(ctx, setup, s: TransferSettings, plot_dir: Path) -> dict:
+def run_transfer(ctx, setup, inputs, s: TransferSettings, plot_dir: Path) -> dict:
     lay = _layout(ctx.prompts, setup.masks)
-    m = _measure(ctx, setup, s, lay)
-    cells = [_cell(ctx, m, row, col, lay.col_index == j, s.generate)
+    m = _measure(ctx, setup, inputs, s, lay)
+    safe = (np.flatnonzero(lay.col_index == lay.columns.index("safe"))
+            if "safe" in lay.columns and (lay.col_index == lay.columns.index("safe")).sum() >= 2 else None)
+    cells = [_cell(ctx, m, row, col, lay.col_index == j, s.generate, safe)
              for row in lay.rows for j, col in enumerate(lay.columns)]
     matrices = _matrices(cells, lay.rows, lay.columns)
     return {"rows": lay.rows, "columns": lay.columns, "cells": cells, "n_nodes": m.sizes, "generate": s.generate,
             "include_error_nodes": s.include_error_nodes, "n_random": s.n_random,
-            "categories_without_prompts": lay.no_prompts, "matrices": matrices,
+            "size": s.size, "categories_without_prompts": lay.no_prompts, "matrices": matrices,
             "plots": _plots(matrices, lay.rows, lay.columns, plot_dir), **_decide(ctx, s, lay, m)}

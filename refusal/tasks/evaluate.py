@@ -160,7 +160,7 @@ def _run_stages(ctx: EvalContext, s: EvalSettings, inputs: RunInputs, results: d
         if results["transfer"] is None:
             log.info("evaluate: transfer matrix")
             results["transfer"] = {"status": "done", "ablation": s.ablation,
-                                   **run_transfer(ctx, setup, s.transfer, run_dir)}
+                                   **run_transfer(ctx, setup, inputs, s.transfer, run_dir)}
         if results["bottleneck"] is None:
             log.info("evaluate: shared bottleneck and dissociation per layer")
             results["bottleneck"] = {"status": "done", "ablation": s.ablation,

@@ -5,8 +5,9 @@ statistics attached as descriptive evidence only:
 - ``recognition``: discover's permutation tests on per-prompt attributions (refusal.circuit.verdict.DecisionRule).
   They reject in any model whose topic features differ by category, so they measure category recognition, not
   separate mechanisms;
-- ``transfer``: the transfer matrix's rule (refusal.circuit.verdict.TransferRule), which reads "p > alpha" as
-  sameness.
+- ``transfer``: the transfer matrix's rule (refusal.circuit.verdict.TransferRule): whole multi-layer circuits
+  ablated across categories, headroom-normalised, by the transfer ratio's CI against margins; it says how much of
+  one category's refusal another category's features carry, not where a shared bottleneck sits.
 
 Neither is ever a fallback: without the bottleneck stage's evidence the verdict is ``inconclusive`` (``None`` when
 there is no evidence of any kind), and the basis says why.

@@ -23,7 +23,9 @@ def test_defaults_are_valid():
     s = settings_from(_cfg().evaluation)
     opt_in = ("cast", "neurons", "patching", "ablation_curve", "eap", "lens", "probes")
     assert s.stages == [st for st in STAGES if st not in opt_in] and s.split == "test" and s.ablation == "mean_safe"
-    assert s.transfer.rule.alpha == 0.05 and not s.transfer.include_error_nodes
+    assert s.transfer.rule.alpha == 0.05 and not s.transfer.include_error_nodes and s.transfer.size == 16
+    assert settings_from(_cfg("evaluation.transfer.size=null", "evaluation.transfer.include_error_nodes=true")
+                         .evaluation).transfer.size is None
     assert s.direction.max_kl == 0.1 and s.direction.max_layer_fraction == 0.8
 
 
@@ -36,6 +38,10 @@ def test_defaults_are_valid():
     ("evaluation.faithfulness.thresholds=[-1]", "evaluation.faithfulness.thresholds entry=-1"),
     ("evaluation.transfer.n_permutations=0", "evaluation.transfer.n_permutations=0"),
     ("evaluation.transfer.alpha=3", "evaluation.transfer.alpha=3"),
+    ("evaluation.transfer.min_own_share=2", "evaluation.transfer.min_own_share=2"),
+    ("evaluation.transfer.size=0", "evaluation.transfer.size=0"),
+    ("evaluation.transfer.size=1.5", "evaluation.transfer.size=1.5"),
+    ("evaluation.transfer.include_error_nodes=true", "include_error_nodes=true needs evaluation.transfer.size=null"),
     ("evaluation.direction.ablation_hooks=[hook_resid_mid]", "hook_resid_mid"),
     ("evaluation.direction.max_layer_fraction=0", "evaluation.direction.max_layer_fraction=0"),
     ("evaluation.direction.selection_split=dev", "evaluation.direction.selection_split='dev'"),

@@ -105,7 +105,24 @@ def test_evaluate_end_to_end(runs, tmp_path):
     assert transfer["rows"] == ["cyber", "fraud", "violence", "all"]
     assert transfer["columns"] == ["cyber", "fraud", "violence", "safe", "hard"]
     assert transfer["decision"]["verdict"] in ("modular", "monolithic", "mixed", "inconclusive")
-    assert 0 < transfer["statistic"]["p_value"] <= 1
+    # the random tiny model refuses no category above its safe prompts (as the bottleneck stage finds): nothing is
+    # counted and the transfer rule says so instead of reading noise
+    heads = {p["category"]: p["headroom"]["estimate"] for p in json.loads((out / "bottleneck.json").read_text())[
+        "layers"][0]["evidence"]["per_category"]}
+    assert {c: h["headroom"] for c, h in transfer["headroom"].items()} == pytest.approx(heads, rel=1e-4, abs=1e-6)
+    if len(transfer["counted"]) < 2:
+        assert "statistic" not in transfer and transfer["decision"]["verdict"] == "inconclusive"
+    else:
+        assert 0 < transfer["statistic"]["p_value"] <= 1
+    # rows of equal size (evaluation.transfer.size: the top 16 feature nodes per hook of each category), columns
+    # normalised by headroom for the counted categories only
+    assert transfer["size"] == 16 and len({transfer["n_nodes"][c] for c in ("cyber", "fraud", "violence")}) == 1
+    assert set(transfer["headroom"]) == {"cyber", "fraud", "violence"} and transfer["normalised"]
+    assert transfer["counted"] == [c for c, h in transfer["headroom"].items() if h["ci_low"] > 0]
+    shares = {(c["circuit"], c["prompts"]): c.get("score_drop_share") for c in transfer["cells"]}
+    assert shares[("cyber", "safe")] is None and shares[("cyber", "fraud")] == pytest.approx(
+        [c for c in transfer["cells"] if (c["circuit"], c["prompts"]) == ("cyber", "fraud")][0]["score_drop"]
+        / transfer["headroom"]["fraud"]["headroom"])
     faith = json.loads((out / "faithfulness.json").read_text())
     for name in ("cyber", "fraud", "violence", "all"):
         pts = faith["curves"][name]["points"]
@@ -135,6 +152,20 @@ def test_evaluate_end_to_end(runs, tmp_path):
         cells = len(re.findall(r"(?<!\\)\|", line))
         n = cells if n is None else n
         assert cells == n, line
+
+
+def test_transfer_rows_are_the_discovered_circuits_with_size_null(runs, tmp_path):
+    train, disc = runs
+    out = tmp_path / "circuits"
+    evaluate(_compose("evaluate", out, f"train_dir={train}", f"discover_dir={disc}", "evaluation.stages=[transfer]",
+                      "evaluation.transfer.size=null", "evaluation.transfer.generate=false", *FAST_EVAL))
+    transfer = json.loads((out / "transfer.json").read_text())
+    assert transfer["size"] is None
+    sizes = {}
+    for path in (disc / "circuits").glob("*_toxic_circuit.json"):  # feature nodes of each circuit (no error nodes)
+        circuit = json.loads(path.read_text())
+        sizes[circuit["category"]] = sum(1 for node in circuit["nodes"] if node["feature"] != "error")
+    assert transfer["n_nodes"] == sizes and len(set(sizes.values())) > 1  # the circuits' sizes differ
 
 
 def test_train_only_run_marks_circuit_sections_missing(runs, tmp_path):

@@ -132,6 +132,32 @@ def test_transfer_cells_keep_their_orientation_and_intervals(tmp_path):
     assert cell(stat, "specificity", "value") == "0.1" and cell(stat, "specificity", "CI low") == "-0.0072"
 
 
+def test_transfer_shares_headroom_and_uncounted_categories_are_shown(tmp_path):
+    data = _distinct(tmp_path)
+    for c in data["transfer"]["cells"]:
+        c.update(score_drop_share=c["score_drop"] / 4, score_drop_share_ci_low=0.2, score_drop_share_ci_high=0.7)
+    data["transfer"]["matrices"]["score_drop_share"] = [[0.25, 0.275], [0.5, 0.525]]
+    data["transfer"].update(size=16, headroom={"a": {"headroom": 4.0, "ci_low": 3.5, "ci_high": 4.5, "counted": True},
+                                               "c": {"headroom": 0.1, "ci_low": -0.2, "ci_high": 0.3,
+                                                     "counted": False}}, not_counted=["c"])
+    data["transfer"]["statistic"]["normalised"] = True
+    data["transfer"]["decision"]["evidence"]["transfer_ratio_ci"] = [0.8263, 1.0075]
+    data["transfer"]["decision"]["evidence"]["transfer_ratio"] = 0.9037
+    page = render_html(build_report(data))
+    tables = html_tables(page)
+    share = table_with(tables, "transfer", "share of each category's refusal removed")
+    assert cell(share, "b", "a") == "0.50 [0.20, 0.70]"
+    head = table_with(tables, "transfer", "only counted categories")
+    assert cell(head, "c", "counted") == "no (headroom CI not above 0)" and cell(head, "a", "counted") == "yes"
+    text = html.unescape(page)
+    assert "top 16 feature nodes per hook of each category (every row the same size)" in text
+    assert "Transfer matrix: not counted (headroom CI not above 0): c." in text
+    assert "Transfer ratio 0.904 [0.826, 1.01] against the margins 0.5 and 0.8" in text
+    key = table_with(tables, "verdict", "the numbers")
+    assert cell(key, "descriptive — transfer ratio ρ (other categories' share of refusal removed ÷ own share of "
+                     "refusal removed)", "value [95% CI]") == "0.90 [0.83, 1.01]"
+
+
 def test_baseline_intervals_and_pairwise_p_values_land_in_their_cells(tmp_path):
     tables = html_tables(render_html(build_report(_distinct(tmp_path))))
     base = [t for t in tables if t["section"] == "baseline"][0]
