@@ -11,11 +11,13 @@ Per distinct (hook, feature) of any circuit (a node at several positions or in s
   positions when the circuit keeps a node per position; None where the circuit lacks it).
 - ``logits``: the decoder direction's direct effect on the output logits, ``W_dec[f] @ W_U``, top ``promoted``
   and ``suppressed`` tokens. For ``mlp.hook_post`` the direction is first mapped to the residual stream by the
-  layer's ``down_proj``. The final norm is taken as linear at the direction: its scale 1/rms(x) depends on the
+  layer's ``down_proj``. On the MLP-neuron basis (``circuit.basis: neurons``) a node is one neuron of
+  ``mlp.hook_post``: its activation is the neuron's value act(gate)·up, its direction the one-hot e_f, so its logit
+  effect is down_proj's column f through the unembedding. The final norm is taken as linear at the direction: its scale 1/rms(x) depends on the
   whole residual, is positive and the same for every token, so it is left out (values are in units of a
   unit-rms residual); its weight (gain) is applied, and a LayerNorm also centres the direction.
 
-Error nodes (the SAE's reconstruction error) have no decoder direction and no activation: they get no
+Error nodes (the SAE's reconstruction error; exactly 0 on the neuron basis, never in a circuit) have no decoder direction and no activation: they get no
 dashboard, and ``error_nodes`` lists them. The output is deterministic: keys sorted, floats rounded as in the
 circuit files, ties broken by prompt order and token id.
 """
@@ -28,6 +30,7 @@ from torch import nn
 
 from refusal.circuit.circuit import rnd
 from refusal.circuit.dashboard_stats import DashboardSettings, FeatureStats
+from refusal.circuit.neurons import is_neuron_basis
 from refusal.model.hooks import decoder_layers
 from refusal.utils.io import stable_hash
 
@@ -74,6 +77,14 @@ def logit_effects(model: nn.Module, hook: str, directions: torch.Tensor) -> torc
     return (d @ w_u.float().T).cpu()
 
 
+def decoder_rows(sae, feats: list[int]) -> torch.Tensor:
+    """[F, d] the directions the features write at their hook: an SAE's decoder rows; for a neuron (the identity
+    basis) the one-hot row e_f."""
+    if is_neuron_basis(sae):
+        return torch.zeros(len(feats), sae.d_sae).scatter_(1, torch.tensor(feats)[:, None], 1.0)
+    return sae.W_dec[torch.tensor(feats)].detach().cpu()
+
+
 def _top_tokens(values: torch.Tensor, k: int, decode) -> dict:
     out = {}
     for name, sign in (("promoted", -1.0), ("suppressed", 1.0)):
@@ -112,7 +123,7 @@ def build_dashboards(circuits: list[dict], saes: dict, model: nn.Module, tokeniz
     decode = lambda i: tokenizer.decode([i])  # noqa: E731
     nodes, used = {}, set()
     for hook, feats in features.items():
-        effects = logit_effects(model, hook, saes[hook].sae.W_dec[torch.tensor(feats)].detach().cpu())
+        effects = logit_effects(model, hook, decoder_rows(saes[hook].sae, feats))
         for j, f in enumerate(feats):
             overall, by_group = _activation_tables(stats, hook, j, groups)
             examples = [{**{k: prompt_rows[p][k] for k in ("category", "label", "split")},

@@ -200,11 +200,8 @@ def discover(cfg: DictConfig) -> float:
                                               space, s, metric_desc, settings, manifest)
     circuits_dir = run.circuits
     graph_file, graph_page = write_graph(run.dir, [read_json(w["file"]) for w in written])
-    if neurons:
-        log.info("discover: no feature dashboards for circuit.basis=neurons")
-    else:
-        write_run_dashboards(run.dashboards, [w["file"] for w in written], saes, loaded, prompts,
-                             train_manifest.get("activation_store"), s, formatter, manifest["config_hash"])
+    write_run_dashboards(run.dashboards, [w["file"] for w in written], saes, loaded, prompts,
+                         train_manifest.get("activation_store"), s, formatter, manifest["config_hash"])
 
     summary = analyse(groups["toxic"], toxic_circuits, space, s.selection, s.stats, s.rule, cfg.seed, run.heatmaps)
     summary = json_safe({**summary, "circuits": written, "metric": metric_desc,

@@ -19,6 +19,8 @@ from refusal.model.chat import ChatFormatter
 from refusal.circuit.lrp import half_product, identity_act, lrp_linearised, rmsnorm_forward
 from refusal.circuit.neurons import neuron_hooks, universal_mask
 from refusal.circuit.patch import PatchSource
+from refusal.data.build import build_prompt_set
+from refusal.organism.build import load
 from refusal.errors import ConfigError
 from refusal.tasks.discover import discover
 from refusal.tasks.evaluate import evaluate
@@ -174,6 +176,41 @@ def test_bad_neuron_settings_are_refused(tmp_path):
             discover(_compose("discover", tmp_path / "x", *NEURONS, bad))
 
 
+def _check_neuron_dashboards(disc: Path, summary: dict) -> None:
+    """Every neuron of every circuit has a dashboard; a neuron's logit effect is down_proj's column through the
+    final norm's gain and the unembedding, and its top example's activation is the neuron's largest value
+    act(gate)·up over that prompt's tokens (user text on), both by hand."""
+    dash = json.loads((disc / "dashboards.json").read_text())
+    nodes = {(n["hook"], n["feature"]) for c in summary["circuits"]
+             for n in json.loads(Path(c["file"]).read_text())["nodes"]}
+    assert {(d["hook"], d["feature"]) for d in dash["nodes"].values()} == nodes and dash["source"]["kind"] == "forward"
+    cfg = _compose("discover", disc / "x", *NEURONS)
+    loaded = load(cfg.model)
+    model = loaded.model
+    d = max(dash["nodes"].values(), key=lambda n: (len(n["top_examples"]), -n["feature"]))
+    f, mlp = d["feature"], model.model.layers[2].mlp
+    with torch.no_grad():
+        want = (mlp.down_proj.weight[:, f] * model.model.norm.weight) @ model.lm_head.weight.T
+    assert [t["token_id"] for t in d["logits"]["promoted"]] == want.topk(len(d["logits"]["promoted"])).indices.tolist()
+    assert d["logits"]["promoted"][0]["value"] == pytest.approx(float(want.max()), rel=1e-5)
+    top = d["top_examples"][0]
+    text = {r.id: r.prompt for r in build_prompt_set(cfg.data)}[top["prompt_id"]]
+    enc = ChatFormatter(loaded.tokenizer, loaded.system_prompt, cfg.circuit.max_length).encode([text])
+    seen = {}
+
+    def keep(module, inputs, output):
+        seen["x"] = inputs[0].detach()
+
+    handle = mlp.down_proj.register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            model(**enc.model_inputs(), use_cache=False)
+    finally:
+        handle.remove()
+    values = seen["x"][0, enc.positions("all")[0], f]
+    assert top["activation"] == pytest.approx(float(values.max()), rel=1e-5, abs=1e-6)
+
+
 def test_discover_and_evaluate_on_the_neuron_basis(tmp_path):
     disc = tmp_path / "disc"
     discover(_compose("discover", disc, *NEURONS))
@@ -186,7 +223,7 @@ def test_discover_and_evaluate_on_the_neuron_basis(tmp_path):
         assert circuit["nodes"] and {n["hook"] for n in circuit["nodes"]} == {"blocks.2.mlp.hook_post"}
         assert all(isinstance(n["feature"], int) and 0 <= n["feature"] < 128 for n in circuit["nodes"])
         assert not universal & {n["id"] for n in circuit["nodes"]} and circuit["error_mass_fraction"] == 0
-    assert not (disc / "dashboards.json").exists()
+    _check_neuron_dashboards(disc, summary)
     out = tmp_path / "eval"
     evaluate(_compose("evaluate", out, f"discover_dir={disc}", "data=tiny", "evaluation.stages=[faithfulness,transfer]",
                       "evaluation.max_new_tokens=3", "evaluation.bootstrap.n_resamples=100",
