@@ -54,6 +54,7 @@ from refusal.evaluation.nodes import NodeAblator
 from refusal.evaluation.prefix import PrefixCachedLogits, first_layer
 from refusal.model.hooks import parse_hook_name
 from refusal.verdict import LayerRule, layer_evidence, model_verdict
+from refusal.verdict.profile import MODEL_RULE
 from refusal.verdict.bases import across_bases
 
 RULE_KEYS = ("bottleneck_max_residual", "no_bottleneck_min_residual", "max_kl", "min_induced", "dissociation_margin",
@@ -217,7 +218,8 @@ def _rankings(inputs, setup) -> tuple[dict, dict]:
 
 
 def _empty(s: BottleneckSettings, reason: str, notes: list[str]) -> dict:
-    return {"layers": [], "model": {"verdict": "inconclusive", "reason": reason, "summary": f"Inconclusive: {reason}."},
+    return {"layers": [], "model": {"verdict": "inconclusive", "reason": reason, "summary": f"Inconclusive: {reason}.",
+                                    "rule": MODEL_RULE},
             "settings": s.describe(), "plots": {}, "categories": [], "ie_source": {}, "n_prompts": {}, "notes": notes}
 
 

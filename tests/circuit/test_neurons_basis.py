@@ -164,7 +164,8 @@ def _compose(name: str, out: Path, *overrides: str):
                                         f"paths.root_dir={out}", *overrides])
 
 
-NEURONS = ["data=tiny", "circuit.basis=neurons", "circuit.attribution_method=lrp", "circuit.neurons.layers=[2]",
+NEURONS = ["data=tiny", "data.max_per_category=12", "circuit.basis=neurons", "circuit.attribution_method=lrp",
+           "circuit.neurons.layers=[2]",
            "circuit.top_n_per_layer=8", "circuit.statistics.n_permutations=20", "circuit.statistics.n_resamples=0",
            "circuit.separate_safe_toxic=false", "circuit.neurons.universal_top_k=4"]
 
@@ -225,7 +226,9 @@ def test_discover_and_evaluate_on_the_neuron_basis(tmp_path):
         assert not universal & {n["id"] for n in circuit["nodes"]} and circuit["error_mass_fraction"] == 0
     _check_neuron_dashboards(disc, summary)
     out = tmp_path / "eval"
-    evaluate(_compose("evaluate", out, f"discover_dir={disc}", "data=tiny", "evaluation.stages=[faithfulness,transfer]",
+    evaluate(_compose("evaluate", out, f"discover_dir={disc}", "data=tiny", "data.max_per_category=12",
+                      "evaluation.stages=[faithfulness,transfer,bottleneck]", "evaluation.bottleneck.size=4",
+                      "evaluation.bottleneck.n_random=2", "evaluation.bottleneck.curve_sizes=[]",
                       "evaluation.max_new_tokens=3", "evaluation.bootstrap.n_resamples=100",
                       "evaluation.faithfulness.thresholds=[0.1,0.0]", "evaluation.faithfulness.n_random=1",
                       "evaluation.transfer.n_random=1", "evaluation.transfer.n_permutations=20"))
@@ -233,3 +236,9 @@ def test_discover_and_evaluate_on_the_neuron_basis(tmp_path):
     assert faith["curves"]["all"]["discovered"] is not None
     transfer = json.loads((out / "transfer.json").read_text())
     assert transfer["decision"]["verdict"] in ("modular", "monolithic", "mixed", "inconclusive")
+    # the layer-resolved verdict's evidence on neurons: sets of neurons at the neuron hook, in both bases
+    bottleneck = json.loads((out / "bottleneck.json").read_text())
+    assert [r["hook"] for r in bottleneck["layers"]] == ["blocks.2.mlp.hook_post"]
+    assert all(isinstance(f, int) and 0 <= f < 128 for f in bottleneck["layers"][0]["sets"]["shared"])
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert set(verdict["by_basis"]) == {"features", "directions"} and verdict["layers"] == ["blocks.2.mlp.hook_post"]

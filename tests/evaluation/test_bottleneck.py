@@ -159,3 +159,14 @@ def test_direction_means_pool_the_categories_into_the_toxic_mean(modular, monkey
         expected = (setup.ablator.saes[hook].decode(f[0]) + e[0]).float().cpu()
         assert means["toxic"][hook].abs().max() > 0
         torch.testing.assert_close(means["toxic"][hook], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_stage_with_too_few_prompts_is_reported_not_crashed():
+    """Too few held-out prompts: the stage's inconclusive result (no layers) renders in the report with its reason
+    and the model rule."""
+    from refusal.evaluation.bottleneck import _empty
+    from refusal.evaluation.bottleneck_section import bottleneck_section
+    from refusal.verdict.profile import MODEL_RULE
+    section = bottleneck_section({"status": "done", **_empty(BottleneckSettings(), "0 toxic categories", [])})
+    text = " ".join(str(getattr(b, "text", "")) for b in section.blocks)
+    assert "Why: 0 toxic categories." in text and MODEL_RULE in text
