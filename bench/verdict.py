@@ -19,6 +19,8 @@ Cases:
   (conf/model/smollm2_organism.yaml) with model.seed = each seed, the demo's SAE (layer 15), circuit and evaluation
   settings. Its answer is not known by construction, so no confusion table: its verdict is the agreement of every
   run over organism seeds, SAE seeds and attribution methods (the stability issue 14 asks of the real model).
+In every case the prompts' split is fixed (data.seed=0): an SAE seed (seed=) changes the SAE only, an organism seed
+(model.seed) the organism's fine-tune only.
 Every run's dirs stay under --out (runs resume from what is there; delete a case's dir to redo it).
 """
 from __future__ import annotations
@@ -84,7 +86,7 @@ def planted_case(kind: str, seed: int) -> dict:
     """The planted organism (built by train.py on first use) with the demo's SAE, circuit and evaluation settings
     at four layers; its planted layer is read from its card afterwards. discover and evaluate take the model (and
     its data) from the train run."""
-    common = [f"model=planted_{kind}", f"model.seed={seed}"]
+    common = [f"model=planted_{kind}", f"model.seed={seed}", "data.seed=0"]  # data.seed follows seed= otherwise
     return {"train": [*common, "experiment=demo", f"activations.layers=[{','.join(map(str, PLANTED_LAYERS))}]"],
             "discover": ["circuit=demo"], "evaluate": ["evaluation=demo"], "data": None, "layer": None}
 
@@ -92,7 +94,7 @@ def planted_case(kind: str, seed: int) -> dict:
 def organism_case(seed: int) -> dict:
     """The refuse-all organism built with model.seed = seed, analysed as `make demo` does (layer 15); discover and
     evaluate take the model from the train run."""
-    common = ["model=smollm2_organism", f"model.seed={seed}"]
+    common = ["model=smollm2_organism", f"model.seed={seed}", "data.seed=0"]  # data.seed: the same split for every run
     return {"train": [*common, "experiment=demo"], "discover": ["circuit=demo"], "evaluate": ["evaluation=demo"],
             "data": None, "layer": None}
 
@@ -190,14 +192,24 @@ def main(argv=None) -> int:
                                      "carries": v["carries"],
                                      "seconds": round(time.time() - start, 1)})
                         print(json.dumps(runs[-1]), flush=True)
+                        with open(args.out / args.cases / "runs.jsonl", "a") as f:  # read by later invocations
+                            f.write(json.dumps(runs[-1]) + "\n")
                 agreed = stability([{"run": f"sae seed {r['sae_seed']}, {r['method']}", "verdict": r["verdict"]}
                                     for r in runs])
                 groups.append({**runs[0], "verdict": agreed["verdict"], "agreement": agreed["agreement"],
                                "runs": len(runs)})
                 rows += runs
-    if args.cases == "organism":
+    if args.cases == "organism":  # every run recorded under --out, this invocation's and earlier ones' (last wins)
+        recorded = {}
+        for line in (args.out / args.cases / "runs.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            recorded[(r["seed"], r["sae_seed"], r["method"])] = r
+        rows = list(recorded.values())
         overall = stability([{"run": f"organism seed {r['seed']}, sae seed {r['sae_seed']}, {r['method']}",
                               "verdict": r["verdict"]} for r in rows])
+        for r in sorted(rows, key=lambda r: (r["seed"], r["sae_seed"], r["method"])):
+            print(f"organism seed {r['seed']}, SAE seed {r['sae_seed']}, {r['method']}: {r['verdict']} "
+                  f"{r['by_basis']}; shared part carries {r['carries']}")
         print("\nper organism seed: " + ", ".join(f"seed {g['seed']} {g['verdict']} ({g['agreement']:.2f} of "
                                                  f"{g['runs']})" for g in groups))
         print(f"over every run ({len(rows)}): {overall['verdict']}, agreement {overall['agreement']:.2f}")

@@ -19,7 +19,7 @@ from refusal.organism.checks import check, enforce, recheck
 from refusal.organism.finetune import fine_tune, set_trainable, trainable_copy
 from refusal.organism.planted import build_planted
 from refusal.organism.planted_config import ORGANISM_SOURCES
-from refusal.organism.child import CHILD_FLAG, build_in_child
+from refusal.organism.child import CHILD_FLAG, KEY_FLAG, build_in_child
 from refusal.organism.portable import mkl_pinned, portable_attention
 from refusal.organism.remeasure import measure_again, trained_build
 from refusal.organism.targets import example_repeats, make_examples, mix_repeats, plan_targets, refused_categories
@@ -46,6 +46,11 @@ def ensure_built(cfg) -> tuple[Path, str]:
     """(the cache dir of the organism ``cfg`` describes, its key), building it first when it is not in the cache: in
     this process when its matrix products are pinned (portable.py) or run on a GPU, else in a pinned child."""
     key, key_parts, train, test, base = resolve(cfg)
+    expected = os.environ.get(KEY_FLAG) if os.environ.get(CHILD_FLAG) else None
+    if expected and expected != key:
+        raise RuntimeError(f"the organism build's child computes cache key {key} ({key_parts.get('built_on', {})}), "
+                           f"its parent expected {expected}: MKL runs another mode here than the parent predicted "
+                           f"(refusal/organism/portable.py build_mode)")
     cache_dir = Path(str(cfg.cache_dir))
     final = cache_dir / key
     if is_complete(final, key):
@@ -53,7 +58,7 @@ def ensure_built(cfg) -> tuple[Path, str]:
         return final, key
     if resolve_device(cfg.device).type == "cpu" and not mkl_pinned() and not os.environ.get(CHILD_FLAG):
         del base
-        build_in_child(cfg)
+        build_in_child(cfg, key)
         if not is_complete(final, key):
             raise RuntimeError(f"the organism build's child process ended without publishing {final}")
         return final, key

@@ -14,6 +14,7 @@ from refusal.data import build_prompt_set
 from refusal.data.records import PromptSet
 from refusal.model.loading import LoadedModel, load_model, model_files, resolve_device
 from refusal.organism.config import FORMAT_VERSION, NEUTRAL_BUILD_VALUES
+from refusal.organism.portable import build_numerics_key
 from refusal.organism.planted_config import check_any_organism_cfg, organism_build_config
 from refusal.utils.io import read_json, stable_hash
 
@@ -48,12 +49,14 @@ def cache_key(cfg, base_weights_hash: str, train: PromptSet, test: PromptSet) ->
 
 
 def build_kernels(cfg) -> dict:
-    """What the key must add about the hardware: nothing for a CPU build (pinned MKL, portable.py: the same bits on
-    every CPU of one vendor; Intel and AMD builds differ, and the card's ``numerics.mkl`` says which); a GPU build's
-    device and GPU model, since its kernels round differently from a CPU's and from another GPU model's."""
+    """What the key must add about the hardware: for a CPU build, nothing when MKL is pinned to its AVX2 branch (the
+    same bits on every Intel CPU with AVX2), else the branch and, where its kernels depend on it, the CPU
+    (portable.py ``build_numerics_key``: an AMD build differs from an Intel one); a GPU build's device and GPU model,
+    since its kernels round differently from a CPU's and from another GPU model's."""
     device = resolve_device(cfg.device)
     if device.type == "cpu":
-        return {}
+        numerics = build_numerics_key()
+        return {"built_on": numerics} if numerics else {}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return {"built_on": {"device": device.type, "name": name}}
 

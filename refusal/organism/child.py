@@ -15,10 +15,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from refusal.errors import ConfigError
-from refusal.organism.portable import MKL_CBWR
+from refusal.organism.portable import MKL_CBWR, build_mode
 
 log = logging.getLogger(__name__)
 CHILD_FLAG = "REFUSAL_ORGANISM_CHILD"  # the parent's pid, set in the child: it builds where it is, pinned or not
+KEY_FLAG = "REFUSAL_ORGANISM_KEY"  # the cache key the parent waits for: the child stops if its own differs
 EXIT_CONFIG = 3  # the child's exit status for a ConfigError; its last line is the message
 
 
@@ -33,15 +34,15 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def build_in_child(cfg) -> None:
+def build_in_child(cfg, key: str) -> None:
     """Run the build of the organism ``cfg`` (a ``model`` config node) in a pinned child process; return when it
-    has published the build, raise when it failed."""
+    has published the build under ``key``, raise when it failed."""
     with tempfile.TemporaryDirectory(prefix="organism-child-") as tmp:
         path = Path(tmp) / "model.yaml"
         path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        env = os.environ | {"MKL_CBWR": MKL_CBWR, CHILD_FLAG: str(os.getpid())}
-        log.info("organism: building in a child process with MKL_CBWR=%s (the same bits on every CPU of one vendor)",
-                 MKL_CBWR)
+        env = os.environ | {"MKL_CBWR": MKL_CBWR, CHILD_FLAG: str(os.getpid()), KEY_FLAG: key}
+        log.info("organism: building in a child process with MKL_CBWR=%s (MKL's mode there: %s; the cache key names "
+                 "it unless it is the AVX2 branch)", MKL_CBWR, build_mode())
         proc = subprocess.Popen([sys.executable, "-m", "refusal.organism", str(path)], env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         tail: deque[str] = deque(maxlen=30)

@@ -8,16 +8,25 @@ ATEN_CPU_CAPABILITY=avx512 and avx2 (tests/organism/test_organism_numerics.py). 
 model's usual attention.
 
 Matrix products run in MKL, which picks its kernels by CPU: AVX-512 ones on an Intel AVX-512 CPU, AVX2 ones on an
-AVX2-only CPU (and on AMD), and with a different thread count a different split of the work; each rounds differently.
-MKL's conditional numerical reproducibility pins one branch (``MKL_CBWR=AVX2,STRICT``: the AVX2 kernels, whatever
-the thread count), but only before the process's first MKL call, and the AVX2 kernels are about half as fast on an
-AVX-512 CPU. So a process is not pinned for its whole run: the build runs in a child process that is
-(refusal/organism/child.py), unless this one already is (``mkl_pinned``; the test suite pins itself)."""
+AVX2-only CPU, and with a different thread count a different split of the work; each rounds differently. MKL's
+conditional numerical reproducibility pins one branch (``MKL_CBWR=AVX2,STRICT``: the AVX2 kernels, whatever the thread
+count), but only before the process's first MKL call, and the AVX2 kernels are about half as fast on an AVX-512 CPU.
+So a process is not pinned for its whole run: the build runs in a child process that is (refusal/organism/child.py),
+unless this one already is (``mkl_pinned``; the test suite pins itself).
+
+MKL offers its AVX2 branch on Intel CPUs only. Elsewhere (an AMD CPU) it refuses it and ``MKL_CBWR=AVX2,STRICT``
+runs the AUTO branch in strict mode (mode AUTO|STRICT, measured): deterministic and thread-count independent, but
+with the kernels MKL dispatches for that CPU, so its bits differ from the Intel AVX2 branch's and may differ between
+CPU families. The one branch MKL documents as the same on every x86 CPU is COMPATIBLE (SSE2 without the approximate
+rcpps/rsqrtps), at a cost ``bench/mkl_pin.py`` measures (its compatible / pinned ratio). The organism's
+cache key therefore names the branch and, for the AUTO one, the CPU (refusal/organism/cache.py ``build_kernels``):
+one key, one set of bits."""
 from __future__ import annotations
 
 import ctypes
 import glob
 import os
+import platform
 from contextlib import contextmanager
 from functools import cache
 
@@ -65,8 +74,11 @@ def portable_attention(model):
 
 # MKL's conditional numerical reproducibility (mkl_service.h): the AVX2 branch, strict (thread-count independent).
 MKL_CBWR = "AVX2,STRICT"
-_CBWR_ALL, _CBWR_COMPATIBLE, _CBWR_AVX2, _CBWR_STRICT = -1, 2, 10, 0x10000
-PINNED_MODES = ("avx2-strict", "compatible-strict", "absent")
+_CBWR_ALL, _CBWR_BRANCH_OFF, _CBWR_AUTO, _CBWR_COMPATIBLE, _CBWR_AVX2, _CBWR_STRICT = -1, 1, 2, 3, 10, 0x10000
+MODES = {_CBWR_AVX2 | _CBWR_STRICT: "avx2-strict", _CBWR_AUTO | _CBWR_STRICT: "auto-strict",
+         _CBWR_COMPATIBLE | _CBWR_STRICT: "compatible-strict", _CBWR_BRANCH_OFF: "unpinned"}
+PINNED_MODES = ("avx2-strict", "auto-strict", "compatible-strict", "absent")
+CPU_DEPENDENT_MODES = ("auto-strict", "absent")  # their bits depend on the CPU's kernels: the key names the CPU
 
 
 @cache
@@ -86,30 +98,63 @@ def _mkl_service():
 
 
 def mkl_mode() -> str:
-    """This process's MKL branch: "avx2-strict" (pinned on an Intel CPU), "compatible-strict" (pinned on another
-    vendor's CPU: MKL serves ``AVX2,STRICT`` there with its generic COMPATIBLE branch), "auto" (MKL picks by CPU),
-    "absent" (no MKL) or the raw mode number."""
+    """This process's MKL mode: "avx2-strict" (pinned, an Intel CPU), "auto-strict" (pinned where MKL refuses its
+    AVX2 branch: a non-Intel CPU), "compatible-strict" (pinned by ``MKL_CBWR=COMPATIBLE,STRICT``), "unpinned" (MKL
+    picks by CPU and thread count), "absent" (no MKL) or the raw mode number."""
     service = _mkl_service()
     if service is None:
         return "absent"
     mode = service[0](_CBWR_ALL)
-    return {_CBWR_AVX2 | _CBWR_STRICT: "avx2-strict", _CBWR_COMPATIBLE | _CBWR_STRICT: "compatible-strict",
-            1: "auto"}.get(mode, str(mode))
+    return MODES.get(mode, str(mode))
 
 
 def mkl_pinned() -> bool:
-    """Whether this process's MKL runs one fixed, thread-count independent branch (or there is no MKL). Pinned
-    processes on Intel CPUs share bits; on other vendors' CPUs MKL pins its COMPATIBLE branch instead, whose bits
-    differ from the Intel branch's (measured: one cache key, two build hashes; the card records the mode)."""
+    """Whether this process's MKL runs one fixed, thread-count independent branch (or there is no MKL)."""
     return mkl_mode() in PINNED_MODES
 
 
 def pin_mkl() -> bool:
     """Pin this process's MKL to ``MKL_CBWR`` if no MKL call has run yet (MKL refuses a change after its first
-    call); whether it is pinned now. Where MKL refuses its AVX2 branch (a non-Intel CPU), the COMPATIBLE one, as the
+    call); whether it is pinned now. Where MKL refuses its AVX2 branch (a non-Intel CPU), AUTO in strict mode, as the
     ``MKL_CBWR`` environment variable gets there."""
     service = _mkl_service()
     if service is not None and not mkl_pinned():
         if service[1](_CBWR_AVX2 | _CBWR_STRICT) != 0:
-            service[1](_CBWR_COMPATIBLE | _CBWR_STRICT)
+            service[1](_CBWR_AUTO | _CBWR_STRICT)
     return mkl_pinned()
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id (GenuineIntel, AuthenticAMD, ...) from /proc/cpuinfo, else the platform's processor name."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def build_mode() -> str:
+    """The MKL mode an organism build runs in: this process's when it is pinned (it builds here), else the one a
+    pinned child gets on this CPU: avx2-strict on an Intel CPU with AVX2, auto-strict on others (absent: no MKL)."""
+    if _mkl_service() is None:
+        return "absent"
+    if mkl_pinned():
+        return mkl_mode()
+    intel = cpu_vendor() == "GenuineIntel"
+    return "avx2-strict" if intel and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "auto-strict"
+
+
+def build_numerics_key() -> dict:
+    """What a CPU build's cache key adds about its arithmetic: nothing for the AVX2 branch (the same bits on every
+    Intel CPU with AVX2, keys as before); the branch otherwise, and the CPU (vendor and ATen's vector capability)
+    where the branch's kernels depend on it."""
+    mode = build_mode()
+    if mode == "avx2-strict":
+        return {}
+    out = {"mkl": mode}
+    if mode in CPU_DEPENDENT_MODES:
+        out["cpu"] = f"{cpu_vendor()} {torch.backends.cpu.get_cpu_capability()}"
+    return out

@@ -11,7 +11,7 @@ from refusal import organism
 from refusal.data import build_prompt_set
 from refusal.errors import ConfigError
 from refusal.model.loading import load_model
-from refusal.organism import cache
+from refusal.organism import cache, portable
 from refusal.organism.config import build_config, check_organism_cfg
 
 from test_organism import organism_cfg
@@ -24,7 +24,8 @@ PINNED = (({}, "4978c715f933f61e"),
 
 
 @pytest.mark.parametrize("overrides,key", PINNED)
-def test_the_cache_key_scheme_is_pinned(tmp_path, overrides, key):
+def test_the_cache_key_scheme_is_pinned(tmp_path, overrides, key, monkeypatch):
+    monkeypatch.setattr(portable, "build_mode", lambda: "avx2-strict")  # MKL's AVX2 branch (Intel): nothing added
     cfg = organism_cfg(tmp_path, **overrides)
     prompts = build_prompt_set(cfg.data)
     got, what = cache.cache_key(cfg, "0123456789abcdef", prompts.filter(split="train"), prompts.filter(split="test"))
@@ -35,8 +36,9 @@ def test_the_cache_key_scheme_is_pinned(tmp_path, overrides, key):
 
 
 def test_a_gpu_build_has_its_own_key(tmp_path, monkeypatch):
-    """A CPU build's key says nothing about the CPU (pinned MKL gives every x86 CPU the same bits); a GPU build's
-    key names the device and GPU model."""
+    """A CPU build with MKL's AVX2 branch says nothing about the CPU (every Intel CPU with AVX2 gets the same bits;
+    other modes: tests/organism/test_build_numerics.py); a GPU build's key names the device and GPU model."""
+    monkeypatch.setattr(portable, "build_mode", lambda: "avx2-strict")
     cfg = organism_cfg(tmp_path)
     prompts = build_prompt_set(cfg.data)
     train, test = prompts.filter(split="train"), prompts.filter(split="test")
