@@ -187,6 +187,7 @@ class _Measured:
     rand_drops: dict  # row -> [n records] mean score drop over the random circuits, or None
     refused: dict  # row -> [n records] refused with the row's circuit ablated (generate only)
     sizes: dict  # row -> nodes ablated
+    notes: list  # what the reader should know about the rows
 
 
 def _layout(prompts, masks: dict) -> _Layout:
@@ -204,10 +205,11 @@ def _layout(prompts, masks: dict) -> _Layout:
                    np.concatenate([np.full(len(cols[c]), j) for j, c in enumerate(names)]))
 
 
-def row_masks(setup, inputs, rows: list[str], s: TransferSettings) -> dict:
+def row_masks(setup, inputs, rows: list[str], s: TransferSettings, notes: list[str] | None = None) -> dict:
     """Each row's node mask: its circuit (feature nodes only unless ``include_error_nodes``), or with ``size`` the
     top-k feature nodes of every hook by |mean IE| over the row's discovery prompts (k = ``size``, an int capped at
-    the hook's features or a fraction of them), so every row has the same size."""
+    the hook's features or a fraction of them), so every row has the same size. A row with fewer than k nodes of
+    |IE| > 0 (ties at 0 filled lowest index first) gets a line in ``notes``."""
     out = {}
     for row in rows:
         if s.size is None:
@@ -222,6 +224,10 @@ def row_masks(setup, inputs, rows: list[str], s: TransferSettings) -> dict:
         for h in range(len(space.hooks)):
             mask |= top_k(space, found[0], h, set_size(s.size, n_features(space, h)))
         out[row] = mask
+        nonzero = int((found[0][mask] != 0).sum())
+        if notes is not None and nonzero < int(mask.sum()):
+            notes.append(f"row {row}: only {nonzero} of its {int(mask.sum())} nodes have |IE| > 0 (the rest are ties "
+                         f"at 0, lowest index first)")
     return out
 
 
@@ -237,8 +243,8 @@ def _measure(ctx, setup, inputs, s: TransferSettings, lay: _Layout) -> _Measured
         return refusal_score(logits(), ctx.refusal_token_ids).numpy()
 
     base = scores()  # no intervention: the reference of every drop, through the same forward as the ablated runs
-    out = _Measured(base, base_refused, {}, {}, {}, {})
-    masks = row_masks(setup, inputs, lay.rows, s)
+    out = _Measured(base, base_refused, {}, {}, {}, {}, [])
+    masks = row_masks(setup, inputs, lay.rows, s, out.notes)
     for row in lay.rows:
         mask = masks[row]
         out.sizes[row] = int(mask.sum())
@@ -341,10 +347,10 @@ def _decide(ctx, s: TransferSettings, lay: _Layout, m: _Measured) -> dict:
                                     b.n_resamples, b.ci_level, ctx.seed + 3) if normalised else {})
     categories = [c for c in lay.categories if not normalised or headrooms[c]["counted"]]
     out = {"normalised": normalised, "headroom": headrooms, "counted": categories,
-           "not_counted": [c for c in lay.categories if c not in categories]}
+           "not_counted": [c for c in lay.categories if c not in categories], "notes": list(m.notes)}
     if not normalised:
-        out["notes"] = [f"{len(safe_idx)} safe prompts in the split: the drops are not normalised by headroom and "
-                        "every category with prompts counts"]
+        out["notes"].append(f"{len(safe_idx)} safe prompts in the split: the drops are not normalised by headroom and "
+                            "every category with prompts counts")
     if len(categories) < 2:
         return {**out, "decision": {"verdict": "inconclusive", "rule": "needs >= 2 counted categories (headroom CI "
                                     f"above 0) with circuits and held-out toxic prompts; have {categories}",

@@ -134,3 +134,27 @@ def test_normalised_rows_must_remove_enough_of_their_own_refusal(own_low, verdic
     assert TransferRule().decide(st)["verdict"] == verdict
     st["normalised"] = False  # raw score drops: no share to compare with
     assert TransferRule().decide(st)["verdict"] == "monolithic"
+
+
+def test_equal_size_rows_are_the_top_features_per_hook_and_ties_at_zero_are_noted():
+    """Two hooks of 6 features: each row is its category's top 2 |mean IE| features per hook (error nodes never);
+    a category whose ranking has a single nonzero feature at a hook fills with ties at 0 and the note says so."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from refusal.circuit.nodes import NodeSpace
+    from refusal.evaluation.transfer import TransferSettings, row_masks
+    space = NodeSpace(("blocks.0.hook_resid_post", "blocks.1.hook_resid_post"), (6, 6), 1, "sum")
+    ie = {"a": torch.tensor([0.1, -0.9, 0.3, 0, 0, 0, 5.0, 0, 0.2, 0.05, 0, -0.4, 0, 7.0]),  # error nodes 6, 13
+          "b": torch.tensor([0, 0, 0, 0, 0.5, 0, 0, 0, 0, 0, 0, 0, -0.8, 0.0])}
+    rows = [{"category": c, "ie": v} for c, v in ie.items()]
+    inputs = SimpleNamespace(attributions={"rows": [{"category": r["category"]} for r in rows],
+                                           "ie": torch.stack([r["ie"] for r in rows]),
+                                           "m_clean": torch.zeros(2), "m_patch": torch.zeros(2)}, circuits={})
+    s = TransferSettings(False, False, 0, 10, TransferRule(), size=2)
+    notes = []
+    masks = row_masks(SimpleNamespace(space=space), inputs, ["a", "b"], s, notes)
+    assert torch.nonzero(masks["a"]).flatten().tolist() == [1, 2, 8, 11]
+    assert torch.nonzero(masks["b"]).flatten().tolist() == [0, 4, 7, 12] and masks["b"].sum() == masks["a"].sum()
+    assert notes == ["row b: only 2 of its 4 nodes have |IE| > 0 (the rest are ties at 0, lowest index first)"]
