@@ -91,10 +91,12 @@ def planted_case(kind: str, seed: int) -> dict:
             "discover": ["circuit=demo"], "evaluate": ["evaluation=demo"], "data": None, "layer": None}
 
 
-def organism_case(seed: int) -> dict:
+def organism_case(seed: int, accept_design_miss: bool) -> dict:
     """The refuse-all organism built with model.seed = seed, analysed as `make demo` does (layer 15); discover and
-    evaluate take the model from the train run."""
-    common = ["model=smollm2_organism", f"model.seed={seed}", "data.seed=0"]  # data.seed: the same split for every run
+    evaluate take the model from the train run. ``accept_design_miss``: use a build that misses its behaviour check
+    (its card says so; the run's row records the check)."""
+    common = ["model=smollm2_organism", f"model.seed={seed}", "data.seed=0",  # data.seed: one split for every run
+              *(["model.accept_design_miss=true"] if accept_design_miss else [])]
     return {"train": [*common, "experiment=demo"], "discover": ["circuit=demo"], "evaluate": ["evaluation=demo"],
             "data": None, "layer": None}
 
@@ -146,6 +148,15 @@ def planted_layer(case: dict) -> int | None:
     return min(layers) if layers else None
 
 
+def design_check(case: dict) -> str | None:
+    """The organism's design-check word on its card (None: no organism card, e.g. a wired model)."""
+    card = organism_dir(compose_task("train", Path("."), case["train"]).model) / CARD_JSON
+    if not card.is_file():
+        return None
+    check = json.loads(card.read_text()).get("check") or {}
+    return check.get("word") if isinstance(check, dict) else None
+
+
 def confusion(rows: list[dict]) -> str:
     lines = ["designed \\ given | " + " | ".join(VERDICTS), "---|" + "---|" * len(VERDICTS)]
     for want in ("monolithic", "modular", "mixed"):
@@ -166,6 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sae-seeds", type=int, nargs="+", default=[0, 1], help="trained SAEs: the run seeds (seed=)")
     ap.add_argument("--methods", nargs="+", default=["atp", "ig"], help="circuit.attribution_method values")
     ap.add_argument("--size", type=int, default=None, help="evaluation.bottleneck.size (default: 4 wired, 16 planted)")
+    ap.add_argument("--accept-design-miss", action="store_true",
+                    help="organism cases: analyse a build that misses its behaviour check (recorded per run)")
     args = ap.parse_args(argv)
     designs = {"wired": DESIGNS, "planted": ("monolithic", "modular", "mixed", "gated"),
                "organism": ("refuse-all",)}[args.cases]
@@ -178,7 +191,8 @@ def main(argv=None) -> int:
                 root = args.out / args.cases / sae / f"{design}-{seed}"
                 root.mkdir(parents=True, exist_ok=True)
                 case = (wired_case(root, design, seed, args.sae_steps, sae) if args.cases == "wired"
-                        else organism_case(seed) if args.cases == "organism" else planted_case(design, seed))
+                        else organism_case(seed, args.accept_design_miss) if args.cases == "organism"
+                        else planted_case(design, seed))
                 runs = []
                 for sae_seed in [None] if sae == "exact" else args.sae_seeds:
                     for method in args.methods:
@@ -189,7 +203,7 @@ def main(argv=None) -> int:
                         runs.append({"sae": sae, "design": design, "seed": seed, "sae_seed": sae_seed,
                                      "method": method, "verdict": v["verdict"], "by_basis": v.get("by_basis"),
                                      "convergence": v.get("convergence_layer"), "planted_layer": layer,
-                                     "carries": v["carries"],
+                                     "carries": v["carries"], "design_check": design_check(case),
                                      "seconds": round(time.time() - start, 1)})
                         print(json.dumps(runs[-1]), flush=True)
                         with open(args.out / args.cases / "runs.jsonl", "a") as f:  # read by later invocations
@@ -208,8 +222,8 @@ def main(argv=None) -> int:
         overall = stability([{"run": f"organism seed {r['seed']}, sae seed {r['sae_seed']}, {r['method']}",
                               "verdict": r["verdict"]} for r in rows])
         for r in sorted(rows, key=lambda r: (r["seed"], r["sae_seed"], r["method"])):
-            print(f"organism seed {r['seed']}, SAE seed {r['sae_seed']}, {r['method']}: {r['verdict']} "
-                  f"{r['by_basis']}; shared part carries {r['carries']}")
+            print(f"organism seed {r['seed']} (design check: {r.get('design_check')}), SAE seed {r['sae_seed']}, "
+                  f"{r['method']}: {r['verdict']} {r['by_basis']}; shared part carries {r['carries']}")
         print("\nper organism seed: " + ", ".join(f"seed {g['seed']} {g['verdict']} ({g['agreement']:.2f} of "
                                                  f"{g['runs']})" for g in groups))
         print(f"over every run ({len(rows)}): {overall['verdict']}, agreement {overall['agreement']:.2f}")
