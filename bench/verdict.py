@@ -139,22 +139,22 @@ def run_case(root: Path, case: dict, size: int, sae_seed: int | None, method: st
     return {**json.loads(EvaluateRun(ev).verdict.read_text()), "carries": shared_carries(ev)}
 
 
-def planted_layer(case: dict) -> int | None:
-    """The first adapter layer on the planted organism's card (the layer its refusal is written from)."""
+def organism_card(case: dict) -> dict:
+    """The organism's card (organism.json) of a case's train config; {} where there is none (a wired model)."""
     card = organism_dir(compose_task("train", Path("."), case["train"]).model) / CARD_JSON
-    if not card.is_file():
-        return None
-    layers = json.loads(card.read_text()).get("design", {}).get("plant", {}).get("layers")
+    return json.loads(card.read_text()) if card.is_file() else {}
+
+
+def planted_layer(card: dict) -> int | None:
+    """The first adapter layer on a planted organism's card (the layer its refusal is written from); None for
+    another organism."""
+    layers = (card.get("design") or {}).get("plant", {}).get("layers")
     return min(layers) if layers else None
 
 
-def design_check(case: dict) -> str | None:
-    """The organism's design-check word on its card (None: no organism card, e.g. a wired model)."""
-    card = organism_dir(compose_task("train", Path("."), case["train"]).model) / CARD_JSON
-    if not card.is_file():
-        return None
-    check = json.loads(card.read_text()).get("check") or {}
-    return check.get("word") if isinstance(check, dict) else None
+def design_check(card: dict) -> str | None:
+    """The organism's design-check word on its card (None: no organism card)."""
+    return (card.get("check") or {}).get("word")
 
 
 def confusion(rows: list[dict]) -> str:
@@ -198,12 +198,12 @@ def main(argv=None) -> int:
                     for method in args.methods:
                         start = time.time()
                         v = run_case(root, case, size, sae_seed, method)
-                        layer = (case["layer"] if case["layer"] is not None
-                                 else None if args.cases == "organism" else planted_layer(case))
+                        card = organism_card(case) if case["layer"] is None else {}
+                        layer = case["layer"] if case["layer"] is not None else planted_layer(card)
                         runs.append({"sae": sae, "design": design, "seed": seed, "sae_seed": sae_seed,
                                      "method": method, "verdict": v["verdict"], "by_basis": v.get("by_basis"),
                                      "convergence": v.get("convergence_layer"), "planted_layer": layer,
-                                     "carries": v["carries"], "design_check": design_check(case),
+                                     "carries": v["carries"], "design_check": design_check(card),
                                      "seconds": round(time.time() - start, 1)})
                         print(json.dumps(runs[-1]), flush=True)
                         with open(args.out / args.cases / "runs.jsonl", "a") as f:  # read by later invocations

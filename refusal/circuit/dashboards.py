@@ -13,12 +13,12 @@ Per distinct (hook, feature) of any circuit (a node at several positions or in s
   and ``suppressed`` tokens. For ``mlp.hook_post`` the direction is first mapped to the residual stream by the
   layer's ``down_proj``. On the MLP-neuron basis (``circuit.basis: neurons``) a node is one neuron of
   ``mlp.hook_post``: its activation is the neuron's value act(gate)·up, its direction the one-hot e_f, so its logit
-  effect is down_proj's column f through the unembedding. The final norm is taken as linear at the direction: its scale 1/rms(x) depends on the
-  whole residual, is positive and the same for every token, so it is left out (values are in units of a
-  unit-rms residual); its weight (gain) is applied, and a LayerNorm also centres the direction.
+  effect is down_proj's column f through the unembedding. The final norm is taken as linear at the direction: its
+  scale 1/rms(x) depends on the whole residual, is positive and the same for every token, so it is left out (values
+  are in units of a unit-rms residual); its weight (gain) is applied, and a LayerNorm also centres the direction.
 
-Error nodes (the SAE's reconstruction error; exactly 0 on the neuron basis, never in a circuit) have no decoder direction and no activation: they get no
-dashboard, and ``error_nodes`` lists them. The output is deterministic: keys sorted, floats rounded as in the
+Error nodes (the SAE's reconstruction error; exactly 0 on the neuron basis, never in a circuit) have no decoder
+direction and no activation: they get no dashboard, and ``error_nodes`` lists them. The output is deterministic: keys sorted, floats rounded as in the
 circuit files, ties broken by prompt order and token id.
 """
 from __future__ import annotations

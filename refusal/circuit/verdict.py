@@ -34,7 +34,8 @@ never "p > alpha", decides sameness):
 
 Both are descriptive evidence now, never the run's verdict (refusal.verdict.final): the discovery rule's answer is
 reported as *recognition* (its permutation tests reject in any model whose topic features differ by category), and
-the transfer matrix is circuits ablated whole across layers, not a bottleneck test per layer. The verdict is the layer-resolved one of refusal.verdict.
+the transfer matrix is circuits ablated whole across layers, not a bottleneck test per layer. The verdict is the
+layer-resolved one of refusal.verdict.
 """
 from __future__ import annotations
 

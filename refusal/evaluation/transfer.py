@@ -336,13 +336,17 @@ def counted_categories(categories: list[str], base: np.ndarray, groups: list[np.
                 "counted": bool(ci["low"][i] > 0)} for i, c in enumerate(categories)}
 
 
-def _decide(ctx, s: TransferSettings, lay: _Layout, m: _Measured) -> dict:
+def column_records(lay: _Layout, name: str) -> np.ndarray:
+    """Indices into ``lay.records`` of the column ``name`` (empty when the split has no such column)."""
+    return np.flatnonzero(lay.col_index == lay.columns.index(name)) if name in lay.columns else np.array([], int)
+
+
+def _decide(ctx, s: TransferSettings, lay: _Layout, m: _Measured, safe_idx: np.ndarray) -> dict:
     """Counted categories, the statistic on their headroom-normalised score drops (and rate drops) and the transfer
-    rule's verdict."""
+    rule's verdict; ``safe_idx``: the safe prompts' records (normalised when >= 2)."""
     b = ctx.boot
-    safe_idx = np.flatnonzero(lay.col_index == lay.columns.index("safe")) if "safe" in lay.columns else np.array([])
     normalised = len(safe_idx) >= 2
-    tox_of = {c: np.flatnonzero(lay.col_index == lay.columns.index(c)) for c in lay.categories}
+    tox_of = {c: column_records(lay, c) for c in lay.categories}
     headrooms = (counted_categories(lay.categories, m.base, [tox_of[c] for c in lay.categories], safe_idx,
                                     b.n_resamples, b.ci_level, ctx.seed + 3) if normalised else {})
     categories = [c for c in lay.categories if not normalised or headrooms[c]["counted"]]
@@ -377,12 +381,12 @@ def _decide(ctx, s: TransferSettings, lay: _Layout, m: _Measured) -> dict:
 def run_transfer(ctx, setup, inputs, s: TransferSettings, plot_dir: Path) -> dict:
     lay = _layout(ctx.prompts, setup.masks)
     m = _measure(ctx, setup, inputs, s, lay)
-    safe = (np.flatnonzero(lay.col_index == lay.columns.index("safe"))
-            if "safe" in lay.columns and (lay.col_index == lay.columns.index("safe")).sum() >= 2 else None)
+    safe_idx = column_records(lay, "safe")
+    safe = safe_idx if len(safe_idx) >= 2 else None  # the shares' denominator needs a safe mean with a spread
     cells = [_cell(ctx, m, row, col, lay.col_index == j, s.generate, safe)
              for row in lay.rows for j, col in enumerate(lay.columns)]
     matrices = _matrices(cells, lay.rows, lay.columns)
     return {"rows": lay.rows, "columns": lay.columns, "cells": cells, "n_nodes": m.sizes, "generate": s.generate,
             "include_error_nodes": s.include_error_nodes, "n_random": s.n_random,
             "size": s.size, "categories_without_prompts": lay.no_prompts, "matrices": matrices,
-            "plots": _plots(matrices, lay.rows, lay.columns, plot_dir), **_decide(ctx, s, lay, m)}
+            "plots": _plots(matrices, lay.rows, lay.columns, plot_dir), **_decide(ctx, s, lay, m, safe_idx)}
