@@ -60,13 +60,14 @@ def main() -> None:
             recall = " ".join(f"{c} {float((pred[y_te == k] == k).float().mean()):.2f}" for k, c in enumerate(classes))
             print(f"layer {layer:>2}  {name:<40} accuracy {float((pred == y_te).float().mean()):.2f} "
                   f"(n {len(i_te)})  recall: {recall}", flush=True)
+    bound, need = float(planted.checks.probe_max_fpr), float(planted.checks.refuse_min)
     print("\nthe build's own test (refusal/organism/separability.py): every category and pair as a gate against the "
           "other toxic categories, cross-validated on the train split at planted_monolithic's adapter layers; tpr = share "
-          "caught at <= 20% false alarms, best layer (>= 0.90: separable)")
+          f"caught at <= {bound:.0%} false alarms (model.checks.probe_max_fpr), best layer (>= {need:.2f}: separable)")
     gates = {c: [c] for c in every} | {"+".join(p): list(p) for p in itertools.combinations(every, 2)}
     at = probe_layers(parse_layers(plain(planted.adapters.layers), loaded.model.config.num_hidden_layers))
     f_gates = prompt_features(loaded.model, fmt, train, at)
-    got = separability(f_gates, [r.category for r in train], gates, refuse_min=0.9, max_fpr=0.2, seed=0)["gates"]
+    got = separability(f_gates, [r.category for r in train], gates, refuse_min=need, max_fpr=bound, seed=0)["gates"]
     for name, g in sorted(got.items(), key=lambda kv: -kv[1]["tpr"]):
         by_layer = " ".join(f"L{layer} {v:.2f}" for layer, v in g["tpr_by_layer"].items())
         print(f"{name:<28} tpr {g['tpr']:.2f}  {'separable' if g['separable'] else 'inseparable':<11}  {by_layer}")

@@ -47,7 +47,7 @@ def check_separable(cfg, design: Design, train: PromptSet, loaded: LoadedModel, 
     fmt = ChatFormatter(loaded.tokenizer, cfg.system_prompt)
     feats = prompt_features(loaded.model, fmt, toxic, probe_layers(layers), int(cfg.generation_batch_size))
     result = separability(feats, [r.category for r in toxic], needed, float(cfg.checks.refuse_min),
-                          float(cfg.checks.answer_max), int(cfg.seed))
+                          float(cfg.checks.probe_max_fpr), int(cfg.seed))
     log.info("planted organism: categories %s: %s (%s)", design.refused, result["word"],
              ", ".join(f"{n} {g['tpr']:.0%}" for n, g in result["gates"].items()))
     if result["word"] == "inseparable":

@@ -27,6 +27,8 @@ class PlantedChecks(Checks):
     removed_min: float = MISSING  # zeroing an adapter removes at least this share of its categories' refusal rate
     spared_min: float = MISSING  # ... and every other refused category keeps at least this share of its rate
     partial: list[float] = MISSING  # mixed: [lo, hi], the score share of a category's refusal one adapter leaves
+    probe_max_fpr: float = MISSING  # selective designs, before training: a probe must catch refuse_min of each
+    # gate's categories at this false-alarm rate on the other toxic categories (refusal/organism/separability.py)
 
 
 @dataclass

@@ -7,9 +7,14 @@ positive categories against every other toxic category: gated, the refused set; 
 category on its own. For each gate a binary logistic probe (L2, standardised features: ``resid_pre`` averaged over
 the user's text, concatenated with the last prompt token) is cross-validated on the train split's toxic prompts at
 a few of the adapters' layers; from its out-of-fold scores, ``tpr`` is the largest share of positives any one
-threshold catches while it flags at most ``checks.answer_max`` of the negatives. A gate whose best layer keeps
+threshold catches while it flags at most ``checks.probe_max_fpr`` of the negatives. A gate whose best layer keeps
 ``tpr`` below ``checks.refuse_min`` is ``inseparable``: the build stops before training unless the user accepts a
 design miss (``model.accept_design_miss``).
+
+The bound is stricter than the design's own ``checks.answer_max`` (default 0.1 against 0.2): the adapters' learned
+gates generalise worse than the probe. Against the nine selective builds recorded in the README, the check at 0.2
+let eight through, six of which missed their design; at 0.1 it predicts eight of the nine outcomes (the one it lets
+through that missed: the six-category gated set).
 """
 from __future__ import annotations
 
@@ -127,5 +132,6 @@ def inseparable_message(result: dict, key: str, value) -> str:
            if not g["separable"]]
     return (f"{key}={value!r}: the base model does not separate {', '.join(bad)} from the other toxic categories: "
             f"a probe cross-validated on the train split catches fewer than {result['refuse_min']:.0%} of them at "
-            f"<= {result['max_fpr']:.0%} false alarms, so no adapter reading it can meet the design; choose "
-            f"categories it separates (bench/category_separability.py) or set model.accept_design_miss=true")
+            f"<= {result['max_fpr']:.0%} false alarms (model.checks.probe_max_fpr), and an adapter's learned gate "
+            f"separates worse than the probe, so the build would miss its design; choose categories it separates "
+            f"(bench/category_separability.py) or set model.accept_design_miss=true")

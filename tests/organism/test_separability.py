@@ -89,3 +89,30 @@ def test_the_card_records_how_separable_the_categories_were(tmp_path, monkeypatc
     assert got["word"] == "separable" and got["gates"]["violence"]["tpr"] == 1.0
     assert [int(k) for k in got["gates"]["violence"]["tpr_by_layer"]] == card["design"]["plant"]["layers"]
     assert "Separability before training" in (Path(loaded.identity["dir"]) / "ORGANISM.md").read_text()
+
+
+class Trained(Exception):
+    """Raised in place of training: the build got past the separability check."""
+
+
+def test_the_false_alarm_bound_is_the_configs_probe_max_fpr(tmp_path, monkeypatch):
+    """Noise features catch the gate's prompts only where the bound lets a threshold flag every other category: at
+    probe_max_fpr 1 the build goes on to train, at the default it stops; the card's test names the bound used."""
+    monkeypatch.setattr(planted, "prompt_features", noise_features)
+
+    def train(*a, **k):
+        raise Trained
+
+    monkeypatch.setattr(planted, "fine_tune", train)
+    (tmp_path / "loose").mkdir()
+    with pytest.raises(Trained):
+        organism.load(planted_cfg(tmp_path / "loose", "gated", accept_design_miss=False, checks={"probe_max_fpr": 1.0}))
+    strict = planted_cfg(tmp_path, "gated", accept_design_miss=False)
+    assert strict.checks.probe_max_fpr == 0.1 < strict.checks.answer_max  # stricter than the design's own bound
+    with pytest.raises(ConfigError, match=r"at <= 10% false alarms"):
+        organism.load(strict)
+
+
+def test_probe_max_fpr_out_of_range_is_a_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.checks.probe_max_fpr"):
+        organism.load(planted_cfg(tmp_path, "gated", checks={"probe_max_fpr": 1.5}))
