@@ -108,8 +108,8 @@ def test_the_false_alarm_bound_is_the_configs_probe_max_fpr(tmp_path, monkeypatc
     with pytest.raises(Trained):
         organism.load(planted_cfg(tmp_path / "loose", "gated", accept_design_miss=False, checks={"probe_max_fpr": 1.0}))
     strict = planted_cfg(tmp_path, "gated", accept_design_miss=False)
-    assert strict.checks.probe_max_fpr == 0.1 < strict.checks.answer_max  # stricter than the design's own bound
-    with pytest.raises(ConfigError, match=r"at <= 10% false alarms"):
+    assert strict.checks.probe_max_fpr == 0.05 < strict.checks.answer_max  # stricter than the design's own bound
+    with pytest.raises(ConfigError, match=r"at <= 5% false alarms"):
         organism.load(strict)
 
 
