@@ -3,7 +3,8 @@ how it was made, then a confusion table (designed verdict x verdict given) and t
 against the planted one.
 
 python bench/verdict.py [--cases wired|planted|organism] [--seeds 0 1] [--sae exact trained] [--sae-seeds 0 1]
-                        [--methods atp ig] [--out DIR] [--sae-steps 1000] [--size K]
+                        [--methods atp ig] [--out DIR] [--sae-steps 1000] [--size K] [--designs D ...]
+                        [--model OVERRIDE ...]
 
 Per organism (design x seed), the runs over SAE seeds and attribution methods are one stability sweep: the
 organism's verdict is their agreement (refusal.verdict.stability: inconclusive unless every run agrees).
@@ -38,10 +39,12 @@ from refusal.organism.cache import CARD_JSON, organism_dir
 from refusal.organism.wired import DESIGNS, WRITER_LAYER, exact_train_dir, save_wired, wired_prompts
 from refusal.runs import DiscoverRun, EvaluateRun, TrainRun
 from refusal.runs.saved import SAVED_CONFIG
+from refusal.utils.io import stable_hash
 from refusal.tasks.discover import discover
 from refusal.tasks.evaluate import evaluate
 from refusal.tasks.train import train
 from refusal.verdict import stability
+from refusal.verdict.final import ran
 from refusal.verdict.rules import VERDICTS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -82,21 +85,21 @@ def wired_case(root: Path, design: str, seed: int, steps: int, sae: str) -> dict
             "discover": common, "evaluate": common, "data": table_data(prompts), "layer": WRITER_LAYER}
 
 
-def planted_case(kind: str, seed: int) -> dict:
+def planted_case(kind: str, seed: int, model_overrides: list[str]) -> dict:
     """The planted organism (built by train.py on first use) with the demo's SAE, circuit and evaluation settings
     at four layers; its planted layer is read from its card afterwards. discover and evaluate take the model (and
     its data) from the train run."""
-    common = [f"model=planted_{kind}", f"model.seed={seed}", "data.seed=0"]  # data.seed follows seed= otherwise
+    common = [f"model=planted_{kind}", f"model.seed={seed}", "data.seed=0", *model_overrides]  # one split
     return {"train": [*common, "experiment=demo", f"activations.layers=[{','.join(map(str, PLANTED_LAYERS))}]"],
             "discover": ["circuit=demo"], "evaluate": ["evaluation=demo"], "data": None, "layer": None}
 
 
-def organism_case(seed: int, accept_design_miss: bool) -> dict:
+def organism_case(seed: int, accept_design_miss: bool, model_overrides: list[str]) -> dict:
     """The refuse-all organism built with model.seed = seed, analysed as `make demo` does (layer 15); discover and
     evaluate take the model from the train run. ``accept_design_miss``: use a build that misses its behaviour check
     (its card says so; the run's row records the check)."""
     common = ["model=smollm2_organism", f"model.seed={seed}", "data.seed=0",  # data.seed: one split for every run
-              *(["model.accept_design_miss=true"] if accept_design_miss else [])]
+              *(["model.accept_design_miss=true"] if accept_design_miss else []), *model_overrides]
     return {"train": [*common, "experiment=demo"], "discover": ["circuit=demo"], "evaluate": ["evaluation=demo"],
             "data": None, "layer": None}
 
@@ -120,7 +123,8 @@ def run_case(root: Path, case: dict, size: int, sae_seed: int | None, method: st
         c = compose_task(task, out, [*case[task], *more])
         if case["data"] is not None and task == "train":  # discover and evaluate read the train run's prompts
             c.data = OmegaConf.merge(c.data, case["data"])
-        if task == "train":  # saved as hydra would: discover and evaluate adopt its model and data
+        if task == "train" and not TrainRun(out).manifest.is_file():  # saved as hydra would (a run train() makes;
+            # an exact-SAE train dir keeps its own prompts): discover and evaluate adopt its model and data
             (out / SAVED_CONFIG).parent.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(c, out / SAVED_CONFIG)
         return c
@@ -128,15 +132,19 @@ def run_case(root: Path, case: dict, size: int, sae_seed: int | None, method: st
     tag = "exact" if sae_seed is None else f"seed{sae_seed}"
     tr = root / ("train" if sae_seed is None else f"train-{tag}")
     di, ev = root / f"discover-{tag}-{method}", root / f"evaluate-{tag}-{method}-size{size}"
-    train_cfg = cfg("train", tr, "ckpt_path=last", f"seed={sae_seed}")  # (re)saves its config
+    seed = [] if sae_seed is None else [f"seed={sae_seed}"]  # an exact SAE trains nothing: no seed to set
+    train_cfg = cfg("train", tr, "ckpt_path=last", *seed)  # (re)saves its config
     if not TrainRun(tr).manifest.is_file():
         train(train_cfg)
     if not DiscoverRun(di).summary.is_file():
         discover(cfg("discover", di, f"train_dir={tr}", f"circuit.attribution_method={method}"))
-    if not EvaluateRun(ev).verdict.is_file():
-        evaluate(cfg("evaluate", ev, f"train_dir={tr}", f"discover_dir={di}", "evaluation.stages=[bottleneck]",
-                     f"evaluation.bottleneck.size={size}"))
-    return {**json.loads(EvaluateRun(ev).verdict.read_text()), "carries": shared_carries(ev)}
+    transfer = EvaluateRun(ev).stage("transfer")
+    if not (EvaluateRun(ev).verdict.is_file() and transfer.is_file() and ran(json.loads(transfer.read_text()))):
+        evaluate(cfg("evaluate", ev, f"train_dir={tr}", f"discover_dir={di}", "evaluation.stages=[bottleneck,transfer]",
+                     f"evaluation.bottleneck.size={size}", f"evaluation.transfer.size={size}"))
+    transfer = json.loads(transfer.read_text())
+    return {**json.loads(EvaluateRun(ev).verdict.read_text()), "carries": shared_carries(ev),
+            "transfer": (transfer.get("decision") or {}).get("verdict")}
 
 
 def organism_card(case: dict) -> dict:
@@ -177,22 +185,30 @@ def main(argv=None) -> int:
     ap.add_argument("--sae-seeds", type=int, nargs="+", default=[0, 1], help="trained SAEs: the run seeds (seed=)")
     ap.add_argument("--methods", nargs="+", default=["atp", "ig"], help="circuit.attribution_method values")
     ap.add_argument("--size", type=int, default=None, help="evaluation.bottleneck.size (default: 4 wired, 16 planted)")
+    ap.add_argument("--designs", nargs="+", default=None, choices=[*DESIGNS, "mixed", "refuse-all"],
+                    help="only these designs of the case (default: every one)")
+    ap.add_argument("--model", nargs="+", default=[], metavar="OVERRIDE",
+                    help="planted and organism cases: extra model overrides, e.g. 'model.categories=[a,b]' (the "
+                         "case's dirs get a suffix hashed from them)")
     ap.add_argument("--accept-design-miss", action="store_true",
                     help="organism cases: analyse a build that misses its behaviour check (recorded per run)")
     args = ap.parse_args(argv)
-    designs = {"wired": DESIGNS, "planted": ("monolithic", "modular", "mixed", "gated"),
-               "organism": ("refuse-all",)}[args.cases]
+    designs = args.designs or {"wired": DESIGNS, "planted": ("monolithic", "modular", "mixed", "gated"),
+                               "organism": ("refuse-all",)}[args.cases]
+    if args.model and args.cases == "wired":
+        ap.error("--model applies to the planted and organism cases (a wired model is not a config)")
     size = args.size or (4 if args.cases == "wired" else 16)
     rows, groups = [], []
     saes = args.sae if args.cases == "wired" else ["trained"]
     for sae in saes:
         for design in designs:
             for seed in args.seeds:
-                root = args.out / args.cases / sae / f"{design}-{seed}"
+                root = args.out / args.cases / sae / (f"{design}-{seed}" + (f"-{stable_hash(args.model)[:8]}"
+                                                                            if args.model else ""))
                 root.mkdir(parents=True, exist_ok=True)
                 case = (wired_case(root, design, seed, args.sae_steps, sae) if args.cases == "wired"
-                        else organism_case(seed, args.accept_design_miss) if args.cases == "organism"
-                        else planted_case(design, seed))
+                        else organism_case(seed, args.accept_design_miss, args.model) if args.cases == "organism"
+                        else planted_case(design, seed, args.model))
                 runs = []
                 for sae_seed in [None] if sae == "exact" else args.sae_seeds:
                     for method in args.methods:
@@ -203,15 +219,18 @@ def main(argv=None) -> int:
                         runs.append({"sae": sae, "design": design, "seed": seed, "sae_seed": sae_seed,
                                      "method": method, "verdict": v["verdict"], "by_basis": v.get("by_basis"),
                                      "convergence": v.get("convergence_layer"), "planted_layer": layer,
-                                     "carries": v["carries"], "design_check": design_check(card),
+                                     "carries": v["carries"], "transfer": v["transfer"],
+                                     "design_check": design_check(card),
                                      "seconds": round(time.time() - start, 1)})
                         print(json.dumps(runs[-1]), flush=True)
                         with open(args.out / args.cases / "runs.jsonl", "a") as f:  # read by later invocations
                             f.write(json.dumps(runs[-1]) + "\n")
                 agreed = stability([{"run": f"sae seed {r['sae_seed']}, {r['method']}", "verdict": r["verdict"]}
                                     for r in runs])
+                transfer = stability([{"run": f"sae seed {r['sae_seed']}, {r['method']}", "verdict": r["transfer"]}
+                                      for r in runs])
                 groups.append({**runs[0], "verdict": agreed["verdict"], "agreement": agreed["agreement"],
-                               "runs": len(runs)})
+                               "runs": len(runs), "transfer": transfer["verdict"]})
                 rows += runs
     if args.cases == "organism":  # every run recorded under --out, this invocation's and earlier ones' (last wins)
         recorded = {}
@@ -223,7 +242,8 @@ def main(argv=None) -> int:
                               "verdict": r["verdict"]} for r in rows])
         for r in sorted(rows, key=lambda r: (r["seed"], r["sae_seed"], r["method"])):
             print(f"organism seed {r['seed']} (design check: {r.get('design_check')}), SAE seed {r['sae_seed']}, "
-                  f"{r['method']}: {r['verdict']} {r['by_basis']}; shared part carries {r['carries']}")
+                  f"{r['method']}: {r['verdict']} {r['by_basis']}; shared part carries {r['carries']}; transfer rule "
+                  f"{r.get('transfer')}")
         print("\nper organism seed: " + ", ".join(f"seed {g['seed']} {g['verdict']} ({g['agreement']:.2f} of "
                                                  f"{g['runs']})" for g in groups))
         print(f"over every run ({len(rows)}): {overall['verdict']}, agreement {overall['agreement']:.2f}")
@@ -234,6 +254,8 @@ def main(argv=None) -> int:
               f"methods, inconclusive unless all agree):\n{confusion(mine)}")
         print("agreement: " + ", ".join(f"{g['design']}-{g['seed']} {g['agreement']:.2f} of {g['runs']}"
                                         for g in mine))
+        print(f"the transfer rule (descriptive evidence, not the verdict), same agreement:\n"
+              f"{confusion([{**g, 'verdict': g['transfer']} for g in mine])}")
     conv = [r for r in rows if DESIGNED[r["design"]] != "modular" and r["planted_layer"] is not None]
     hits = sum(r["convergence"] is not None and abs(r["convergence"] - r["planted_layer"]) <= 1 for r in conv)
     print(f"runs whose convergence layer is within ±1 of the planted layer: {hits}/{len(conv)}")

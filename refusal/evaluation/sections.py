@@ -216,6 +216,10 @@ def transfer_section(result) -> Section:
                            f"{fmt(sr.get('p_value'))}, transfer ratio = {fmt(sr.get('transfer_ratio'))}"))
     dec = result.get("decision", {})
     blocks.append(Text(f"Transfer rule (descriptive, not the verdict): {dec.get('verdict')}", strong=True))
+    blocks.append(Text("Read it as how much each category's top SAE features also carry the other categories' refusal, "
+                       "not as whether their mechanisms are shared: on tiny models with hand-wired refusal "
+                       "(python bench/verdict.py) it reads the modular ones as monolithic when the SAEs are trained "
+                       "(their latents merge the categories' wired directions), while the verdict gets them right."))
     if dec.get("evidence", {}).get("transfer_ratio_ci"):
         low, high = dec["evidence"]["transfer_ratio_ci"]
         own = dec["evidence"].get("own_share_ci_low")
