@@ -39,10 +39,10 @@ from refusal.organism.cache import CARD_JSON, organism_dir
 from refusal.organism.wired import DESIGNS, WRITER_LAYER, exact_train_dir, save_wired, wired_prompts
 from refusal.runs import DiscoverRun, EvaluateRun, TrainRun
 from refusal.runs.saved import SAVED_CONFIG
-from refusal.utils.io import stable_hash
 from refusal.tasks.discover import discover
 from refusal.tasks.evaluate import evaluate
 from refusal.tasks.train import train
+from refusal.utils.io import stable_hash
 from refusal.verdict import stability
 from refusal.verdict.final import ran
 from refusal.verdict.rules import VERDICTS

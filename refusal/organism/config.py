@@ -110,9 +110,11 @@ def check_organism_cfg(cfg) -> None:
 
 
 def check_checks(cfg) -> None:
-    """The build checks' thresholds: shares in [0, 1], ``partial`` (planted) an interval, ``min_prompts`` >= 1."""
+    """The build checks' thresholds: shares and (planted) ``probe_max_fpr`` in [0, 1], ``partial`` (planted) an
+    interval, ``min_prompts`` >= 1."""
     c = cfg.checks
-    for k in ("refuse_min", "answer_max", "safe_max") + (("removed_min", "spared_min", "probe_max_fpr") if "partial" in c else ()):
+    planted = ("removed_min", "spared_min", "probe_max_fpr") if "partial" in c else ()
+    for k in ("refuse_min", "answer_max", "safe_max") + planted:
         number(f"model.checks.{k}", c[k], 0, 1)
     if "partial" in c:
         partial = plain(c.partial)
