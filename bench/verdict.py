@@ -138,11 +138,12 @@ def run_case(root: Path, case: dict, size: int, sae_seed: int | None, method: st
         train(train_cfg)
     if not DiscoverRun(di).summary.is_file():
         discover(cfg("discover", di, f"train_dir={tr}", f"circuit.attribution_method={method}"))
-    transfer = EvaluateRun(ev).stage("transfer")
-    if not (EvaluateRun(ev).verdict.is_file() and transfer.is_file() and ran(json.loads(transfer.read_text()))):
+    transfer_file = EvaluateRun(ev).stage("transfer")
+    if not (EvaluateRun(ev).verdict.is_file() and transfer_file.is_file()
+            and ran(json.loads(transfer_file.read_text()))):
         evaluate(cfg("evaluate", ev, f"train_dir={tr}", f"discover_dir={di}", "evaluation.stages=[bottleneck,transfer]",
                      f"evaluation.bottleneck.size={size}", f"evaluation.transfer.size={size}"))
-    transfer = json.loads(transfer.read_text())
+    transfer = json.loads(transfer_file.read_text())
     return {**json.loads(EvaluateRun(ev).verdict.read_text()), "carries": shared_carries(ev),
             "transfer": (transfer.get("decision") or {}).get("verdict")}
 

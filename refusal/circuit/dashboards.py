@@ -18,8 +18,8 @@ Per distinct (hook, feature) of any circuit (a node at several positions or in s
   are in units of a unit-rms residual); its weight (gain) is applied, and a LayerNorm also centres the direction.
 
 Error nodes (the SAE's reconstruction error; exactly 0 on the neuron basis, never in a circuit) have no decoder
-direction and no activation: they get no dashboard, and ``error_nodes`` lists them. The output is deterministic: keys sorted, floats rounded as in the
-circuit files, ties broken by prompt order and token id.
+direction and no activation: they get no dashboard, and ``error_nodes`` lists them. The output is deterministic:
+keys sorted, floats rounded as in the circuit files, ties broken by prompt order and token id.
 """
 from __future__ import annotations
 

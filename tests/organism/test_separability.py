@@ -97,7 +97,7 @@ class Trained(Exception):
 
 def test_the_false_alarm_bound_is_the_configs_probe_max_fpr(tmp_path, monkeypatch):
     """Noise features catch the gate's prompts only where the bound lets a threshold flag every other category: at
-    probe_max_fpr 1 the build goes on to train, at the default it stops; the card's test names the bound used."""
+    probe_max_fpr 1 the build goes on to train, at the default it stops with a message naming the bound."""
     monkeypatch.setattr(planted, "prompt_features", noise_features)
 
     def train(*a, **k):
