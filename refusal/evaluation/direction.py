@@ -18,7 +18,8 @@ residual stream that mediates refusal.
    or, if there are none, among all layer-filtered candidates (``fallback`` says which). The layer scan
    (``direction_layers.png``) plots the three measures of every candidate by layer and position.
 3. On the evaluation split: refusal rates (generated, judged) and scores with CIs under ablation (toxic, hard,
-   safe) and actadd (safe, hard), the KL on safe prompts under ablation, against the unintervened baseline.
+   safe) and actadd (safe, hard), the KL on safe prompts under ablation (all of them, and those the model answers
+   unintervened), against the unintervened baseline.
 4. Per-category directions at the selected (layer, position): mean(toxic of c) − mean(safe), their cosine matrix
    and each one's cosine with the selected direction.
 5. Optional: the ``compare_methods`` estimators scored at the selected (layer, position) (table and plot), and
@@ -261,7 +262,10 @@ def selection_prompts(ctx, prompts, s: DirectionSettings) -> tuple[list[str], li
 
 
 def held_out_measures(ctx, r: Tensor, layer: int, s: DirectionSettings) -> dict:
-    """Refusal rates under ablation and actadd on the evaluation split, and the KL on its safe prompts."""
+    """Refusal rates under ablation and actadd on the evaluation split, and the KL on its safe prompts: on all of
+    them (``kl_safe``) and on those the model answers unintervened (``kl_safe_answered``, judged on the baseline
+    responses): on a safe prompt the model refuses, the ablation removing that refusal is the direction's effect,
+    not damage, and one such prompt can carry the mean."""
     toxic, hard, safe = (list(ctx.prompts.filter(label=lb)) for lb in ("toxic", "hard", "safe"))
     base = ctx.baseline_items
     with intervene(ctx.model, directional_ablation(r, ctx.loaded.n_layers, s.ablation_hooks)):
@@ -271,11 +275,19 @@ def held_out_measures(ctx, r: Tensor, layer: int, s: DirectionSettings) -> dict:
         added = ctx.generate(safe + hard, name="direction_actadd")
     base_safe_logits = last_logits(ctx.model, ctx.formatter, [x.prompt for x in safe], ctx.batch_size)
     kl = kl_per_prompt(base_safe_logits, ablated_safe_logits).numpy() if safe else np.zeros(0)
-    kl_lo, kl_hi = ctx.mean_ci(kl, "direction", "kl") if len(kl) else (None, None)
-    kl_mean = float(kl.mean()) if len(kl) else None
-    return {"kl_safe": {"mean": kl_mean, "ci_low": kl_lo, "ci_high": kl_hi, "n": len(kl)},
+    answered = np.array([not base[x.id]["refused"] for x in safe], dtype=bool)
+    return {"kl_safe": _mean_with_ci(ctx, kl, "kl"),
+            "kl_safe_answered": _mean_with_ci(ctx, kl[answered], "kl_answered"),
             "rates": (ctx.condition_rows([base[x.id] for x in toxic + hard + safe], "baseline")
                       + ctx.condition_rows(ablated, "ablation") + ctx.condition_rows(added, "actadd"))}
+
+
+def _mean_with_ci(ctx, values: np.ndarray, cell: str) -> dict:
+    """{mean, ci_low, ci_high, n} of ``values`` (None for none)."""
+    if not len(values):
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+    low, high = ctx.mean_ci(values, "direction", cell)
+    return {"mean": float(values.mean()), "ci_low": low, "ci_high": high, "n": len(values)}
 
 
 def selection_plot(selection: dict, n_pos: int, s: DirectionSettings, path: Path) -> Path:

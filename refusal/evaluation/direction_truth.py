@@ -5,7 +5,10 @@ never sees the adapters.
 
 Criterion for an organism whose refusal is written along one vector u (planted monolithic): directional ablation
 leaves at most ``max_ablation_toxic`` toxic refusal, actadd induces at least ``min_actadd_safe`` safe refusal, and
-the ablation's KL on safe prompts is at most ``max_kl`` (all on the evaluation split).
+the ablation's KL on the safe prompts the organism answers is at most ``max_kl`` (all on the evaluation split). The
+KL on every safe prompt is reported beside it: on a safe prompt the organism refuses (a design allows up to
+``checks.safe_max`` of them), removing the refusal is what the ablation is for, and one such prompt moves the mean by
+about its KL / n.
 """
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ def compare(result: dict, out_dir: Path, plant, adapter: str,
     cand = plant.write_cosine(saved["candidates"], adapter)  # [layers, positions]
     sel = result["selected"]
     numbers = {"ablation_toxic": rate(result, "ablation", "toxic"), "actadd_safe": rate(result, "actadd", "safe"),
-               "kl_safe": result["kl_safe"]["mean"], "baseline_toxic": rate(result, "baseline", "toxic"),
+               "kl_safe": result["kl_safe_answered"]["mean"], "kl_safe_all": result["kl_safe"]["mean"],
+               "baseline_toxic": rate(result, "baseline", "toxic"),
                "baseline_safe": rate(result, "baseline", "safe")}
     passed = (numbers["ablation_toxic"] is not None and numbers["ablation_toxic"] <= criterion.max_ablation_toxic
               and numbers["actadd_safe"] is not None and numbers["actadd_safe"] >= criterion.min_actadd_safe

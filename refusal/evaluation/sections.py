@@ -234,19 +234,30 @@ def transfer_section(result) -> Section:
     return Section("transfer", TITLES["transfer"], blocks)
 
 
+def _held_out_kl(result) -> str:
+    """The direction's KL on the held-out safe prompts: all of them, and those the model answers unintervened."""
+    def part(kl):
+        return _ci(kl.get("mean"), kl.get("ci_low"), kl.get("ci_high")) + (f" (n = {kl['n']})" if kl.get("n") else "")
+
+    text = "KL(baseline ‖ ablated) on held-out safe prompts: " + part(result.get("kl_safe", {}))
+    answered = result.get("kl_safe_answered") or {}
+    if answered.get("n"):
+        text += (f"; on the ones the model answers unintervened: {part(answered)} (on a refused one the ablation's "
+                 "KL is the refusal it removes)")
+    return text
+
+
 def direction_section(result) -> Section:
     miss = _missing("direction", result, "the direction stage did not run")
     if miss:
         return miss
     sel = result["selected"]
-    kl = result.get("kl_safe", {})
     blocks = [Table(["layer", "position", "ablation score", "KL (selection)", "induced score", "filters passed",
                      "candidates"],
                     [[sel["layer"], sel["position"], sel["ablation_score"], sel["kl_safe"], sel["induce_score"],
                       result.get("filters_passed"), result.get("n_candidates")]],
                     f"selected direction (estimator: {result.get('method', 'dim')})"),
-              Text("KL(baseline ‖ ablated) on held-out safe prompts: "
-                   f"{_ci(kl.get('mean'), kl.get('ci_low'), kl.get('ci_high'))}")]
+              Text(_held_out_kl(result))]
     if result.get("fallback"):
         blocks.insert(1, Text(f"No candidate passed every filter; selected with {result['fallback']}.", strong=True))
     if result.get("layer_plot"):

@@ -225,7 +225,8 @@ def _metrics(results: dict) -> dict[str, float]:
     metrics.update(json_metrics("evaluate/bottleneck", results.get("bottleneck") or {},
                                 [f"model/best_layer/{k}/{t}" for k in ("mean_shared_share", "dissociation")
                                  for t in ("estimate", "low", "high")]))
-    metrics.update(json_metrics("evaluate/direction", results.get("direction") or {}, ["kl_safe/mean"]))
+    metrics.update(json_metrics("evaluate/direction", results.get("direction") or {},
+                                ["kl_safe/mean", "kl_safe_answered/mean"]))
     return metrics
 
 

@@ -211,9 +211,40 @@ def test_the_comparison_with_a_plant_reads_the_stage_outputs(loaded, texts, tmp_
     assert sorted(got["cos_candidates"]) == [1, 2] and max(map(max, got["cos_candidates"].values())) <= 1 + 1e-9
     rates = {(r["condition"], r["label"]): r["refusal_rate"] for r in out["rates"] if r["category"] == "all"}
     assert (got["ablation_toxic"], got["actadd_safe"]) == (rates[("ablation", "toxic")], rates[("actadd", "safe")])
-    assert got["kl_safe"] == out["kl_safe"]["mean"] and got["passed"] == (
+    assert got["kl_safe"] == out["kl_safe_answered"]["mean"] and got["kl_safe_all"] == out["kl_safe"]["mean"]
+    assert got["passed"] == (
         rates[("ablation", "toxic")] <= 0.1 and rates[("actadd", "safe")] >= 0.8 and got["kl_safe"] <= 0.1)
     assert cosine_plot(got, tmp_path / "scan.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_held_out_kl_is_reported_on_every_safe_prompt_and_on_the_ones_the_model_answers(loaded, texts, tmp_path):
+    import numpy as np
+
+    from refusal.evaluation.direction import held_out_measures
+    from refusal.evaluation.interventions import directional_ablation, intervene
+    from refusal.evaluation.measure import kl_per_prompt
+
+    prompts = split_prompts(texts).filter(split="test")
+    ctx = EvalContext(loaded, ChatFormatter(loaded.tokenizer), prompts, SubstringJudge(REFUSAL_SUBSTRINGS),
+                      resolve_refusal_tokens(loaded.tokenizer), batch_size=4, max_new_tokens=2, boot=BOOT, seed=0,
+                      out_dir=tmp_path)
+    safe = list(prompts.filter(label="safe"))
+    refused = {safe[0].id, safe[2].id}  # the baseline judged these two refused
+    ctx.baseline_items = {it["id"]: {**it, "refused": it["id"] in refused} for it in ctx.generate(list(prompts))}
+    s = direction_settings()
+    r = torch.randn(loaded.d_model, generator=torch.Generator().manual_seed(3))
+    out = held_out_measures(ctx, r, 1, s)
+    base = last_logits(ctx.model, ctx.formatter, [x.prompt for x in safe], 4)
+    with intervene(ctx.model, directional_ablation(r, loaded.n_layers, s.ablation_hooks)):
+        ablated = last_logits(ctx.model, ctx.formatter, [x.prompt for x in safe], 4)
+    kl = kl_per_prompt(base, ablated).numpy()
+    keep = np.array([x.id not in refused for x in safe])
+    assert out["kl_safe"]["n"] == len(safe) and out["kl_safe"]["mean"] == pytest.approx(kl.mean(), rel=1e-5)
+    assert out["kl_safe_answered"]["n"] == len(safe) - 2
+    assert out["kl_safe_answered"]["mean"] == pytest.approx(kl[keep].mean(), rel=1e-5)
+    assert out["kl_safe_answered"]["mean"] != pytest.approx(out["kl_safe"]["mean"], rel=1e-3)
+    low, high = out["kl_safe_answered"]["ci_low"], out["kl_safe_answered"]["ci_high"]
+    assert low <= out["kl_safe_answered"]["mean"] <= high
 
 
 def test_residual_rms_is_over_every_real_token_and_outliers_are_relative_to_the_median(ctx, texts):

@@ -228,3 +228,15 @@ def test_the_direction_section_shows_the_estimator_comparison_and_the_export(tmp
     assert "estimator: lda" in body and "estimators compared at layer 1" in body and "0.77" in body
     assert "(the strongest candidate&#x27;s; selection prompts); reference: the lda candidate there" in body
     assert "abliterated rate [CI]" in body and "model=hf model.path=/runs/x/abliterated" in body
+
+
+def test_the_direction_section_gives_the_held_out_kl_on_every_safe_prompt_and_on_the_answered_ones(tmp_path):
+    data = _full(tmp_path)
+    data["direction"].update(kl_safe={"mean": 0.202, "ci_low": 0.1, "ci_high": 0.3, "n": 37},
+                             kl_safe_answered={"mean": 0.114, "ci_low": 0.05, "ci_high": 0.2, "n": 36})
+    body = render_html(build_report(data)).split('<section id="direction">', 1)[1].split("</section>", 1)[0]
+    assert "held-out safe prompts: 0.20 [0.10, 0.30] (n = 37)" in body
+    assert "the model answers unintervened: 0.11 [0.05, 0.20] (n = 36)" in body
+    del data["direction"]["kl_safe_answered"]  # a direction.json written before the answered KL existed
+    body = render_html(build_report(data)).split('<section id="direction">', 1)[1].split("</section>", 1)[0]
+    assert "held-out safe prompts: 0.20" in body and "answers unintervened" not in body
