@@ -30,6 +30,10 @@ from refusal.utils.io import write_json
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
+def _kl(value) -> str:
+    return "n/a (a direction.json from before the answered KL was recorded)" if value is None else f"{value:.4f}"
+
+
 def main() -> None:
     run = Path(sys.argv[1])
     recorded = run / ".hydra" / "overrides.yaml"
@@ -48,7 +52,7 @@ def main() -> None:
           f"|cos| with u {out['cos_selected']:.3f}; u written at layers {out['adapter_layers']}")
     print(f"ablation toxic refusal {out['ablation_toxic']:.3f} (baseline {out['baseline_toxic']:.3f}); actadd safe "
           f"refusal {out['actadd_safe']:.3f} (baseline {out['baseline_safe']:.3f}); KL on the safe prompts it answers "
-          f"{out['kl_safe']:.4f} (on all safe prompts {out['kl_safe_all']:.4f}); "
+          f"{_kl(out['kl_safe_answered'])} (on all safe prompts {_kl(out['kl_safe'])}); "
           f"criterion {'met' if out['passed'] else 'missed'}")
     print("layer  |cos| with u at positions " + " ".join(f"{p:>6}" for p in range(-len(out['cos_candidates'][
         out['layer']]), 0)))

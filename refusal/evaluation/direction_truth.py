@@ -43,12 +43,13 @@ def compare(result: dict, out_dir: Path, plant, adapter: str,
     cand = plant.write_cosine(saved["candidates"], adapter)  # [layers, positions]
     sel = result["selected"]
     numbers = {"ablation_toxic": rate(result, "ablation", "toxic"), "actadd_safe": rate(result, "actadd", "safe"),
-               "kl_safe": result["kl_safe_answered"]["mean"], "kl_safe_all": result["kl_safe"]["mean"],
+               "kl_safe_answered": (result.get("kl_safe_answered") or {}).get("mean"),
+               "kl_safe": result["kl_safe"]["mean"],
                "baseline_toxic": rate(result, "baseline", "toxic"),
                "baseline_safe": rate(result, "baseline", "safe")}
     passed = (numbers["ablation_toxic"] is not None and numbers["ablation_toxic"] <= criterion.max_ablation_toxic
               and numbers["actadd_safe"] is not None and numbers["actadd_safe"] >= criterion.min_actadd_safe
-              and numbers["kl_safe"] is not None and numbers["kl_safe"] <= criterion.max_kl)
+              and numbers["kl_safe_answered"] is not None and numbers["kl_safe_answered"] <= criterion.max_kl)
     return {**numbers, "passed": bool(passed), "layer": sel["layer"], "position": sel["position"],
             "filters_passed": result.get("filters_passed"),
             "cos_selected": float(plant.write_cosine(saved["direction"], adapter)),

@@ -211,9 +211,11 @@ def test_the_comparison_with_a_plant_reads_the_stage_outputs(loaded, texts, tmp_
     assert sorted(got["cos_candidates"]) == [1, 2] and max(map(max, got["cos_candidates"].values())) <= 1 + 1e-9
     rates = {(r["condition"], r["label"]): r["refusal_rate"] for r in out["rates"] if r["category"] == "all"}
     assert (got["ablation_toxic"], got["actadd_safe"]) == (rates[("ablation", "toxic")], rates[("actadd", "safe")])
-    assert got["kl_safe"] == out["kl_safe_answered"]["mean"] and got["kl_safe_all"] == out["kl_safe"]["mean"]
+    assert got["kl_safe_answered"] == out["kl_safe_answered"]["mean"] and got["kl_safe"] == out["kl_safe"]["mean"]
     assert got["passed"] == (
-        rates[("ablation", "toxic")] <= 0.1 and rates[("actadd", "safe")] >= 0.8 and got["kl_safe"] <= 0.1)
+        rates[("ablation", "toxic")] <= 0.1 and rates[("actadd", "safe")] >= 0.8 and got["kl_safe_answered"] <= 0.1)
+    older = {k: v for k, v in out.items() if k != "kl_safe_answered"}  # a direction.json from before it was recorded
+    assert compare(older, tmp_path, plant, "shared")["passed"] is False
     assert cosine_plot(got, tmp_path / "scan.png").read_bytes()[:4] == b"\x89PNG"
 
 
